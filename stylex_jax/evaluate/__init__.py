@@ -1,0 +1,1 @@
+"""Metrics for classifiers, generators and explanations."""

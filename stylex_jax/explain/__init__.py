@@ -1,0 +1,1 @@
+"""Explanations: inversion, latent directions, image series, GradCAM and export."""
