@@ -1,0 +1,97 @@
+"""Shared defaults for every experiment, grouped exactly as the constructors and stages consume them.
+
+Experiment configs (`demo.py`, `kl_xray.py`, `pcam.py`) start from `get_config()` here and override fields.
+Groups:
+  config.data                 -> stylex_jax.data.pipeline.Pipeline(data_config, ...)
+  config.classifier.model     -> stylex_jax.models.classifier.create_classifier(**model, num_classes=data.num_classes)
+  config.classifier.optimizer -> the optax warmup-cosine AdamW in stylex_jax.train.classifier
+  config.classifier.*         -> the classifier stage's loop (steps, batch, logging, checkpoints)
+  config.gan.generator        -> stylex_jax.models.stylegan2.Generator(**generator, resolution=data.image_size,
+                                 channels=data.channels)
+  config.gan.discriminator    -> stylex_jax.models.stylegan2.Discriminator(**discriminator, resolution=..., channels=...)
+  config.gan.*                -> the gan stage (StyleGAN2-ADA losses, lazy regularisation, EMA, ADA, logging)
+Imports nothing but ml_collections.
+"""
+import ml_collections
+
+
+def get_config(arg: str = '') -> ml_collections.ConfigDict:
+  del arg
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+  # Comma-separated stages run in order by launch/train.py, each resumable from its checkpoint.
+  config.stages = 'classifier'
+  # Devices to use (0 = all visible devices, across all hosts).
+  config.num_devices = 0
+
+  config.data = ml_collections.ConfigDict(dict(
+      dataset='synthetic_knee',   # TFDS name (registered or catalog) or 'image_folder'
+      builder_config='64',        # TFDS builder config ('' = the builder's default)
+      data_dir='',                # TFDS data_dir ('' = TFDS default, ~/tensorflow_datasets)
+      manual_dir='',              # kl_xray: folder with train|val|test/0..4/*.png; image_folder: its root
+      image_size=64,              # images are resized to image_size x image_size
+      channels=1,                 # 1 (radiographs) or 3 (histology)
+      num_classes=2,              # classifier outputs; checked against the data (after label_threshold)
+      label_threshold=2,          # >= 0: binary label = (label >= threshold), e.g. KL >= 2; -1 keeps labels
+      hflip=True,                 # random horizontal flips when training
+      train_split='train',
+      eval_split='validation',
+      test_split='test',
+  ))
+
+  config.classifier = ml_collections.ConfigDict(dict(
+      model=dict(preset='demo'),  # create_classifier(**model): preset + ResNet field overrides
+      optimizer=dict(
+          learning_rate=1e-3,     # peak learning rate after warmup
+          warmup_steps=100,
+          end_learning_rate_factor=0.01,  # cosine decays to learning_rate * this
+          weight_decay=1e-4,      # decoupled (AdamW); not applied to biases and norm parameters
+          b1=0.9,
+          b2=0.999,
+          grad_clip_norm=1.0,     # 0 disables clipping
+      ),
+      batch_size=64,              # global batch, split over all devices
+      num_steps=1000,
+      class_balanced=False,       # weight the loss by inverse class frequency of the train split
+      label_smoothing=0.0,
+      log_every=20,
+      eval_every=250,
+      checkpoint_every=250,
+      keep_checkpoints=3,
+  ))
+
+  # StyleGAN2-ADA. Defaults are NVIDIA's `paper256`-style settings; experiment configs scale them.
+  config.gan = ml_collections.ConfigDict(dict(
+      generator=dict(z_dim=512, w_dim=512, mapping_layers=8, channel_base=16384, channel_max=512,
+                     mapping_lr_multiplier=0.01, fused_modconv=True),
+      discriminator=dict(channel_base=16384, channel_max=512, mbstd_group_size=4, mbstd_num_features=1),
+      compute_dtype='float32',    # 'bfloat16' on GPU/TPU: bf16 compute, float32 params and optimiser state
+      batch_size=32,              # global batch
+      num_steps=10000,            # iterations (kimg = num_steps * batch_size / 1000)
+      g_lr=0.0025,
+      d_lr=0.0025,
+      beta1=0.0,
+      beta2=0.99,
+      r1_gamma=-1.0,              # < 0: NVIDIA's `auto` rule 0.0002 * res^2 / batch
+      r1_interval=16,             # lazy R1 every 16 steps (0 disables)
+      pl_weight=2.0,              # path-length regularisation weight (0 disables)
+      pl_interval=4,
+      pl_decay=0.01,
+      pl_batch_shrink=2,
+      style_mixing_prob=0.9,
+      ema_kimg=10.0,              # G_ema half-life in thousands of images
+      ema_rampup=0.05,            # half-life <= rampup * images seen (0 disables the ramp-up)
+      augment='bgc',              # ADA pipeline preset: 'bgc', 'bg', 'b', 'c' or 'none'
+      augment_p=0.0,              # initial augmentation probability (fixed when ada_target == 0)
+      ada_target=0.6,             # target E[sign(D(real))]; 0 disables adaptation
+      ada_interval=4,
+      ada_kimg=500.0,             # p can move 0 -> 1 in this many thousand images
+      log_every=50,
+      sample_every=500,           # G_ema grid at fixed latents into <workdir>/gan/samples/
+      num_samples=16,
+      eval_every=2000,            # realism metrics (FID/KID on classifier features, phantom oracles)
+      eval_images=512,
+      checkpoint_every=1000,
+      keep_checkpoints=3,
+  ))
+  return config

@@ -1,0 +1,43 @@
+"""Trains the stages of `config.stages` in order (each resumes from its latest checkpoint).
+
+  python launch/train.py --config configs/demo.py --workdir /tmp/stylex_demo
+  python launch/train.py --config configs/demo.py:smoke --config.stages=classifier --workdir /tmp/w
+  python launch/train.py --config configs/kl_xray.py --config.data.manual_dir=/data/kl --workdir gs://b/kl
+
+Multi-host (TPU pods, multi-node GPU): run the same command on every host; `jax.distributed` is initialised
+from the environment (see launch/tpu_pod.sh and launch/slurm.sh) or from --coordinator_address etc.
+"""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # repo root, for `configs`
+
+from absl import app, flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file (configs/*.py[:variant]).',
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Where checkpoints, metrics and samples go.')
+_COORDINATOR = flags.DEFINE_string('coordinator_address', None, 'Multi-host: host:port of process 0.')
+_NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Multi-host: number of processes.')
+_PROCESS_ID = flags.DEFINE_integer('process_id', None, 'Multi-host: this process\' index.')
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments {argv[1:]}')
+  from stylex_jax import sharding
+  from stylex_jax.train import stages
+  try:
+    sharding.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    results = stages.run(_CONFIG.value, _WORKDIR.value)
+  except (ValueError, FileNotFoundError) as e:  # bad input: one clear line (STYLEX_DEBUG=1 for the traceback)
+    if os.environ.get('STYLEX_DEBUG'):
+      raise
+    sys.exit(f'error: {e}')
+  print(f'outputs in {os.path.abspath(_WORKDIR.value)}: ' + ', '.join(f'{k}/' for k in results))
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,310 @@
+"""Users' own images as a random-access data source: `root/<class_name>/**/*.{png,jpg,jpeg,bmp,tif,tiff}`.
+
+Two layouts are accepted:
+
+* flat:  `root/<class_name>/...`  -> one split, `'train'`, holding every image. Its examples are ordered by
+  the SHA-1 of their relative path (a fixed pseudo-random order that does not change when files are
+  added elsewhere), so slices such as `'train[:80%]'` / `'train[80%:]'` give class-mixed, reproducible
+  image-level splits. (Patient-level splits need the split layout.)
+* split: `root/{train,validation,test}/<class_name>/...` (`val` is accepted as an alias of `validation`).
+  Each split is ordered by (class, relative path).
+
+Class names are the sorted names of the class folders (the union over splits, so a label index means
+the same class in every split). Files may sit in nested folders below a class folder; hidden files and
+other extensions are ignored.
+
+Images are read with Pillow into uint8 `[H, W, C]`: 1-bit/8-bit grayscale -> C=1; 16-bit or float
+grayscale (common for radiographs) -> C=1, linearly rescaled per image from [min, max] to [0, 255];
+RGB/palette/CMYK/YCbCr -> C=3; alpha channels are dropped; the EXIF orientation is applied.
+Every file is decoded once when the folder is scanned, which finds the channel count and catches
+corrupt files:
+
+* a file Pillow cannot decode (corrupt, truncated, not an image) is SKIPPED, and one absl warning
+  `skipped N unreadable images, e.g. <path>` reports how many and one example;
+* images with different channel counts (e.g. grayscale and RGB mixed) -> ValueError naming one file
+  of each kind with its channel count;
+* no images at all -> FileNotFoundError naming the expected layout.
+
+Scans are memoised per process, keyed by the folder listing (paths, sizes, mtimes), so the train,
+eval and test pipelines of one run decode the folder once.
+
+`read_image` is also used by the `kl_xray` TFDS builder.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import hashlib
+import os
+import threading
+import types
+from collections.abc import Sequence
+
+import numpy as np
+from absl import logging
+from PIL import Image, ImageOps
+
+IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff')
+SPLIT_FOLDERS = {'train': 'train', 'validation': 'validation', 'val': 'validation', 'test': 'test'}
+
+_GRAY_MODES = ('1', 'L', 'LA', 'La')
+_HIGH_DEPTH_GRAY_MODES = ('I', 'I;16', 'I;16B', 'I;16L', 'I;16N', 'F')
+_COLOUR_MODES = ('RGB', 'RGBA', 'RGBa', 'RGBX', 'P', 'PA', 'CMYK', 'YCbCr', 'LAB', 'HSV')
+
+
+class UnreadableImageError(ValueError):
+  """A file that Pillow cannot decode into an image (corrupt, truncated, unsupported)."""
+
+
+def read_image(path: str) -> np.ndarray:
+  """Reads one image file.
+
+  Returns: uint8 [H, W, C] with C = 1 (grayscale; 16-bit/float rescaled per image from [min, max] to
+    [0, 255]) or C = 3 (colour; alpha dropped).
+  Raises: UnreadableImageError if the file cannot be decoded.
+  """
+  try:
+    with Image.open(path) as im:
+      im.load()
+      im = ImageOps.exif_transpose(im)
+      mode = im.mode
+      if mode in _GRAY_MODES:
+        array = np.asarray(im.convert('L'), dtype=np.uint8)[..., None]
+      elif mode in _HIGH_DEPTH_GRAY_MODES:
+        values = np.asarray(im).astype(np.float64)
+        lo, hi = float(values.min()), float(values.max())
+        scaled = (values - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(values)
+        array = np.clip(np.round(scaled), 0, 255).astype(np.uint8)[..., None]
+      elif mode in _COLOUR_MODES:
+        array = np.asarray(im.convert('RGB'), dtype=np.uint8)
+      else:
+        raise UnreadableImageError(f'{path}: unsupported image mode {mode!r}')
+  except UnreadableImageError:
+    raise
+  except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+    raise UnreadableImageError(f'{path}: {type(e).__name__}: {e}') from e
+  if array.ndim != 3 or array.shape[0] == 0 or array.shape[1] == 0:
+    raise UnreadableImageError(f'{path}: empty image of shape {array.shape}')
+  return np.ascontiguousarray(array)
+
+
+def _is_image_file(name: str) -> bool:
+  return not name.startswith('.') and name.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def _list_images(folder: str) -> list[str]:
+  """Image files below `folder` (recursively), as sorted paths relative to `folder`."""
+  found = []
+  for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+    dirnames[:] = sorted(d for d in dirnames if not d.startswith('.'))
+    for name in filenames:
+      if _is_image_file(name):
+        found.append(os.path.relpath(os.path.join(dirpath, name), folder))
+  return sorted(found)
+
+
+def _subdirs(folder: str) -> list[str]:
+  return sorted(d for d in os.listdir(folder) if not d.startswith('.') and os.path.isdir(os.path.join(folder, d)))
+
+
+@dataclasses.dataclass(frozen=True)
+class _Entry:
+  relpath: str   # relative to the root, '/'-separated
+  label: int
+
+
+def _layout_error(root: str) -> str:
+  return (f'no images found under {root!r}. Expected root/<class_name>/*.{{png,jpg,jpeg,bmp,tif,tiff}} '
+          f'(e.g. {root}/normal/a.png, {root}/tumour/b.png) or root/{{train,validation,test}}/<class_name>/...; '
+          'point config.data.manual_dir at that root')
+
+
+class ImageFolderSplit(Sequence):
+  """One split of an `ImageFolder`: a random-access sequence of examples.
+
+  `split[i]` -> {'image': uint8 [H, W, C], 'label': int in [0, num_classes), 'id': str (path relative
+  to the root)}. `labels`: int64 [len(split)].
+  """
+
+  def __init__(self, root: str, entries: Sequence[_Entry], class_names: tuple[str, ...], channels: int):
+    self.root = root
+    self._entries = tuple(entries)
+    self.class_names = class_names
+    self.channels = channels
+    self.labels = np.asarray([e.label for e in self._entries], dtype=np.int64)
+
+  def __len__(self) -> int:
+    return len(self._entries)
+
+  def __getitem__(self, index):
+    if isinstance(index, slice):
+      return [self[i] for i in range(*index.indices(len(self)))]
+    entry = self._entries[index]
+    path = os.path.join(self.root, entry.relpath)
+    image = read_image(path)
+    if image.shape[-1] != self.channels:
+      raise ValueError(f'{path} now has {image.shape[-1]} channel(s) but the folder was scanned with '
+                       f'{self.channels}; the files changed while reading — rerun')
+    return {'image': image, 'label': entry.label, 'id': entry.relpath}
+
+  def __getitems__(self, indices: Sequence[int]) -> list[dict]:
+    return [self[int(i)] for i in indices]
+
+  @property
+  def ids(self) -> tuple[str, ...]:
+    return tuple(e.relpath for e in self._entries)
+
+
+class ImageFolder:
+  """A scanned image folder (see the module docstring for layouts, ordering and error policy).
+
+  Attributes: root, layout ('flat' | 'split'), class_names (sorted), channels (1 | 3),
+  splits (names with their example counts), num_skipped (unreadable files skipped).
+  """
+
+  def __init__(self, root: str, *, num_threads: int | None = None):
+    if not root:
+      raise ValueError("dataset='image_folder' needs its root folder: set --config.data.manual_dir=/path/to/root "
+                       '(laid out as root/<class_name>/*.png or root/{train,validation,test}/<class_name>/*.png)')
+    root = os.path.abspath(os.path.expanduser(root))
+    if not os.path.isdir(root):
+      raise FileNotFoundError(f'image folder root {root!r} does not exist or is not a folder; '
+                              'set --config.data.manual_dir to the folder holding the class folders')
+    self.root = root
+    top = _subdirs(root)
+    split_dirs = [d for d in top if d.lower() in SPLIT_FOLDERS]
+    if split_dirs:
+      others = [d for d in top if d.lower() not in SPLIT_FOLDERS]
+      if others:
+        raise ValueError(f'ambiguous layout under {root!r}: split folders {split_dirs} next to other folders '
+                         f'{others}; use either root/<class_name>/... or root/{{train,validation,test}}/<class_name>/...')
+      names = [SPLIT_FOLDERS[d.lower()] for d in split_dirs]
+      if len(set(names)) != len(names):
+        raise ValueError(f'{root!r} has both "val" and "validation" folders; keep one')
+      self.layout = 'split'
+      split_to_dir = dict(zip(names, split_dirs))
+      class_names = sorted({c for d in split_dirs for c in _subdirs(os.path.join(root, d))})
+    else:
+      self.layout = 'flat'
+      split_to_dir = {'train': ''}
+      class_names = top
+    self.class_names = tuple(class_names)
+    if not class_names:
+      raise FileNotFoundError(_layout_error(root))
+    class_index = {c: i for i, c in enumerate(class_names)}
+
+    candidates: dict[str, list[_Entry]] = {}
+    for split, sub in split_to_dir.items():
+      entries = []
+      for c in class_names:
+        folder = os.path.join(root, sub, c)
+        if os.path.isdir(folder):
+          prefix = os.path.join(sub, c) if sub else c
+          entries += [_Entry(os.path.join(prefix, p).replace(os.sep, '/'), class_index[c]) for p in _list_images(folder)]
+      candidates[split] = entries
+    all_entries = [e for entries in candidates.values() for e in entries]
+    if not all_entries:
+      raise FileNotFoundError(_layout_error(root))
+
+    channels_of, self.num_skipped = _scan(root, all_entries, num_threads)
+    kept = {split: [e for e in entries if e.relpath in channels_of] for split, entries in candidates.items()}
+    if not any(kept.values()):
+      raise FileNotFoundError(f'none of the {len(all_entries)} image files under {root!r} could be decoded; '
+                              'check that they are valid PNG/JPEG/BMP/TIFF files')
+    by_channels: dict[int, str] = {}
+    for relpath, c in channels_of.items():
+      by_channels.setdefault(c, relpath)
+    if len(by_channels) > 1:
+      (c1, p1), (c2, p2) = sorted(by_channels.items())[:2]
+      raise ValueError(f'mixed channel counts under {root!r}: {p1} has {c1} channel(s) but {p2} has {c2}; '
+                       'convert all images to one format (all grayscale or all RGB) first')
+    self.channels = next(iter(by_channels))
+    if self.layout == 'flat':
+      kept['train'].sort(key=lambda e: hashlib.sha1(e.relpath.encode('utf-8')).hexdigest())
+    self._splits = {s: ImageFolderSplit(root, entries, self.class_names, self.channels)
+                    for s, entries in kept.items() if entries}
+
+  @property
+  def splits(self) -> dict[str, int]:
+    """Split name -> number of examples."""
+    return {s: len(v) for s, v in self._splits.items()}
+
+  def split(self, spec: str) -> ImageFolderSplit:
+    """The examples of `spec`: a split name or a TFDS-style slice ('train[:80%]', 'train[100:]', 'a+b').
+
+    Raises ValueError naming the available splits when `spec` names none of them.
+    """
+    import tensorflow_datasets as tfds  # for TFDS's own slice grammar, so slices mean the same everywhere
+
+    available = self.splits
+    hint = ''
+    if self.layout == 'flat':
+      hint = (" (flat layout root/<class_name>/...: the only split is 'train'; use slices such as "
+              "train_split='train[:80%]', eval_split='train[80%:90%]', test_split='train[90%:]')")
+    try:
+      instructions = tfds.core.ReadInstruction.from_spec(spec).to_absolute(
+          {s: types.SimpleNamespace(num_examples=n) for s, n in available.items()})
+    except (ValueError, KeyError, AssertionError) as e:
+      raise ValueError(f'unknown split {spec!r} for image folder {self.root!r}: available splits '
+                       f'{sorted(available)}{hint}. ({e})') from None
+    entries = []
+    for ins in instructions:
+      split = self._splits[ins.splitname]
+      start = 0 if ins.from_ is None else ins.from_
+      stop = len(split) if ins.to is None else ins.to
+      entries += list(split._entries[start:stop])  # pylint: disable=protected-access
+    if not entries:
+      raise ValueError(f'split {spec!r} of image folder {self.root!r} is empty; available splits {available}{hint}')
+    return ImageFolderSplit(self.root, entries, self.class_names, self.channels)
+
+
+def _scan(root: str, entries: Sequence[_Entry], num_threads: int | None) -> tuple[dict[str, int], int]:
+  """Decodes every file once: relpath -> channel count for the readable ones; logs and counts the rest."""
+
+  def probe(entry: _Entry):
+    try:
+      return entry.relpath, read_image(os.path.join(root, entry.relpath)).shape[-1]
+    except UnreadableImageError:
+      return entry.relpath, None
+
+  threads = num_threads or min(8, os.cpu_count() or 1)
+  with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+    results = list(pool.map(probe, entries))
+  unreadable = [p for p, c in results if c is None]
+  if unreadable:
+    logging.warning('skipped %d unreadable images, e.g. %s', len(unreadable), os.path.join(root, unreadable[0]))
+  return {p: c for p, c in results if c is not None}, len(unreadable)
+
+
+_MEMO: dict[tuple, ImageFolder] = {}
+_MEMO_LOCK = threading.Lock()
+
+
+def _listing_signature(root: str) -> tuple:
+  signature = []
+  for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+    dirnames.sort()
+    for name in sorted(filenames):
+      if _is_image_file(name):
+        st = os.stat(os.path.join(dirpath, name))
+        signature.append((os.path.relpath(os.path.join(dirpath, name), root), st.st_size, st.st_mtime_ns))
+  return tuple(signature)
+
+
+def open_image_folder(root: str) -> ImageFolder:
+  """`ImageFolder(root)`, memoised per process while the folder's listing (paths, sizes, mtimes) is unchanged."""
+  if not root:
+    return ImageFolder(root)  # raises the 'set manual_dir' error
+  key_root = os.path.abspath(os.path.expanduser(root))
+  if not os.path.isdir(key_root):
+    return ImageFolder(root)  # raises the 'does not exist' error
+  key = (key_root, hash(_listing_signature(key_root)))
+  with _MEMO_LOCK:
+    folder = _MEMO.get(key)
+  if folder is None:
+    folder = ImageFolder(key_root)
+    with _MEMO_LOCK:
+      while len(_MEMO) >= 4:
+        _MEMO.pop(next(iter(_MEMO)))
+      _MEMO[key] = folder
+  return folder

@@ -1,0 +1,40 @@
+"""Runs the stages named in `config.stages` in order, each resumable; the one function launch/train.py calls.
+
+Stages read earlier stages' checkpoints from the same workdir (`<workdir>/<stage>/`). This issue's stage is
+`classifier`; `gan`, `encoder`, `explain` and `evaluate` join the registry as they are built.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+
+import ml_collections
+
+# stage name -> module with `train_and_evaluate(config, workdir) -> dict`
+STAGES = {
+    'classifier': 'stylex_jax.train.classifier',
+}
+
+
+def parse_stages(stages: str) -> list[str]:
+  """'classifier, gan' -> ['classifier', 'gan']; unknown or repeated names -> ValueError."""
+  names = [s.strip() for s in stages.split(',') if s.strip()]
+  if not names:
+    raise ValueError(f'config.stages is empty; set e.g. --config.stages={",".join(STAGES)}')
+  unknown = [n for n in names if n not in STAGES]
+  if unknown:
+    raise ValueError(f'unknown stage(s) {unknown} in config.stages={stages!r}; available: {", ".join(STAGES)}')
+  if len(set(names)) != len(names):
+    raise ValueError(f'config.stages={stages!r} names a stage twice')
+  return names
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, dict]:
+  """Runs every stage of `config.stages` in order in `workdir`; returns {stage: summary}."""
+  names = parse_stages(config.stages)
+  os.makedirs(workdir, exist_ok=True)
+  results = {}
+  for name in names:
+    module = importlib.import_module(STAGES[name])
+    results[name] = module.train_and_evaluate(config, workdir)
+  return results

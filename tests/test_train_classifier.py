@@ -1,0 +1,145 @@
+"""The classifier stage: sharded step equivalence (1 vs 8 devices), loss against numpy, end-to-end smoke run
+with metrics, resume without retraining, resume continuing exactly, and clear errors on config/data mismatch."""
+import functools
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import demo
+from stylex_jax import sharding
+from stylex_jax.train import classifier as stage
+
+
+def _smoke_config(data_dir, **overrides):
+  config = demo.get_config('smoke')
+  config.data.data_dir = str(data_dir)
+  for key, value in overrides.items():
+    group, name = key.split('.')
+    config[group][name] = value
+  return config
+
+
+@pytest.fixture(scope='module')
+def data_dir(tmp_path_factory):
+  return tmp_path_factory.mktemp('tfds')
+
+
+def _one_step(num_devices, batch):
+  config = demo.get_config('smoke')
+  model = stage.build_model(config)
+  tx = stage.build_optimizer(config.classifier.optimizer, 10)
+  mesh = sharding.make_mesh(num_devices)
+  rep = sharding.replicated(mesh)
+  state = jax.jit(functools.partial(stage.create_state, model, tx, (16, 16, 1)), out_shardings=rep)(
+      jax.random.key(0))
+  step = jax.jit(functools.partial(stage.train_step, model=model, tx=tx),
+                 in_shardings=(rep, sharding.data_sharding(mesh), rep), out_shardings=(rep, rep))
+  weights = jnp.ones([2], jnp.float32)
+  for _ in range(2):
+    state, metrics = step(state, sharding.shard_batch(batch, mesh), weights)
+  return jax.device_get(state.params), jax.device_get(state.batch_stats), jax.device_get(metrics)
+
+
+def test_step_on_1_and_8_devices_agree():
+  rng = np.random.default_rng(0)
+  batch = dict(image=rng.uniform(-1, 1, (16, 16, 16, 1)).astype(np.float32),
+               label=rng.integers(0, 2, 16).astype(np.int32))
+  p1, s1, m1 = _one_step(1, batch)
+  p8, s8, m8 = _one_step(8, batch)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5), p1, p8)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5), s1, s8)
+  np.testing.assert_allclose(m1['train_loss'], m8['train_loss'], rtol=1e-5)
+
+
+def test_weighted_smoothed_loss_matches_numpy():
+  rng = np.random.default_rng(1)
+  logits = rng.normal(size=(7, 3)).astype(np.float32)
+  labels = rng.integers(0, 3, 7)
+  weights = np.array([0.5, 2.0, 1.0], np.float32)
+  eps = 0.1
+  targets = np.eye(3)[labels] * (1 - eps) + eps / 3
+  logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+  per = -(targets * logp).sum(-1)
+  expected = (per * weights[labels]).sum() / weights[labels].sum()
+  got = stage._loss(jnp.asarray(logits), jnp.asarray(labels), jnp.asarray(weights), eps)
+  np.testing.assert_allclose(got, expected, rtol=1e-5)
+
+
+def test_class_weights_are_inverse_frequency():
+  class FakePipeline:
+    labels = np.array([0, 0, 0, 1])
+  w = stage._class_weights(FakePipeline, 2, True)
+  np.testing.assert_allclose(w, [4 / (2 * 3), 4 / (2 * 1)], rtol=1e-6)
+  np.testing.assert_array_equal(stage._class_weights(FakePipeline, 2, False), [1, 1])
+  with pytest.raises(ValueError, match='no examples of classes'):
+    stage._class_weights(FakePipeline, 3, True)
+
+
+def test_learning_rate_schedule_warmup_then_cosine():
+  config = demo.get_config('')
+  opt = config.classifier.optimizer
+  sched = stage.learning_rate_schedule(opt, 1000)
+  w = opt.warmup_steps
+  np.testing.assert_allclose(sched(w // 2), opt.learning_rate * (w // 2) / w, rtol=1e-5)
+  np.testing.assert_allclose(sched(w), opt.learning_rate, rtol=1e-5)
+  end = opt.learning_rate * opt.end_learning_rate_factor
+  mid = w + (1000 - w) // 2
+  np.testing.assert_allclose(sched(mid), end + (opt.learning_rate - end) * 0.5, rtol=1e-3)
+
+
+def _read(path):
+  with open(path) as f:
+    return [json.loads(line) for line in f]
+
+
+def test_stage_trains_writes_metrics_and_does_not_retrain(data_dir, tmp_path, capsys):
+  config = _smoke_config(data_dir)
+  summary = stage.train_and_evaluate(config, str(tmp_path))
+  assert summary['step'] == config.classifier.num_steps
+  rows = _read(tmp_path / 'classifier' / 'metrics.jsonl')
+  evals = [r for r in rows if 'accuracy' in r]
+  assert evals and all(set(r) >= {'accuracy', 'auc', 'qwk', 'confusion_matrix'} for r in evals)
+  assert any('train_loss' in r and 'images_per_sec' in r for r in rows)
+  assert any('test_accuracy' in r for r in rows)
+  cm = np.asarray(evals[-1]['confusion_matrix'])
+  assert cm.shape == (2, 2) and cm.sum() == evals[-1]['num_examples']
+  n_rows = len(rows)
+  again = stage.train_and_evaluate(config, str(tmp_path))
+  assert 'not retraining' in capsys.readouterr().out
+  assert again == json.loads((tmp_path / 'classifier' / 'summary.json').read_text())
+  assert len(_read(tmp_path / 'classifier' / 'metrics.jsonl')) == n_rows
+
+
+def test_resumed_run_continues_exactly(data_dir, tmp_path):
+  config = _smoke_config(data_dir, **{'classifier.eval_every': 100})
+  full = stage.train_and_evaluate(config, str(tmp_path / 'full'))
+  part = stage.train_and_evaluate(config, str(tmp_path / 'split'), max_steps_this_run=3)
+  assert part == dict(stage='classifier', step=3, complete=False)
+  resumed = stage.train_and_evaluate(config, str(tmp_path / 'split'))
+  last = lambda d: [r for r in _read(tmp_path / d / 'classifier' / 'metrics.jsonl') if 'train_loss' in r][-1]
+  a, b = last('full'), last('split')
+  assert a['step'] == b['step'] == config.classifier.num_steps
+  np.testing.assert_allclose(a['train_loss'], b['train_loss'], rtol=1e-5)
+  for key in ('accuracy', 'auc', 'eval_loss', 'test_accuracy'):
+    np.testing.assert_allclose(full[key], resumed[key], rtol=1e-5)
+
+
+def test_rgb_data_with_one_channel_config_is_a_clear_error(data_dir, tmp_path):
+  config = _smoke_config(data_dir, **{'data.dataset': 'synthetic_histology', 'data.label_threshold': -1})
+  with pytest.raises(ValueError, match='channel'):
+    stage.train_and_evaluate(config, str(tmp_path))
+  assert not os.path.exists(tmp_path / 'classifier' / 'checkpoints' / '0')
+
+
+def test_checkpoint_from_another_config_is_refused(data_dir, tmp_path):
+  stage.train_and_evaluate(_smoke_config(data_dir, **{'classifier.num_steps': 3}), str(tmp_path))
+  before = sorted(os.listdir(tmp_path / 'classifier' / 'checkpoints'))
+  other = _smoke_config(data_dir, **{'classifier.num_steps': 6})
+  other.classifier.model = dict(preset='demo', width=8)
+  with pytest.raises(ValueError, match='another config'):
+    stage.train_and_evaluate(other, str(tmp_path))
+  assert sorted(os.listdir(tmp_path / 'classifier' / 'checkpoints')) == before
