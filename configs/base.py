@@ -63,7 +63,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   # StyleGAN2-ADA. Defaults are NVIDIA's `paper256`-style settings; experiment configs scale them.
   config.gan = ml_collections.ConfigDict(dict(
       generator=dict(z_dim=512, w_dim=512, mapping_layers=8, channel_base=16384, channel_max=512,
-                     mapping_lr_multiplier=0.01, fused_modconv=True),
+                     mapping_lr_multiplier=0.01, fused_modconv=False),
       discriminator=dict(channel_base=16384, channel_max=512, mbstd_group_size=4, mbstd_num_features=1),
       compute_dtype='float32',    # 'bfloat16' on GPU/TPU: bf16 compute, float32 params and optimiser state
       batch_size=32,              # global batch

@@ -356,6 +356,33 @@ def _prepare_scalars(scalars: dict[str, Any]) -> tuple[dict[str, Any], dict[str,
     return json_fields, tb
 
 
+def write_json(path: str, obj: dict, *, is_chief: bool | None = None) -> dict:
+    """Writes a stage summary (or any JSON object) atomically; NaN/Inf become null so it stays strict JSON.
+
+    Nested dicts/lists are cleaned recursively; only the chief process (jax.process_index() == 0) writes.
+    Returns the cleaned object (what a later json.load of the file gives back).
+    """
+    if is_chief is None:
+        import jax
+        is_chief = jax.process_index() == 0
+
+    def clean(v):
+        if isinstance(v, dict):
+            return {str(k): clean(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [clean(x) for x in v]
+        if isinstance(v, (bool, np.bool_, int, np.integer, float, np.floating)):
+            return _json_number(v)
+        if isinstance(v, np.ndarray):
+            return clean(v.tolist())
+        return v
+
+    cleaned = clean(obj)
+    if is_chief:
+        _write_atomic(path, (json.dumps(cleaned, indent=1, allow_nan=False) + "\n").encode())
+    return cleaned
+
+
 def read_metrics(path: str) -> list[dict]:
     """Parses a ``metrics.jsonl`` into a list of dicts (non-finite values read back as None).
 

@@ -124,7 +124,7 @@ def test_resumed_run_continues_exactly(data_dir, tmp_path):
   a, b = last('full'), last('split')
   assert a['step'] == b['step'] == config.classifier.num_steps
   np.testing.assert_allclose(a['train_loss'], b['train_loss'], rtol=1e-5)
-  for key in ('accuracy', 'auc', 'eval_loss', 'test_accuracy'):
+  for key in ('accuracy', 'auc', 'log_loss', 'test_accuracy'):
     np.testing.assert_allclose(full[key], resumed[key], rtol=1e-5)
 
 

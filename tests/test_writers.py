@@ -212,3 +212,15 @@ def test_progress_line_with_fake_clock():
     silent = io.StringIO()
     Progress(10, 0, 8, every=1, file=silent, is_chief=False).update(1)
     assert silent.getvalue() == ""
+
+
+def test_write_json_is_strict_json_with_nan_as_null(tmp_path):
+    import json as _json
+    path = str(tmp_path / "summary.json")
+    out = writers.write_json(path, {"a": float("nan"), "b": [1.0, float("inf")], "c": {"d": np.float32(2.5)}},
+                             is_chief=True)
+    assert out == {"a": None, "b": [1.0, None], "c": {"d": 2.5}}
+    with open(path) as f:
+        assert _json.loads(f.read(), parse_constant=lambda c: (_ for _ in ()).throw(ValueError(c))) == out
+    writers.write_json(str(tmp_path / "other.json"), {"a": 1}, is_chief=False)
+    assert not (tmp_path / "other.json").exists()

@@ -3,7 +3,7 @@
 State, `create_state`, the pure step functions (`train_step`, `eval_step`) and `train_and_evaluate`, which
 runs the sharded, jitted loop with resumable orbax checkpoints and writes
 `<workdir>/classifier/metrics.jsonl` (train loss/accuracy/learning rate/images per second every `log_every`
-steps; `accuracy`, `auc`, `qwk`, `confusion_matrix`, `eval_loss` on the eval split every `eval_every` steps and
+steps; `accuracy`, `auc`, `qwk`, `confusion_matrix`, `log_loss`, ... on the eval split every `eval_every` steps and
 at the end; `test_*` on the test split at the end) and `<workdir>/classifier/summary.json`.
 
 The steps are written over the global batch: under `jax.jit` with `NamedSharding` the batch axis is split over
@@ -143,18 +143,14 @@ def _class_weights(pipeline, num_classes: int, balanced: bool) -> np.ndarray:
 
 
 def evaluate(state, pipeline, eval_fn, mesh) -> dict:
-  """Runs `eval_fn` over every example of `pipeline` once; returns classification metrics + eval_loss."""
+  """Runs `eval_fn` over every example of `pipeline` once; returns `metrics.classification_metrics`."""
   probs, labels, masks = [], [], []
   for batch in pipeline.eval_batches():
     out = eval_fn(state, sharding.shard_batch({k: batch[k] for k in ('image', 'label', 'mask')}, mesh))
     out = jax.device_get(out)
     probs.append(out['probs']), labels.append(out['label']), masks.append(out['mask'])
   probs, labels, masks = np.concatenate(probs), np.concatenate(labels), np.concatenate(masks)
-  result = metrics_lib.classification_metrics(labels, probs, mask=masks)
-  keep = masks > 0
-  picked = probs[keep, labels[keep]]
-  result['eval_loss'] = float(-np.mean(np.log(np.clip(picked, 1e-12, 1.0))))
-  return result
+  return metrics_lib.classification_metrics(labels, probs, mask=masks)
 
 
 def _check_data(config, train_data) -> None:
@@ -262,11 +258,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     writer.write_scalars(step, test)
     summary = dict(stage=STAGE, step=step, **(last_eval or evaluate(state, eval_data, eval_fn, mesh)), **test,
                    checkpoints=ckpt.directory, metrics=os.path.join(stage_dir, 'metrics.jsonl'))
-    if jax.process_index() == 0:
-      tmp = summary_path + '.tmp'
-      with open(tmp, 'w') as f:
-        json.dump(summary, f, indent=1)
-      os.replace(tmp, summary_path)
+    summary = writers.write_json(summary_path, summary)
     print(f'[classifier] done at step {step}: accuracy={summary["accuracy"]:.3f} auc={summary["auc"]:.3f} '
           f'test_accuracy={summary["test_accuracy"]:.3f}\n  metrics: {summary["metrics"]}\n'
           f'  checkpoints: {ckpt.directory}\n  summary: {summary_path}')

@@ -1,0 +1,393 @@
+"""The `gan` stage: StyleGAN2 trained as NVIDIA trains it, sharded over the 'data' mesh axis.
+
+One iteration = G main step, G path-length step (every `pl_interval`), D main step, D R1 step (every
+`r1_interval`) — four undecorated pure functions, jitted at the call site with donation and shardings, chosen
+by step count (lazy regularisation with the Adam correction). ADA augments every image D sees and adapts its
+strength p from E[sign(D(real))]. G_ema follows G with a half-life in kimg and a ramp-up.
+
+Outputs in `<workdir>/gan/`: `checkpoints/` (step, params, G_ema, both optimiser states, w_avg, ADA p and
+its accumulators, pl_mean; the data position is the step), `metrics.jsonl` (losses, R1, path-length penalty,
+ADA p, r_t, kimg, images/s; realism metrics at eval steps), `samples/` (G_ema grids at fixed latents) and
+`summary.json`.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import os
+import time
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from stylex_jax import checkpointing, sharding, writers
+from stylex_jax.models import stylegan2
+from stylex_jax.train import augment as augment_lib
+from stylex_jax.train import losses
+
+STAGE = 'gan'
+DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+
+
+@flax.struct.dataclass
+class GanState:
+  """Everything a resume needs (the data position is `step`)."""
+  step: jax.Array           # int32: iterations done
+  g_params: Any
+  g_stats: Any              # {'mapping_network': {'w_avg': [w_dim]}}; shared by G and G_ema as the reference
+  g_ema: Any                # EMA of g_params
+  d_params: Any
+  g_opt_state: Any
+  d_opt_state: Any
+  ada_p: jax.Array          # float32 augmentation probability
+  ada_sum: jax.Array        # float32 sum of sign(D(real)) since the last ADA update
+  ada_count: jax.Array      # float32 number of logits summed
+  pl_mean: jax.Array        # float32 running mean of path lengths
+
+
+@flax.struct.dataclass
+class Models:
+  """The static pieces the steps close over (hashable modules and optimisers)."""
+  generator: Any = flax.struct.field(pytree_node=False)
+  discriminator: Any = flax.struct.field(pytree_node=False)
+  g_tx: Any = flax.struct.field(pytree_node=False)
+  d_tx: Any = flax.struct.field(pytree_node=False)
+  augment: Any = flax.struct.field(pytree_node=False)   # AugmentConfig or None
+  batch_sharding: Any = flax.struct.field(pytree_node=False)
+
+
+def check_config(config: ml_collections.ConfigDict, mesh) -> None:
+  """Fails before anything compiles on an impossible resolution, channel count or batch split."""
+  gc, res, ch = config.gan, config.data.image_size, config.data.channels
+  stylegan2.check_resolution_channels(res, ch, 'gan stage (config.data.image_size / channels)')
+  group = gc.discriminator.get('mbstd_group_size') or 1
+  sharding.check_global_batch(gc.batch_size, mesh, group_size=group)
+  if gc.pl_weight > 0 and gc.pl_interval:
+    pl_batch = gc.batch_size // gc.pl_batch_shrink
+    if pl_batch * gc.pl_batch_shrink != gc.batch_size:
+      raise ValueError(f'config.gan.batch_size={gc.batch_size} is not divisible by pl_batch_shrink='
+                       f'{gc.pl_batch_shrink}; change one of them')
+    sharding.check_global_batch(pl_batch, mesh)
+  if gc.compute_dtype not in DTYPES:
+    raise ValueError(f'config.gan.compute_dtype={gc.compute_dtype!r}; use one of {tuple(DTYPES)}')
+
+
+def r1_gamma(config: ml_collections.ConfigDict) -> float:
+  """config.gan.r1_gamma, or NVIDIA's `auto` rule 0.0002·res²/batch when it is negative."""
+  g = config.gan.r1_gamma
+  return losses.r1_gamma_auto(config.data.image_size, config.gan.batch_size) if g < 0 else float(g)
+
+
+def build_models(config: ml_collections.ConfigDict, mesh=None) -> Models:
+  gc = config.gan
+  dtype = DTYPES[gc.compute_dtype]
+  generator = stylegan2.Generator(**dict(gc.generator), resolution=config.data.image_size,
+                                  channels=config.data.channels, dtype=dtype)
+  discriminator = stylegan2.Discriminator(**dict(gc.discriminator), resolution=config.data.image_size,
+                                          channels=config.data.channels, dtype=dtype)
+
+  def adam(lr, interval):
+    lr, b1, b2 = losses.lazy_regularization_adam(lr, gc.beta1, gc.beta2, interval)
+    return optax.adam(lr, b1=b1, b2=b2, eps=1e-8)
+  g_tx = adam(gc.g_lr, gc.pl_interval if gc.pl_weight > 0 else 0)
+  d_tx = adam(gc.d_lr, gc.r1_interval if r1_gamma(config) > 0 else 0)
+  aug = None if gc.augment == 'none' else augment_lib.AugmentConfig.from_preset(gc.augment)
+  batch_sharding = sharding.data_sharding(mesh) if mesh is not None else None
+  return Models(generator, discriminator, g_tx, d_tx, aug, batch_sharding)
+
+
+def create_state(models: Models, key: jax.Array, initial_p: float = 0.0) -> GanState:
+  """Initial state (pure; jit with out_shardings to create it replicated)."""
+  g, d = models.generator, models.discriminator
+  kg, kd, kn = jax.random.split(key, 3)
+  z = jnp.zeros((1, g.z_dim), jnp.float32)
+  g_vars = g.init({'params': kg, 'noise': kn}, z)
+  d_params = d.init(kd, jnp.zeros((1, d.resolution, d.resolution, d.channels), jnp.float32))['params']
+  g_params = g_vars['params']
+  return GanState(step=jnp.zeros((), jnp.int32), g_params=g_params, g_stats=g_vars['stats'],
+                  g_ema=jax.tree.map(jnp.copy, g_params), d_params=d_params,
+                  g_opt_state=models.g_tx.init(g_params), d_opt_state=models.d_tx.init(d_params),
+                  ada_p=jnp.float32(initial_p), ada_sum=jnp.float32(0), ada_count=jnp.float32(0),
+                  pl_mean=jnp.float32(0))
+
+
+def _constrain(x, models: Models):
+  return x if models.batch_sharding is None else jax.lax.with_sharding_constraint(x, models.batch_sharding)
+
+
+def _latents(models: Models, key, batch: int):
+  return _constrain(jax.random.normal(key, (batch, models.generator.z_dim), jnp.float32), models)
+
+
+def _mapping(models: Models, g_params, g_stats, key, batch: int, mixing_prob: float, update_w_avg: bool):
+  """ws [batch, num_ws, w_dim] with style mixing (one cutoff per batch, as the reference), and new stats."""
+  g = models.generator
+  kz, kz2, kc, kp = jax.random.split(key, 4)
+  variables = {'params': g_params, 'stats': g_stats}
+  ws, mutated = g.apply(variables, _latents(models, kz, batch), method='mapping', update_w_avg=update_w_avg,
+                        mutable=['stats'])
+  if mixing_prob > 0:
+    ws2 = g.apply(variables, _latents(models, kz2, batch), method='mapping')
+    cutoff = jax.random.randint(kc, (), 1, g.num_ws)
+    cutoff = jnp.where(jax.random.uniform(kp) < mixing_prob, cutoff, g.num_ws)
+    ws = stylegan2.style_mix(ws, ws2, cutoff)
+  return ws, mutated['stats']
+
+
+def _synthesis(models: Models, g_params, ws, key):
+  return models.generator.apply({'params': g_params}, ws, method='synthesis', noise_mode='random',
+                                rngs={'noise': key})
+
+
+def _d_logits(models: Models, d_params, images, key, p):
+  if models.augment is not None:
+    images = augment_lib.augment(images, key, p, models.augment)
+  return models.discriminator.apply({'params': d_params}, images).reshape(images.shape[0])
+
+
+def g_main_step(state: GanState, key: jax.Array, *, models: Models, batch_size: int, mixing_prob: float,
+                ema_kimg: float, ema_rampup: float | None) -> tuple[GanState, dict]:
+  """G non-saturating step on `batch_size` fresh latents, w_avg update, then the G_ema update."""
+  key = jax.random.fold_in(key, state.step)
+  km, ks, ka = jax.random.split(key, 3)
+
+  def loss_fn(g_params):
+    ws, stats = _mapping(models, g_params, state.g_stats, km, batch_size, mixing_prob, update_w_avg=True)
+    fakes = _synthesis(models, g_params, ws, ks)
+    logits = _d_logits(models, state.d_params, fakes, ka, state.ada_p)
+    return losses.g_nonsaturating_loss(logits), (stats, logits)
+
+  (loss, (stats, logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.g_params)
+  updates, opt_state = models.g_tx.update(grads, state.g_opt_state, state.g_params)
+  g_params = optax.apply_updates(state.g_params, updates)
+  beta = losses.ema_beta(batch_size, ema_kimg, ema_rampup, (state.step + 1) * batch_size)
+  g_ema = jax.tree.map(lambda p, e: p + beta * (e - p), g_params, state.g_ema)
+  return state.replace(g_params=g_params, g_stats=stats, g_ema=g_ema, g_opt_state=opt_state), dict(
+      g_loss=loss, fake_logits=jnp.mean(logits), ema_beta=beta)
+
+
+def g_reg_step(state: GanState, key: jax.Array, *, models: Models, batch_size: int, mixing_prob: float,
+               pl_weight: float, pl_interval: int, pl_decay: float) -> tuple[GanState, dict]:
+  """Path-length regularisation on `batch_size` (already shrunk) latents, weighted ×interval (lazy)."""
+  key = jax.random.fold_in(jax.random.fold_in(key, state.step), 1)
+  km, ks, ky = jax.random.split(key, 3)
+
+  def loss_fn(g_params):
+    ws, _ = _mapping(models, g_params, state.g_stats, km, batch_size, mixing_prob, update_w_avg=False)
+    penalty, pl_mean, lengths = losses.path_length_penalty(
+        lambda w: _synthesis(models, g_params, w, ks), ws, ky, state.pl_mean, pl_decay)
+    return jnp.mean(penalty) * pl_weight * pl_interval, (jnp.mean(penalty), pl_mean, jnp.mean(lengths))
+
+  (_, (penalty, pl_mean, length)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.g_params)
+  updates, opt_state = models.g_tx.update(grads, state.g_opt_state, state.g_params)
+  return state.replace(g_params=optax.apply_updates(state.g_params, updates), g_opt_state=opt_state,
+                       pl_mean=pl_mean), dict(pl_penalty=penalty, pl_length=length)
+
+
+def d_main_step(state: GanState, reals: jax.Array, key: jax.Array, *, models: Models, mixing_prob: float,
+                ada_interval: int, ada_target: float, ada_kimg: float) -> tuple[GanState, dict]:
+  """D logistic step on reals [B, H, W, C] in [-1, 1] and fresh fakes; ADA bookkeeping; step += 1."""
+  batch_size = reals.shape[0]
+  key = jax.random.fold_in(jax.random.fold_in(key, state.step), 2)
+  km, ks, kf, kr = jax.random.split(key, 4)
+  ws, _ = _mapping(models, state.g_params, state.g_stats, km, batch_size, mixing_prob, update_w_avg=False)
+  fakes = jax.lax.stop_gradient(_synthesis(models, state.g_params, ws, ks))
+
+  def loss_fn(d_params):
+    fake_logits = _d_logits(models, d_params, fakes, kf, state.ada_p)
+    real_logits = _d_logits(models, d_params, reals, kr, state.ada_p)
+    return losses.d_logistic_loss(real_logits, fake_logits), (real_logits, fake_logits)
+
+  (loss, (real_logits, fake_logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.d_params)
+  updates, opt_state = models.d_tx.update(grads, state.d_opt_state, state.d_params)
+  step = state.step + 1
+  ada_sum = state.ada_sum + jnp.sum(jnp.sign(real_logits))
+  ada_count = state.ada_count + batch_size
+  ada_p = state.ada_p
+  if models.augment is not None and ada_target > 0:
+    due = step % ada_interval == 0
+    rt = ada_sum / jnp.maximum(ada_count, 1.0)
+    new_p = augment_lib.update_p(ada_p, rt, batch_size, ada_interval, ada_target, ada_kimg)
+    ada_p = jnp.where(due, new_p, ada_p)
+    ada_sum = jnp.where(due, 0.0, ada_sum)
+    ada_count = jnp.where(due, 0.0, ada_count)
+  metrics = dict(d_loss=loss, real_logits=jnp.mean(real_logits), fake_logits_d=jnp.mean(fake_logits),
+                 rt=jnp.mean(jnp.sign(real_logits)))
+  return state.replace(step=step, d_params=optax.apply_updates(state.d_params, updates), d_opt_state=opt_state,
+                       ada_p=ada_p, ada_sum=ada_sum, ada_count=ada_count), metrics
+
+
+def d_reg_step(state: GanState, reals: jax.Array, key: jax.Array, *, models: Models, gamma: float,
+               r1_interval: int) -> tuple[GanState, dict]:
+  """R1 on (augmented) reals, gradient taken w.r.t. the un-augmented images, weighted γ/2 × interval."""
+  key = jax.random.fold_in(jax.random.fold_in(key, state.step), 3)
+
+  def loss_fn(d_params):
+    penalty, _ = losses.r1_penalty(lambda x: _d_logits(models, d_params, x, key, state.ada_p), reals)
+    return jnp.mean(penalty) * (gamma / 2) * r1_interval, jnp.mean(penalty)
+
+  (_, penalty), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.d_params)
+  updates, opt_state = models.d_tx.update(grads, state.d_opt_state, state.d_params)
+  return state.replace(d_params=optax.apply_updates(state.d_params, updates), d_opt_state=opt_state), dict(
+      r1_penalty=penalty)
+
+
+def generate(models: Models, g_ema, g_stats, z: jax.Array, truncation_psi: float = 1.0,
+             noise_mode: str = 'const') -> jax.Array:
+  """G_ema images [B, R, R, C] (clipped to [-1, 1]) for latents z [B, z_dim]. Pure; jit at the call site."""
+  g = models.generator
+  variables = {'params': g_ema, 'stats': g_stats}
+  ws = g.apply(variables, z, method='mapping', truncation_psi=truncation_psi)
+  return jnp.clip(g.apply({'params': g_ema}, ws, method='synthesis', noise_mode=noise_mode), -1.0, 1.0)
+
+
+def config_fingerprint(config: ml_collections.ConfigDict) -> dict:
+  """Config fields that fix the checkpoint's array shapes."""
+  gc = config.gan
+  return dict(generator=dict(gc.generator), discriminator=dict(gc.discriminator),
+              image_size=int(config.data.image_size), channels=int(config.data.channels))
+
+
+class StepFunctions:
+  """The four steps jitted once each with donation and shardings (the call site of the pure steps)."""
+
+  def __init__(self, config: ml_collections.ConfigDict, models: Models, mesh):
+    gc = config.gan
+    rep, data = sharding.replicated(mesh), sharding.data_sharding(mesh)
+    jit = lambda fn, in_sh: jax.jit(fn, in_shardings=in_sh, out_shardings=(rep, rep), donate_argnums=0)
+    self.g_main = jit(functools.partial(g_main_step, models=models, batch_size=gc.batch_size,
+                                        mixing_prob=gc.style_mixing_prob, ema_kimg=gc.ema_kimg,
+                                        ema_rampup=gc.ema_rampup or None), (rep, rep))
+    self.g_reg = None
+    if gc.pl_weight > 0 and gc.pl_interval:
+      self.g_reg = jit(functools.partial(g_reg_step, models=models, batch_size=gc.batch_size // gc.pl_batch_shrink,
+                                         mixing_prob=gc.style_mixing_prob, pl_weight=gc.pl_weight,
+                                         pl_interval=gc.pl_interval, pl_decay=gc.pl_decay), (rep, rep))
+    self.d_main = jit(functools.partial(d_main_step, models=models, mixing_prob=gc.style_mixing_prob,
+                                        ada_interval=gc.ada_interval, ada_target=gc.ada_target,
+                                        ada_kimg=gc.ada_kimg), (rep, data, rep))
+    gamma = r1_gamma(config)
+    self.d_reg = None
+    if gamma > 0 and gc.r1_interval:
+      self.d_reg = jit(functools.partial(d_reg_step, models=models, gamma=gamma, r1_interval=gc.r1_interval),
+                       (rep, data, rep))
+    self.pl_interval, self.r1_interval = gc.pl_interval, gc.r1_interval
+
+  def iteration(self, state: GanState, reals: jax.Array, key: jax.Array, step: int):
+    """One full iteration (1-based `step` decides the lazy regularisers, as the reference's phase counter)."""
+    metrics = {}
+    state, m = self.g_main(state, key); metrics.update(m)
+    if self.g_reg is not None and step % self.pl_interval == 0:
+      state, m = self.g_reg(state, key); metrics.update(m)
+    state, m = self.d_main(state, reals, key); metrics.update(m)
+    if self.d_reg is not None and step % self.r1_interval == 0:
+      state, m = self.d_reg(state, reals, key); metrics.update(m)
+    return state, metrics
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
+                       max_steps_this_run: int | None = None) -> dict:
+  """Trains (or resumes) the GAN in `<workdir>/gan/`; a finished stage is not retrained. Returns its summary."""
+  from stylex_jax.data import pipeline as pipeline_lib  # TF lives in data/; imported only when training
+  from stylex_jax.evaluate import realism
+
+  gc = config.gan
+  stage_dir = os.path.join(workdir, STAGE)
+  os.makedirs(stage_dir, exist_ok=True)
+  summary_path = os.path.join(stage_dir, 'summary.json')
+  mesh = sharding.make_mesh(config.num_devices or None)
+  check_config(config, mesh)
+
+  ckpt = checkpointing.Checkpointer(os.path.join(stage_dir, 'checkpoints'), keep=gc.keep_checkpoints,
+                                    save_interval_steps=gc.checkpoint_every,
+                                    config_fingerprint=config_fingerprint(config))
+  latest = ckpt.latest_step()
+  if latest is not None and latest >= gc.num_steps and os.path.exists(summary_path):
+    print(f'[gan] already trained to step {latest} (checkpoints in {ckpt.directory}); not retraining. '
+          f'Summary: {summary_path}')
+    ckpt.close()
+    with open(summary_path) as f:
+      return json.load(f)
+
+  data = pipeline_lib.Pipeline(config.data, config.data.train_split, global_batch_size=gc.batch_size,
+                               seed=config.seed, train=True)
+  if data.image_shape != (config.data.image_size, config.data.image_size, config.data.channels):
+    raise ValueError(f'the data gives images of shape {data.image_shape} but the GAN is configured for '
+                     f'{(config.data.image_size, config.data.image_size, config.data.channels)}; set '
+                     f'--config.data.channels={data.image_shape[-1]}')
+  models = build_models(config, mesh)
+  rep = sharding.replicated(mesh)
+  init_fn = jax.jit(functools.partial(create_state, models, initial_p=gc.augment_p), out_shardings=rep)
+  key = jax.random.key(config.seed)
+  init_key, train_key, sample_key = jax.random.split(jax.random.fold_in(key, 1), 3)
+  if latest is not None:
+    state, _ = ckpt.restore(checkpointing.abstract_like(jax.eval_shape(init_fn, init_key), rep))
+    print(f'[gan] resumed from step {int(state.step)} ({ckpt.directory})')
+  else:
+    state = init_fn(init_key)
+
+  steps = StepFunctions(config, models, mesh)
+  gen_fn = jax.jit(functools.partial(generate, models, noise_mode='const'), out_shardings=rep)
+  sample_z = jax.random.normal(sample_key, (gc.num_samples, models.generator.z_dim), jnp.float32)
+  evaluator = realism.RealismEvaluator(config, workdir, data, num_images=gc.eval_images)
+
+  writer = writers.MetricWriter(stage_dir)
+  checkpointing.install_preemption_handler()
+  start = int(state.step)
+  stop = gc.num_steps if max_steps_this_run is None else min(gc.num_steps, start + max_steps_this_run)
+  progress = writers.Progress(gc.num_steps, start, gc.batch_size, every=gc.log_every, name=STAGE)
+  t_log, n_log, last_eval = time.perf_counter(), 0, {}
+  for step, batch in zip(range(start + 1, stop + 1), data.iterate(start)):
+    reals = sharding.shard_batch({'image': batch['image']}, mesh)['image']
+    state, metrics = steps.iteration(state, reals, train_key, step)
+    n_log += 1
+    if step % gc.log_every == 0 or step == stop:
+      scalars = {k: float(v) for k, v in jax.device_get(metrics).items()}
+      dt = time.perf_counter() - t_log
+      scalars.update(ada_p=float(state.ada_p), pl_mean=float(state.pl_mean), kimg=step * gc.batch_size / 1000,
+                     images_per_sec=n_log * gc.batch_size / dt)
+      writer.write_scalars(step, scalars)
+      progress.update(step, dict(g=scalars['g_loss'], d=scalars['d_loss'], p=scalars['ada_p']))
+      t_log, n_log = time.perf_counter(), 0
+    if step % gc.sample_every == 0 or step == stop:
+      writer.write_images(step, {'samples': np.asarray(gen_fn(state.g_ema, state.g_stats, sample_z))})
+    if step % gc.eval_every == 0 or step == gc.num_steps:
+      last_eval = evaluator(lambda z: gen_fn(state.g_ema, state.g_stats, z), jax.random.fold_in(key, 7))
+      writer.write_scalars(step, last_eval)
+    preempted = ckpt.reached_preemption(step)
+    ckpt.save(step, state, force=step == stop or preempted)
+    if preempted:
+      print(f'[gan] preempted at step {step}: checkpoint saved in {ckpt.directory}; rerun to resume')
+      break
+  ckpt.wait_until_finished()
+  step = int(state.step)
+  writer.close()
+  ckpt.close()
+  if step < gc.num_steps:
+    return dict(stage=STAGE, step=step, complete=False)
+  summary = dict(stage=STAGE, step=step, kimg=step * gc.batch_size / 1000, ada_p=float(state.ada_p),
+                 **last_eval, checkpoints=ckpt.directory, metrics=os.path.join(stage_dir, 'metrics.jsonl'),
+                 samples=os.path.join(stage_dir, 'samples'))
+  summary = writers.write_json(summary_path, summary)
+  print(f'[gan] done at step {step} ({summary["kimg"]:.1f} kimg): ' +
+        ' '.join(f'{k}={v:.3g}' for k, v in last_eval.items() if isinstance(v, float)) +
+        f'\n  samples: {summary["samples"]}\n  checkpoints: {ckpt.directory}\n  summary: {summary_path}')
+  return summary
+
+
+def load_generator(config: ml_collections.ConfigDict, workdir: str, mesh=None):
+  """Restores the latest G_ema from `<workdir>/gan/checkpoints`: returns (models, g_ema params, g_stats)."""
+  mesh = mesh or sharding.make_mesh(config.num_devices or None)
+  models = build_models(config, mesh)
+  rep = sharding.replicated(mesh)
+  ckpt = checkpointing.Checkpointer(os.path.join(workdir, STAGE, 'checkpoints'),
+                                    config_fingerprint=config_fingerprint(config))
+  abstract = jax.eval_shape(functools.partial(create_state, models), jax.random.key(0))
+  state, _ = ckpt.restore(checkpointing.abstract_like(abstract, rep))
+  ckpt.close()
+  return models, state.g_ema, state.g_stats
