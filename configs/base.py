@@ -82,6 +82,8 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
       ema_kimg=10.0,              # G_ema half-life in thousands of images
       ema_rampup=0.05,            # half-life <= rampup * images seen (0 disables the ramp-up)
       augment='bgc',              # ADA pipeline preset: 'bgc', 'bg', 'b', 'c' or 'none'
+      augment_antialias=True,     # ADA geometric ops resample through the reference's 2x filter (False: ~10x
+                                  #   cheaper plain bilinear, aliases when shrinking — the CPU demo's choice)
       augment_p=0.0,              # initial augmentation probability (fixed when ada_target == 0)
       ada_target=0.6,             # target E[sign(D(real))]; 0 disables adaptation
       ada_interval=4,
@@ -91,6 +93,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
       num_samples=16,
       eval_every=2000,            # realism metrics (FID/KID on classifier features, phantom oracles)
       eval_images=512,
+      inception_weights='',       # optional .npz of the FID InceptionV3 (see models/inception.py) for fid/kid
       checkpoint_every=1000,
       keep_checkpoints=3,
   ))

@@ -6,7 +6,8 @@ Launch:
   python launch/train.py --config configs/kl_xray.py --workdir gs://bucket/kl_xray \
       --config.data.manual_dir=/data/kl_xray
 Expected: ~20 min on 8 A100-class devices for the classifier stage; published ResNet baselines on this data reach
-QWK ≈ 0.85–0.88 and 5-class accuracy ≈ 0.65–0.70.
+QWK ≈ 0.85–0.88 and 5-class accuracy ≈ 0.65–0.70. The gan stage (NVIDIA `auto` settings at 256², ~5 Mimg) takes
+on the order of a day on 8 A100-class devices; see the README benchmark table.
 
 Variants: smoke (a few steps at 64² with a small net, to check a real-data install quickly);
 binary (KL >= 2 vs < 2).
@@ -22,7 +23,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   if arg not in VARIANTS:
     raise ValueError(f'unknown kl_xray variant {arg!r}; choose one of {VARIANTS}')
   config = base.get_config()
-  config.stages = 'classifier'
+  config.stages = 'classifier,gan'
   config.data.dataset = 'kl_xray'
   config.data.builder_config = ''
   config.data.image_size = 256
@@ -43,6 +44,23 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.eval_every = 1000
   c.checkpoint_every = 1000
 
+  # StyleGAN2 with NVIDIA's `auto` settings for 256² on 8 devices: batch 64, mbstd group 4, fmaps 0.5
+  # (channel_base 16384), lr 0.0025, gamma = 0.0002 * 256² / 64 = 0.2048, EMA 20 kimg with ramp-up 0.05,
+  # 2 mapping layers; ADA 'bgc' (the data are a few thousand images). ~5 Mimg.
+  g = config.gan
+  g.generator = dict(z_dim=512, w_dim=512, mapping_layers=2, channel_base=16384, channel_max=512,
+                     mapping_lr_multiplier=0.01, fused_modconv=False)
+  g.discriminator = dict(channel_base=16384, channel_max=512, mbstd_group_size=4, mbstd_num_features=1)
+  g.batch_size = 64
+  g.num_steps = 80000
+  g.r1_gamma = -1.0
+  g.ema_kimg = 20.0
+  g.log_every = 100
+  g.sample_every = 2000
+  g.eval_every = 10000
+  g.eval_images = 5000
+  g.checkpoint_every = 2000
+
   if arg == 'binary':
     config.data.num_classes = 2
     config.data.label_threshold = 2
@@ -53,4 +71,12 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
     c.num_steps = 10
     c.eval_every = 10
     c.checkpoint_every = 10
+    g.generator = dict(z_dim=128, w_dim=128, mapping_layers=2, channel_base=2048, channel_max=128,
+                       mapping_lr_multiplier=0.01, fused_modconv=False)
+    g.discriminator = dict(channel_base=2048, channel_max=128, mbstd_group_size=4, mbstd_num_features=1)
+    g.batch_size = 16
+    g.num_steps = 10
+    g.eval_every = 10
+    g.eval_images = 64
+    g.checkpoint_every = 10
   return config

@@ -1,4 +1,6 @@
-"""PatchCamelyon histology (TFDS catalog `patch_camelyon`), 96² RGB tiles, tumour vs normal, ResNet-18, GPU/TPU.
+"""PatchCamelyon histology (TFDS catalog `patch_camelyon`), RGB tiles, tumour vs normal, ResNet-18, GPU/TPU.
+
+The 96² tiles are resized to 128² (StyleGAN2 needs a power-of-two resolution; the classifier sees the same images).
 
 Launch (TFDS downloads and prepares patch_camelyon on first use, ~7 GB):
   python launch/train.py --config configs/pcam.py --workdir gs://bucket/pcam
@@ -17,10 +19,10 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   if arg not in VARIANTS:
     raise ValueError(f'unknown pcam variant {arg!r}; choose one of {VARIANTS}')
   config = base.get_config()
-  config.stages = 'classifier'
+  config.stages = 'classifier,gan'
   config.data.dataset = 'patch_camelyon'
   config.data.builder_config = ''
-  config.data.image_size = 96
+  config.data.image_size = 128
   config.data.channels = 3
   config.data.num_classes = 2
   config.data.label_threshold = -1
@@ -35,10 +37,33 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.eval_every = 2000
   c.checkpoint_every = 2000
 
+  # StyleGAN2, NVIDIA `auto` settings for 128² on 8 devices: batch 64, fmaps 0.5, gamma 0.0002*128²/64 = 0.0512.
+  g = config.gan
+  g.generator = dict(z_dim=512, w_dim=512, mapping_layers=2, channel_base=16384, channel_max=512,
+                     mapping_lr_multiplier=0.01, fused_modconv=False)
+  g.discriminator = dict(channel_base=16384, channel_max=512, mbstd_group_size=4, mbstd_num_features=1)
+  g.batch_size = 64
+  g.num_steps = 80000
+  g.ema_kimg = 20.0
+  g.augment_p = 0.0
+  g.log_every = 100
+  g.sample_every = 2000
+  g.eval_every = 10000
+  g.eval_images = 5000
+  g.checkpoint_every = 2000
+
   if arg == 'smoke':
     c.model = dict(preset='demo')
     c.batch_size = 16
     c.num_steps = 10
     c.eval_every = 10
     c.checkpoint_every = 10
+    g.generator = dict(z_dim=128, w_dim=128, mapping_layers=2, channel_base=2048, channel_max=128,
+                       mapping_lr_multiplier=0.01, fused_modconv=False)
+    g.discriminator = dict(channel_base=2048, channel_max=128, mbstd_group_size=4, mbstd_num_features=1)
+    g.batch_size = 16
+    g.num_steps = 10
+    g.eval_every = 10
+    g.eval_images = 64
+    g.checkpoint_every = 10
   return config

@@ -27,6 +27,12 @@ def test_config_loads_and_is_consistent(name, variant):
   from stylex_jax.models import classifier
   model = classifier.create_classifier(**dict(config.classifier.model), num_classes=config.data.num_classes)
   assert model.num_classes == config.data.num_classes
+  if 'gan' in config.stages:
+    from stylex_jax import sharding
+    from stylex_jax.train import gan
+    models = gan.build_models(config)      # constructs G and D from the groups: no unknown kwargs
+    assert models.generator.resolution == config.data.image_size
+    gan.check_config(config, sharding.make_mesh(1))
 
 
 def test_unknown_variant_is_named():

@@ -106,6 +106,23 @@ def test_stage_outputs_and_resume_equals_uninterrupted(data_dir, tmp_path):
   assert 'joint_found_rate' in full
   again = gan.train_and_evaluate(config, str(tmp_path / 'full'))
   assert again == full
+  _check_generate_cli(config, tmp_path / 'full')
+
+
+def _check_generate_cli(config, workdir):
+  import subprocess
+  import sys
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  args = [sys.executable, os.path.join(root, 'launch', 'generate.py'), '--config', os.path.join(root, 'configs', 'demo.py:smoke'),
+          '--config.data.image_size=32', f'--config.data.data_dir={config.data.data_dir}', '--workdir', str(workdir),
+          '--seeds', '0-2', '--truncation', '0.7', '--mix_rows', '0-1', '--mix_cols', '2-3', '--mix_layers', '0-1']
+  for k in ('generator', 'discriminator'):
+    for name, value in config.gan[k].items():
+      args.append(f'--config.gan.{k}.{name}={value}')
+  proc = subprocess.run(args, capture_output=True, text=True, timeout=300, env={**os.environ, 'JAX_PLATFORMS': 'cpu'})
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  names = sorted(os.listdir(workdir / 'generate'))
+  assert names == ['seed0000.png', 'seed0001.png', 'seed0002.png', 'seeds.png', 'style_mixing.png']
 
 
 @pytest.mark.parametrize('field,value,match', [
@@ -120,3 +137,44 @@ def test_bad_configs_fail_before_compiling(field, value, match):
     config.gan[field] = value
   with pytest.raises(ValueError, match=match):
     gan.check_config(config, sharding.make_mesh(8))
+
+
+def _random_generator():
+  config = _tiny_config()
+  models = gan.build_models(config)
+  state = gan.create_state(models, jax.random.key(5))
+  # give w_avg a non-zero value so truncation is visible
+  stats = jax.tree.map(lambda w: w + 0.5, state.g_stats)
+  return models, state.g_ema, stats
+
+
+def test_images_from_seeds_are_per_seed_and_truncate_to_w_avg():
+  models, g_ema, stats = _random_generator()
+  a = gan.images_from_seeds(models, g_ema, stats, [3, 7, 11], batch_size=2)
+  b = gan.images_from_seeds(models, g_ema, stats, [11, 3], batch_size=8)
+  np.testing.assert_allclose(a[0], b[1], atol=1e-5)
+  np.testing.assert_allclose(a[2], b[0], atol=1e-5)
+  assert a.shape == (3, 16, 16, 1) and np.all(np.abs(a) <= 1)
+  psi0 = gan.images_from_seeds(models, g_ema, stats, [1, 2], truncation_psi=0.0)
+  np.testing.assert_allclose(psi0[0], psi0[1], atol=1e-5)  # every latent collapses to w_avg
+
+
+def test_style_mixing_grid_layout():
+  models, g_ema, stats = _random_generator()
+  num_ws = models.generator.num_ws
+  plain = gan.images_from_seeds(models, g_ema, stats, [1, 2, 5, 6, 7])
+  grid = gan.style_mixing_grid(models, g_ema, stats, [1, 2], [5, 6, 7], range(num_ws))
+  assert grid.shape == (3, 4, 16, 16, 1)
+  np.testing.assert_array_equal(grid[0, 0], -1.0)
+  np.testing.assert_allclose(grid[0, 1:], plain[2:], atol=1e-5)
+  np.testing.assert_allclose(grid[1:, 0], plain[:2], atol=1e-5)
+  np.testing.assert_allclose(grid[1, 2], plain[3], atol=1e-5)  # all layers from the column seed
+  partial = gan.style_mixing_grid(models, g_ema, stats, [1], [5], [0])
+  assert not np.allclose(partial[1, 1], plain[0], atol=1e-5) and not np.allclose(partial[1, 1], plain[2], atol=1e-5)
+  with pytest.raises(ValueError, match='mix_layers'):
+    gan.style_mixing_grid(models, g_ema, stats, [1], [2], [num_ws])
+
+
+def test_load_generator_without_checkpoint_names_the_stage(tmp_path):
+  with pytest.raises(FileNotFoundError, match='run the gan stage'):
+    gan.load_generator(_tiny_config(), str(tmp_path))

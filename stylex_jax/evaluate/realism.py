@@ -5,6 +5,8 @@ distribution of samples the real one?).
 Feature extractors, in order of preference:
   * the trained classifier's penultimate features, when `<workdir>/classifier/checkpoints` exists — the
     features that matter for explaining that classifier (reported as `fid_classifier`, `kid_classifier`);
+  * the FID InceptionV3 (`models/inception.py`) when `config.gan.inception_weights` names its .npz weights
+    (reported as `fid_inception`, `kid_inception`; comparable with published FIDs up to the caveats there);
   * none otherwise (FID/KID are skipped; the oracle metrics still run for phantom datasets).
 The maths (Fréchet distance, unbiased KID) is `evaluate.metrics`; this module gathers images and features.
 """
@@ -57,6 +59,11 @@ class RealismEvaluator:
     self._real = None
     self._data = data
     self._features = None
+    self._inception = None
+    weights = config.gan.get('inception_weights', '')
+    if weights and self.num_images > 0:
+      from stylex_jax.models import inception
+      self._inception = inception.inception_feature_fn(weights)
     self._real_stats = None
     if os.path.isdir(os.path.join(workdir, 'classifier', 'checkpoints')) and self.num_images > 0:
       from stylex_jax.train import classifier as classifier_stage
@@ -92,6 +99,10 @@ class RealismEvaluator:
       ff = np.concatenate([self._features(fakes[i:i + self.batch]) for i in range(0, len(fakes), self.batch)])
       out['fid_classifier'] = metrics.fid_from_features(fr, ff)
       out['kid_classifier'] = metrics.kid_from_features(fr, ff)
+    if self._inception is not None:
+      fr, ff = self._inception(reals), self._inception(fakes)
+      out['fid_inception'] = metrics.fid_from_features(fr, ff)
+      out['kid_inception'] = metrics.kid_from_features(fr, ff)
     if self.is_knee:
       out.update(knee_oracle_metrics(reals, fakes))
     return out

@@ -125,9 +125,10 @@ def eval_step(state: ClassifierState, batch: dict, *, model) -> dict:
 
 
 def config_fingerprint(config: ml_collections.ConfigDict) -> dict:
-  """The config fields that fix the checkpoint's array shapes (a different one cannot be restored)."""
-  return dict(model=dict(config.classifier.model), num_classes=int(config.data.num_classes),
-              channels=int(config.data.channels), image_size=int(config.data.image_size),
+  """The effective model fields that fix the checkpoint's arrays (a preset and its spelled-out fields match)."""
+  model = build_model(config)
+  return dict(model={k: getattr(model, k) for k in ('num_classes', 'stage_sizes', 'block', 'width', 'stem', 'norm')},
+              channels=int(config.data.channels),
               grad_clip=bool(config.classifier.optimizer.grad_clip_norm > 0))
 
 

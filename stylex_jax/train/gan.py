@@ -96,7 +96,8 @@ def build_models(config: ml_collections.ConfigDict, mesh=None) -> Models:
     return optax.adam(lr, b1=b1, b2=b2, eps=1e-8)
   g_tx = adam(gc.g_lr, gc.pl_interval if gc.pl_weight > 0 else 0)
   d_tx = adam(gc.d_lr, gc.r1_interval if r1_gamma(config) > 0 else 0)
-  aug = None if gc.augment == 'none' else augment_lib.AugmentConfig.from_preset(gc.augment)
+  aug = (None if gc.augment == 'none'
+         else augment_lib.AugmentConfig.from_preset(gc.augment, antialias=gc.augment_antialias))
   batch_sharding = sharding.data_sharding(mesh) if mesh is not None else None
   return Models(generator, discriminator, g_tx, d_tx, aug, batch_sharding)
 
@@ -247,10 +248,16 @@ def generate(models: Models, g_ema, g_stats, z: jax.Array, truncation_psi: float
 
 
 def config_fingerprint(config: ml_collections.ConfigDict) -> dict:
-  """Config fields that fix the checkpoint's array shapes."""
-  gc = config.gan
-  return dict(generator=dict(gc.generator), discriminator=dict(gc.discriminator),
-              image_size=int(config.data.image_size), channels=int(config.data.channels))
+  """The effective G/D fields that fix the checkpoint's arrays and their meaning (defaults included, so a
+  config that spells out a default matches one that omits it); compute-only fields (fused_modconv, dtype,
+  conv_clamp, mbstd group size) may change between runs."""
+  models = build_models(config)
+  g, d = models.generator, models.discriminator
+  return dict(
+      generator={k: getattr(g, k) for k in ('z_dim', 'c_dim', 'w_dim', 'resolution', 'channels', 'mapping_layers',
+                                            'channel_base', 'channel_max', 'mapping_lr_multiplier')},
+      discriminator={k: getattr(d, k) for k in ('c_dim', 'channel_base', 'channel_max', 'mbstd_num_features',
+                                                'mapping_layers')})
 
 
 class StepFunctions:
@@ -385,9 +392,69 @@ def load_generator(config: ml_collections.ConfigDict, workdir: str, mesh=None):
   mesh = mesh or sharding.make_mesh(config.num_devices or None)
   models = build_models(config, mesh)
   rep = sharding.replicated(mesh)
-  ckpt = checkpointing.Checkpointer(os.path.join(workdir, STAGE, 'checkpoints'),
-                                    config_fingerprint=config_fingerprint(config))
+  directory = os.path.join(workdir, STAGE, 'checkpoints')
+  ckpt = checkpointing.Checkpointer(directory, config_fingerprint=config_fingerprint(config))
+  if ckpt.latest_step() is None:
+    ckpt.close()
+    raise FileNotFoundError(f'no gan checkpoint in {directory}; run the gan stage first '
+                            f'(--config.stages=gan) with the same --config and --workdir')
   abstract = jax.eval_shape(functools.partial(create_state, models), jax.random.key(0))
   state, _ = ckpt.restore(checkpointing.abstract_like(abstract, rep))
   ckpt.close()
   return models, state.g_ema, state.g_stats
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Sampling from a trained generator (launch/generate.py)
+# ------------------------------------------------------------------------------------------------------------
+
+def seed_latents(seeds, z_dim: int) -> jax.Array:
+  """z [len(seeds), z_dim]: one standard-normal latent per integer seed, independent of the other seeds."""
+  return jnp.stack([jax.random.normal(jax.random.key(int(s)), (z_dim,), jnp.float32) for s in seeds])
+
+
+def images_from_seeds(models: Models, g_ema, g_stats, seeds, truncation_psi: float = 1.0,
+                      truncation_cutoff: int | None = None, batch_size: int = 32) -> np.ndarray:
+  """G_ema images [len(seeds), R, R, C] in [-1, 1] with 'const' noise: the same seed gives the same image."""
+  g = models.generator
+  fn = jax.jit(lambda z: jnp.clip(g.apply(
+      {'params': g_ema, 'stats': g_stats}, z, truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff,
+      noise_mode='const'), -1.0, 1.0))
+  z = seed_latents(seeds, g.z_dim)
+  return np.concatenate([np.asarray(fn(z[i:i + batch_size])) for i in range(0, len(z), batch_size)])
+
+
+def style_mixing_grid(models: Models, g_ema, g_stats, row_seeds, col_seeds, mix_layers,
+                      truncation_psi: float = 1.0) -> np.ndarray:
+  """Style-mixing grid [1 + rows, 1 + cols, R, R, C] in [-1, 1] (NVIDIA's layout).
+
+  Cell (0, 0) is blank (-1); row 0 holds the column seeds' images, column 0 the row seeds' images; cell
+  (i, j) is row seed i's W+ with the layers in `mix_layers` (e.g. range(0, 4) = coarse styles) taken from
+  column seed j.
+  """
+  g = models.generator
+  layers = np.asarray(sorted(set(int(i) for i in mix_layers)))
+  if layers.size == 0 or layers.min() < 0 or layers.max() >= g.num_ws:
+    raise ValueError(f'mix_layers must be in [0, {g.num_ws}) for this generator (num_ws={g.num_ws}), '
+                     f'got {list(mix_layers)}')
+  variables = {'params': g_ema, 'stats': g_stats}
+  mapping = jax.jit(lambda z: g.apply(variables, z, method='mapping', truncation_psi=truncation_psi))
+  synth = jax.jit(lambda ws: jnp.clip(g.apply({'params': g_ema}, ws, method='synthesis', noise_mode='const'),
+                                      -1.0, 1.0))
+  w_rows = mapping(seed_latents(row_seeds, g.z_dim))
+  w_cols = mapping(seed_latents(col_seeds, g.z_dim))
+  take = np.zeros(g.num_ws, bool)
+  take[layers] = True
+  mixed = jnp.where(take[None, None, :, None], w_cols[None, :], w_rows[:, None])  # [rows, cols, num_ws, w]
+  r, c = len(row_seeds), len(col_seeds)
+  cells = np.asarray(synth(mixed.reshape(r * c, *mixed.shape[2:]))).reshape(r, c, *g_shape(models))
+  grid = np.full((r + 1, c + 1, *g_shape(models)), -1.0, np.float32)
+  grid[0, 1:] = np.asarray(synth(w_cols))
+  grid[1:, 0] = np.asarray(synth(w_rows))
+  grid[1:, 1:] = cells
+  return grid
+
+
+def g_shape(models: Models) -> tuple[int, int, int]:
+  g = models.generator
+  return (g.resolution, g.resolution, g.channels)

@@ -1,7 +1,7 @@
 """Runs the stages named in `config.stages` in order, each resumable; the one function launch/train.py calls.
 
-Stages read earlier stages' checkpoints from the same workdir (`<workdir>/<stage>/`). This issue's stage is
-`classifier`; `gan`, `encoder`, `explain` and `evaluate` join the registry as they are built.
+Stages read earlier stages' checkpoints from the same workdir (`<workdir>/<stage>/`). Stages so far:
+`classifier` and `gan`; `encoder`, `explain` and `evaluate` join the registry as they are built.
 """
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import ml_collections
 # stage name -> module with `train_and_evaluate(config, workdir) -> dict`
 STAGES = {
     'classifier': 'stylex_jax.train.classifier',
+    'gan': 'stylex_jax.train.gan',
 }
 
 
