@@ -5,6 +5,7 @@ import json
 import os
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -36,23 +37,33 @@ def _tiny_config(data_dir=None, **overrides):
   return config
 
 
-def _iterate(num_devices, reals, step):
+def _setup(num_devices):
   config = _tiny_config()
   mesh = sharding.make_mesh(num_devices)
   models = gan.build_models(config, mesh)
   rep = sharding.replicated(mesh)
   state = jax.jit(functools.partial(gan.create_state, models, initial_p=0.3), out_shardings=rep)(
       jax.random.key(0))
-  steps = gan.StepFunctions(config, models, mesh)
+  return mesh, gan.StepFunctions(config, models, mesh), state
+
+
+@pytest.fixture(scope='module')
+def one_device():
+  return _setup(1)
+
+
+def _iterate(setup, reals, step):
+  mesh, steps, state = setup
+  state = jax.tree.map(jnp.copy, state)  # the steps donate their input state
   reals = sharding.shard_batch({'image': reals}, mesh)['image']
   state, metrics = steps.iteration(state, reals, jax.random.key(1), step)
   return jax.device_get(state), jax.device_get(metrics)
 
 
-def test_full_iteration_on_1_and_8_devices_agree():
+def test_full_iteration_on_1_and_8_devices_agree(one_device):
   reals = np.random.default_rng(0).uniform(-1, 1, (16, 16, 16, 1)).astype(np.float32)
-  s1, m1 = _iterate(1, reals, step=2)   # step 2: G main + path length + D main + R1
-  s8, m8 = _iterate(8, reals, step=2)
+  s1, m1 = _iterate(one_device, reals, step=2)   # step 2: G main + path length + D main + R1
+  s8, m8 = _iterate(_setup(8), reals, step=2)
   assert {'g_loss', 'pl_penalty', 'd_loss', 'r1_penalty'} <= set(m1)
   for k in m1:
     np.testing.assert_allclose(m1[k], m8[k], rtol=1e-3, atol=1e-5, err_msg=k)
@@ -62,22 +73,21 @@ def test_full_iteration_on_1_and_8_devices_agree():
   assert int(s1.step) == 1 and float(s1.pl_mean) != 0.0
 
 
-def test_ada_p_follows_the_sign_rule():
-  config = _tiny_config()
-  mesh = sharding.make_mesh(1)
-  models = gan.build_models(config, mesh)
-  state = gan.create_state(models, jax.random.key(0), initial_p=0.5)
+def test_ada_p_follows_the_sign_rule(one_device):
+  mesh, steps, state = one_device
+  state = jax.tree.map(jnp.copy, state)
   reals = np.random.default_rng(1).uniform(-1, 1, (16, 16, 16, 1)).astype(np.float32)
-  step = jax.jit(functools.partial(gan.d_main_step, models=models, mixing_prob=0.9, ada_interval=2,
-                                   ada_target=0.6, ada_kimg=0.1))
   signs = []
-  for _ in range(2):
-    state, m = step(state, reals, jax.random.key(2))
+  for _ in range(2):  # the tiny config adapts p every 2 steps
+    state, m = steps.d_main(state, reals, jax.random.key(2))
     signs.append(float(m['rt']))
+    if not signs[1:]:
+      assert float(state.ada_p) == pytest.approx(0.3) and float(state.ada_count) == 16
   rt = np.mean(signs)
-  expected = np.clip(0.5 + np.sign(rt - 0.6) * 16 * 2 / (0.1 * 1000), 0, 1)
+  g = _tiny_config().gan
+  expected = np.clip(0.3 + np.sign(rt - g.ada_target) * 16 * 2 / (g.ada_kimg * 1000), 0, 1)
   np.testing.assert_allclose(float(state.ada_p), expected, rtol=1e-6)
-  assert float(state.ada_count) == 0.0
+  assert float(state.ada_count) == 0.0 and float(state.ada_sum) == 0.0
 
 
 @pytest.fixture(scope='module')
@@ -87,7 +97,7 @@ def data_dir(tmp_path_factory):
 
 def test_stage_outputs_and_resume_equals_uninterrupted(data_dir, tmp_path):
   config = _tiny_config(data_dir)
-  config.data.image_size = 32  # the knee oracles measure >= 32 px
+  config.num_devices = 2  # 1 vs 8 devices is checked above; here the stage's bookkeeping
   full = gan.train_and_evaluate(config, str(tmp_path / 'full'))
   part = gan.train_and_evaluate(config, str(tmp_path / 'split'), max_steps_this_run=2)
   assert part['complete'] is False and part['step'] == 2
@@ -103,7 +113,7 @@ def test_stage_outputs_and_resume_equals_uninterrupted(data_dir, tmp_path):
   a = open(tmp_path / 'full' / 'gan' / 'samples' / samples[-1], 'rb').read()
   b = open(tmp_path / 'split' / 'gan' / 'samples' / samples[-1], 'rb').read()
   assert a == b
-  assert 'joint_found_rate' in full
+  assert 'fid_classifier' not in full  # no classifier checkpoint in this workdir
   again = gan.train_and_evaluate(config, str(tmp_path / 'full'))
   assert again == full
   _check_generate_cli(config, tmp_path / 'full')
@@ -114,7 +124,7 @@ def _check_generate_cli(config, workdir):
   import sys
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   args = [sys.executable, os.path.join(root, 'launch', 'generate.py'), '--config', os.path.join(root, 'configs', 'demo.py:smoke'),
-          '--config.data.image_size=32', f'--config.data.data_dir={config.data.data_dir}', '--workdir', str(workdir),
+          '--config.data.image_size=16', '--config.num_devices=2', f'--config.data.data_dir={config.data.data_dir}', '--workdir', str(workdir),
           '--seeds', '0-2', '--truncation', '0.7', '--mix_rows', '0-1', '--mix_cols', '2-3', '--mix_layers', '0-1']
   for k in ('generator', 'discriminator'):
     for name, value in config.gan[k].items():
@@ -137,6 +147,17 @@ def test_bad_configs_fail_before_compiling(field, value, match):
     config.gan[field] = value
   with pytest.raises(ValueError, match=match):
     gan.check_config(config, sharding.make_mesh(8))
+
+
+def test_knee_oracle_metrics_on_real_phantoms():
+  from stylex_jax.data import phantoms
+  from stylex_jax.evaluate import realism
+  imgs = np.stack([phantoms.knee_radiograph(s, 64)[0] for s in range(12)]).astype(np.float32) / 127.5 - 1
+  same = realism.knee_oracle_metrics(imgs[:6], imgs[6:])
+  assert same['joint_found_rate'] == 1.0 and same['real_joint_found_rate'] == 1.0
+  assert same['jsw_wasserstein'] < 2.0
+  blank = realism.knee_oracle_metrics(imgs[:6], np.full_like(imgs[6:], -1.0))
+  assert blank['joint_found_rate'] == 0.0 and np.isnan(blank['jsw_wasserstein'])
 
 
 def _random_generator():
