@@ -98,3 +98,23 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
       keep_checkpoints=3,
   ))
   return config
+
+
+def make_smoke(config: ml_collections.ConfigDict, num_steps: int = 10, channel_base: int = 2048,
+               channel_max: int = 128, latent_dim: int = 128, mbstd_group_size: int = 4) -> None:
+  """Turns an experiment config into its `smoke` variant in place: a tiny classifier and GAN, `num_steps` steps
+  of each, evaluated and checkpointed once at the end — a quick check that data, stages and outputs work."""
+  c, g = config.classifier, config.gan
+  c.model = dict(preset='demo')
+  c.batch_size = 16
+  c.num_steps = c.eval_every = c.checkpoint_every = num_steps
+  c.log_every = max(1, num_steps // 3)
+  c.optimizer.warmup_steps = max(1, num_steps // 3)
+  g.generator = dict(z_dim=latent_dim, w_dim=latent_dim, mapping_layers=2, channel_base=channel_base,
+                     channel_max=channel_max, mapping_lr_multiplier=0.01, fused_modconv=False)
+  g.discriminator = dict(channel_base=channel_base, channel_max=channel_max, mbstd_group_size=mbstd_group_size,
+                         mbstd_num_features=1)
+  g.batch_size = 16
+  g.num_steps = g.eval_every = g.checkpoint_every = num_steps
+  g.log_every = g.sample_every = max(1, num_steps // 2)
+  g.eval_images = 4 * g.batch_size

@@ -62,21 +62,12 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   if arg == 'smoke':
     config.data.builder_config = 'tiny'
     config.data.image_size = 32
-    c.batch_size = 16
-    c.num_steps = 6
-    c.optimizer.warmup_steps = 2
-    c.log_every = 2
-    c.eval_every = 3
-    c.checkpoint_every = 3
-    g.generator = dict(z_dim=32, w_dim=32, mapping_layers=2, channel_base=256, channel_max=32,
-                       mapping_lr_multiplier=0.01, fused_modconv=False)
-    g.discriminator = dict(channel_base=256, channel_max=32, mbstd_group_size=2, mbstd_num_features=1)
-    g.num_steps = 4
-    g.log_every = 2
-    g.sample_every = 2
-    g.eval_every = 4
+    base.make_smoke(config, num_steps=6, channel_base=256, channel_max=32, latent_dim=32, mbstd_group_size=2)
+    c.model = dict(preset='demo', stem='imagenet', width=16, norm='batch')
+    c.eval_every = c.checkpoint_every = 3
+    g.num_steps = g.eval_every = 4
+    g.checkpoint_every = g.sample_every = g.log_every = 2
     g.eval_images = 32
-    g.checkpoint_every = 2
   elif arg == 'grades':
     config.data.num_classes = 5
     config.data.label_threshold = -1

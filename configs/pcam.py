@@ -53,17 +53,5 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   g.checkpoint_every = 2000
 
   if arg == 'smoke':
-    c.model = dict(preset='demo')
-    c.batch_size = 16
-    c.num_steps = 10
-    c.eval_every = 10
-    c.checkpoint_every = 10
-    g.generator = dict(z_dim=128, w_dim=128, mapping_layers=2, channel_base=2048, channel_max=128,
-                       mapping_lr_multiplier=0.01, fused_modconv=False)
-    g.discriminator = dict(channel_base=2048, channel_max=128, mbstd_group_size=4, mbstd_num_features=1)
-    g.batch_size = 16
-    g.num_steps = 10
-    g.eval_every = 10
-    g.eval_images = 64
-    g.checkpoint_every = 10
+    base.make_smoke(config)
   return config

@@ -12,7 +12,6 @@ the mesh's 'data' axis and XLA inserts the cross-device reductions (BatchNorm st
 from __future__ import annotations
 
 import functools
-import json
 import os
 import time
 from typing import Any
@@ -28,6 +27,7 @@ from absl import logging
 from stylex_jax import checkpointing, sharding, writers
 from stylex_jax.evaluate import metrics as metrics_lib
 from stylex_jax.models import classifier as classifier_lib
+from stylex_jax.train import stages
 
 STAGE = 'classifier'
 
@@ -185,13 +185,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   ckpt = checkpointing.Checkpointer(os.path.join(stage_dir, 'checkpoints'), keep=cc.keep_checkpoints,
                                     save_interval_steps=cc.checkpoint_every,
                                     config_fingerprint=config_fingerprint(config))
+  done = stages.completed_summary(STAGE, ckpt, cc.num_steps, summary_path)
+  if done is not None:
+    return done
   latest = ckpt.latest_step()
-  if latest is not None and latest >= cc.num_steps and os.path.exists(summary_path):
-    print(f'[classifier] already trained to step {latest} (checkpoints in {ckpt.directory}); not retraining. '
-          f'Summary: {summary_path}')
-    ckpt.close()
-    with open(summary_path) as f:
-      return json.load(f)
 
   train_data = pipeline_lib.Pipeline(config.data, config.data.train_split, global_batch_size=cc.batch_size,
                                      seed=config.seed, train=True)

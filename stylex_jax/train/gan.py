@@ -13,7 +13,6 @@ ADA p, r_t, kimg, images/s; realism metrics at eval steps), `samples/` (G_ema gr
 from __future__ import annotations
 
 import functools
-import json
 import os
 import time
 from typing import Any
@@ -28,7 +27,7 @@ import optax
 from stylex_jax import checkpointing, sharding, writers
 from stylex_jax.models import stylegan2
 from stylex_jax.train import augment as augment_lib
-from stylex_jax.train import losses
+from stylex_jax.train import losses, stages
 
 STAGE = 'gan'
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
@@ -313,13 +312,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   ckpt = checkpointing.Checkpointer(os.path.join(stage_dir, 'checkpoints'), keep=gc.keep_checkpoints,
                                     save_interval_steps=gc.checkpoint_every,
                                     config_fingerprint=config_fingerprint(config))
+  done = stages.completed_summary(STAGE, ckpt, gc.num_steps, summary_path)
+  if done is not None:
+    return done
   latest = ckpt.latest_step()
-  if latest is not None and latest >= gc.num_steps and os.path.exists(summary_path):
-    print(f'[gan] already trained to step {latest} (checkpoints in {ckpt.directory}); not retraining. '
-          f'Summary: {summary_path}')
-    ckpt.close()
-    with open(summary_path) as f:
-      return json.load(f)
 
   data = pipeline_lib.Pipeline(config.data, config.data.train_split, global_batch_size=gc.batch_size,
                                seed=config.seed, train=True)

@@ -6,6 +6,7 @@ Stages read earlier stages' checkpoints from the same workdir (`<workdir>/<stage
 from __future__ import annotations
 
 import importlib
+import json
 import os
 
 import ml_collections
@@ -39,3 +40,18 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, dict]:
     module = importlib.import_module(STAGES[name])
     results[name] = module.train_and_evaluate(config, workdir)
   return results
+
+
+def completed_summary(stage: str, ckpt, num_steps: int, summary_path: str) -> dict | None:
+  """The saved summary of a stage whose latest checkpoint is at `num_steps` (so it is not retrained), else None.
+
+  ckpt: the stage's `checkpointing.Checkpointer` (closed here when the stage is complete).
+  """
+  latest = ckpt.latest_step()
+  if latest is None or latest < num_steps or not os.path.exists(summary_path):
+    return None
+  print(f'[{stage}] already trained to step {latest} (checkpoints in {ckpt.directory}); not retraining. '
+        f'Summary: {summary_path}')
+  ckpt.close()
+  with open(summary_path) as f:
+    return json.load(f)
