@@ -118,3 +118,24 @@ def make_smoke(config: ml_collections.ConfigDict, num_steps: int = 10, channel_b
   g.num_steps = g.eval_every = g.checkpoint_every = num_steps
   g.log_every = g.sample_every = max(1, num_steps // 2)
   g.eval_images = 4 * g.batch_size
+
+
+def nvidia_auto_gan(config: ml_collections.ConfigDict, resolution: int, num_gpus: int = 8,
+                    num_kimg: float = 5000) -> None:
+  """Sets config.gan to NVIDIA's StyleGAN2-ADA `auto` configuration for `resolution` on `num_gpus` devices:
+  batch max(min(gpus * min(4096 // res, 32), 64), gpus), minibatch-stddev group min(batch // gpus, 4),
+  channel_base 32768 * (1 if res >= 512 else 0.5), lr 0.002 at >= 1024 else 0.0025, gamma 0.0002 res² / batch
+  (r1_gamma = -1), EMA batch * 10 / 32 kimg with ramp-up 0.05, 2 mapping layers; `num_kimg` thousand images."""
+  batch = max(min(num_gpus * min(4096 // resolution, 32), 64), num_gpus)
+  channel_base = 32768 if resolution >= 512 else 16384
+  g = config.gan
+  g.generator = dict(z_dim=512, w_dim=512, mapping_layers=2, channel_base=channel_base, channel_max=512,
+                     mapping_lr_multiplier=0.01, fused_modconv=False)
+  g.discriminator = dict(channel_base=channel_base, channel_max=512, mbstd_group_size=min(batch // num_gpus, 4),
+                         mbstd_num_features=1)
+  g.batch_size = batch
+  g.g_lr = g.d_lr = 0.002 if resolution >= 1024 else 0.0025
+  g.r1_gamma = -1.0
+  g.ema_kimg = batch * 10 / 32
+  g.ema_rampup = 0.05
+  g.num_steps = int(num_kimg * 1000 // batch)

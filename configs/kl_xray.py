@@ -44,17 +44,10 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.eval_every = 1000
   c.checkpoint_every = 1000
 
-  # StyleGAN2 with NVIDIA's `auto` settings for 256² on 8 devices: batch 64, mbstd group 4, fmaps 0.5
-  # (channel_base 16384), lr 0.0025, gamma = 0.0002 * 256² / 64 = 0.2048, EMA 20 kimg with ramp-up 0.05,
-  # 2 mapping layers; ADA 'bgc' (the data are a few thousand images). ~5 Mimg.
+  # StyleGAN2 with NVIDIA's `auto` settings for 256² on 8 devices (batch 64, channel_base 16384, gamma 0.2048,
+  # EMA 20 kimg); ADA 'bgc' (the data are a few thousand images); ~5 Mimg.
+  base.nvidia_auto_gan(config, 256, num_gpus=8, num_kimg=5000)
   g = config.gan
-  g.generator = dict(z_dim=512, w_dim=512, mapping_layers=2, channel_base=16384, channel_max=512,
-                     mapping_lr_multiplier=0.01, fused_modconv=False)
-  g.discriminator = dict(channel_base=16384, channel_max=512, mbstd_group_size=4, mbstd_num_features=1)
-  g.batch_size = 64
-  g.num_steps = 80000
-  g.r1_gamma = -1.0
-  g.ema_kimg = 20.0
   g.log_every = 100
   g.sample_every = 2000
   g.eval_every = 10000

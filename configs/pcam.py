@@ -37,15 +37,9 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.eval_every = 2000
   c.checkpoint_every = 2000
 
-  # StyleGAN2, NVIDIA `auto` settings for 128² on 8 devices: batch 64, fmaps 0.5, gamma 0.0002*128²/64 = 0.0512.
+  # StyleGAN2, NVIDIA `auto` settings for 128² on 8 devices (batch 64, gamma 0.0512, EMA 20 kimg); ~5 Mimg.
+  base.nvidia_auto_gan(config, 128, num_gpus=8, num_kimg=5000)
   g = config.gan
-  g.generator = dict(z_dim=512, w_dim=512, mapping_layers=2, channel_base=16384, channel_max=512,
-                     mapping_lr_multiplier=0.01, fused_modconv=False)
-  g.discriminator = dict(channel_base=16384, channel_max=512, mbstd_group_size=4, mbstd_num_features=1)
-  g.batch_size = 64
-  g.num_steps = 80000
-  g.ema_kimg = 20.0
-  g.augment_p = 0.0
   g.log_every = 100
   g.sample_every = 2000
   g.eval_every = 10000

@@ -64,3 +64,14 @@ def test_launch_rejects_unknown_config_key_with_its_name(tmp_path):
   assert proc.returncode != 0
   assert 'bogus_key' in proc.stderr
   assert not os.listdir(tmp_path)
+
+
+@pytest.mark.parametrize('res,gpus,batch,group,base_ch', [(256, 8, 64, 4, 16384), (128, 8, 64, 4, 16384),
+                                                          (1024, 8, 32, 4, 32768), (256, 1, 16, 4, 16384)])
+def test_nvidia_auto_rule(res, gpus, batch, group, base_ch):
+  from configs import base
+  config = base.get_config()
+  base.nvidia_auto_gan(config, res, num_gpus=gpus, num_kimg=100)
+  g = config.gan
+  assert (g.batch_size, g.discriminator.mbstd_group_size, g.generator.channel_base) == (batch, group, base_ch)
+  assert g.ema_kimg == pytest.approx(batch * 10 / 32) and g.num_steps == 100_000 // batch
