@@ -277,16 +277,25 @@ def test_previous_export_survives_a_crash(tmp_path):
 
 
 def test_unsafe_ids_become_unique_safe_names(tmp_path):
-    ids = ['a/b', 'a b', 'a_b', '../x', 'A_B', '']
+    ids = ['a/b', 'a b', 'a_b', '../x', 'A_B', '', 'k.png', 'k.DCM']
     with make_writer(str(tmp_path / 'out'), channels=3) as writer:
         writer.add(make_batch(ids, channels=3))
     index = [json.loads(line) for line in open(tmp_path / 'out' / 'index.jsonl')]
     names = [e['safe_id'] for e in index]
     assert [e['id'] for e in index] == ids
-    assert names == ['a_b', 'a_b-2', 'a_b-3', 'x', 'A_B-4', 'image']
+    assert names == ['a_b', 'a_b-2', 'a_b-3', 'x', 'A_B-4', 'image', 'k', 'k-2']
     assert len({n.lower() for n in names}) == len(ids)
     assert all(re.fullmatch(r'[A-Za-z0-9_.-]+', n) for n in names)
     assert sorted(os.listdir(tmp_path / 'out' / 'strips')) == sorted(n + '.png' for n in names)
     assert Image.open(tmp_path / 'out' / 'strips' / 'x.png').mode == 'RGB'
     rec = next(export.read_explanations(str(tmp_path / 'out')))
     assert rec['image'].shape == (H, W, 3) and rec['id'] == 'a/b'
+
+
+def test_report_row_cap(tmp_path):
+    with make_writer(str(tmp_path / 'out'), report_max_images=2) as writer:
+        writer.add(make_batch(['p', 'q', 'r', 's'], seed=4))
+    text = open(tmp_path / 'out' / 'report.html', encoding='utf-8').read()
+    assert text.count('class="rowdata"') == 2 and 'Showing the first 2 of 4 images' in text
+    assert '<b>q</b>' in text and '<b>r</b>' not in text
+    assert len(os.listdir(tmp_path / 'out' / 'gifs')) == 4  # everything else is complete

@@ -454,6 +454,18 @@ def _get_font(size: int):
   return _FONTS[size]
 
 
+def _grey_palette() -> Image.Image:
+  """GIF palette for grey images: 252 grey levels + the caption colours (no per-frame colour quantisation)."""
+  colours = [(i * 255 // 251,) * 3 for i in range(252)] + [(214, 39, 40), (235, 235, 235), (120, 120, 120),
+                                                            (0, 0, 0)]
+  palette = Image.new('P', (1, 1))
+  palette.putpalette([v for rgb in colours for v in rgb])
+  return palette
+
+
+_GREY_PALETTE = _grey_palette()
+
+
 def _upscale(rgb: np.ndarray, factor: int) -> Image.Image:
   im = Image.fromarray(rgb)
   if factor > 1:
@@ -518,8 +530,12 @@ def _fmt(v) -> str:
   return 'n/a' if not math.isfinite(f) else f'{f:.4g}'
 
 
+_IMAGE_SUFFIX = re.compile(r'\.(png|jpe?g|tiff?|bmp|gif|dcm|dicom|nii(\.gz)?)$', re.IGNORECASE)
+
+
 def _safe_stem(name: str) -> str:
-  return re.sub(r'[^A-Za-z0-9_.-]+', '_', name).strip('._')[:96] or 'image'
+  """File-system-safe stem of an id: image suffix dropped, runs of other characters -> '_', <= 96 chars."""
+  return re.sub(r'[^A-Za-z0-9_.-]+', '_', _IMAGE_SUFFIX.sub('', name)).strip('._')[:96] or 'image'
 
 
 # ---------------------------------------------------------------------------------------------
@@ -541,7 +557,8 @@ class ExplanationWriter:
 
   def __init__(self, directory, *, num_classes: int, class_names, image_shape, num_ws: int, w_dim: int,
                config: Mapping | None = None, examples_per_shard: int = 256, target_description: str = '',
-               overwrite: bool = False, report_max_images: int = 100, title: str = 'StyleX explanations'):
+               overwrite: bool = False, report_max_images: int = 100, report_max_mib: float = 64.0,
+               title: str = 'StyleX explanations'):
     """
     Args:
       directory: the export directory (created; must be writable).
@@ -552,7 +569,9 @@ class ExplanationWriter:
       examples_per_shard: records per TFRecord shard.
       target_description: what the direction targets (shown in the report, stored in schema.json).
       overwrite: delete the previous export's entries now (default: keep it until close() swaps).
-      report_max_images: rows in report.html (the rest are in the TFRecords/strips/GIFs; the report says so).
+      report_max_images, report_max_mib: report.html holds the first images up to this many rows and about this
+        many MiB (one row is ~70 KiB at 64 px, ~0.8 MiB at 256 px with S = 9); the rest are in the
+        TFRecords/strips/GIFs, and the report says so.
     """
     def positive_int(name, v):
       if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
@@ -572,6 +591,11 @@ class ExplanationWriter:
     self.w_dim = positive_int('w_dim', w_dim)
     self.examples_per_shard = positive_int('examples_per_shard', examples_per_shard)
     self.report_max_images = positive_int('report_max_images', report_max_images)
+    if not report_max_mib > 0:
+      raise ValueError(f'report_max_mib={report_max_mib!r} must be > 0')
+    self._report_budget = int(report_max_mib * 2 ** 20)
+    self._report_rows = 0
+    self._report_full = False
     self.target_description = str(target_description)
     self.title = str(title)
     try:
@@ -781,6 +805,8 @@ class ExplanationWriter:
     strip_path = os.path.join(self._staging, 'strips', name + '.png')
     strip.save(strip_path, format='PNG')
     gif_path = os.path.join(self._staging, 'gifs', name + '.gif')
+    if self.image_shape[-1] == 1:  # ~10x faster than PIL's adaptive palette per frame
+      frames = [f.quantize(palette=_GREY_PALETTE, dither=Image.Dither.NONE) for f in frames]
     frames[0].save(gif_path, format='GIF', save_all=True, append_images=frames[1:], duration=400, loop=0)
 
     entry = {'id': id_, 'safe_id': name, 'shard': shard, 'label': label, 'target': target,
@@ -790,10 +816,15 @@ class ExplanationWriter:
              'strip': f'strips/{name}.png', 'gif': f'gifs/{name}.gif'}
     self._index.write(json.dumps(_jsonable(entry), allow_nan=False) + '\n')
 
-    if self._n < self.report_max_images:
-      self._rows.write(self._report_row(
-        id_, name, label_text, target, pngs, series_pngs, alphas, probs, x['original_probs'][i], recon_probs,
-        _png(cam_rgb), _png(diff_rgb), diff_scale, metrics))
+    if not self._report_full:
+      row = self._report_row(id_, name, label_text, target, pngs, series_pngs, alphas, probs,
+                             x['original_probs'][i], recon_probs, _png(cam_rgb), _png(diff_rgb), diff_scale, metrics)
+      self._report_budget -= len(row)
+      if self._report_rows >= self.report_max_images or (self._report_budget < 0 and self._report_rows > 0):
+        self._report_full = True  # rows stay the first N images
+      else:
+        self._rows.write(row)
+        self._report_rows += 1
     self._n += 1
 
   # -- report ----------------------------------------------------------------------------------
@@ -879,7 +910,7 @@ class ExplanationWriter:
                       for c, n in enumerate(self.class_names))
     summary_rows = ''.join(f'<tr><td>{esc(str(k))}</td><td>{esc(_fmt(v))}</td></tr>' for k, v in summary.items())
     mean_rows = ''.join(f'<tr><td>mean {esc(k)}</td><td>{esc(_fmt(v))}</td></tr>' for k, v in metric_means.items())
-    shown = min(self._n, self.report_max_images)
+    shown = self._report_rows
     more = '' if shown == self._n else (f'<p><b>Showing the first {shown} of {self._n} images</b>; all are in '
                                         'tfrecords/, strips/ and gifs/.</p>')
     config = esc(json.dumps(self.config, indent=1, default=str))
