@@ -64,6 +64,7 @@ def concat(batches):
 def exported(tmp_path_factory):
     directory = str(tmp_path_factory.mktemp('export'))
     batches = [make_batch(['a/1', 'é x', 'c<d>&"'], seed=1), make_batch(['d', 'e'], seed=2)]
+    batches[0]['label'][:2] = [-1, K - 1]  # unknown label: a negative int64 (10-byte varint)
     writer = make_writer(directory, examples_per_shard=2)
     for b in batches:
         writer.add(b)
