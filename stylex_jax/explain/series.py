@@ -1,0 +1,206 @@
+"""Image series along a latent direction: images G(w + alpha d) and the classifier's probabilities, batched.
+
+`SeriesRenderer(synthesize, classify)` holds jitted functions created once. Calling it with latents
+ws [B, num_ws, w_dim], directions [num_ws, w_dim] (one for all) or [B, num_ws, w_dim] (one per image) and shifts
+alphas [S] or [B, S] renders all B x S images and probabilities in one jitted, vmapped program per chunk of
+`chunk_size` (B * S flattened; the last chunk is padded, so repeated calls of the same shape never retrace).
+
+Shift units: alpha is a Euclidean distance in W+ (directions have unit norm over all elements; see
+`direction.py`). `auto_alphas` chooses per image a range that starts at the image's own prediction (alpha = 0)
+and crosses the decision boundary (p = 0.5 for binary targets, the next grade for the expected grade) with a
+margin, searching both directions of travel; `fixed_alphas` gives a fixed symmetric grid instead.
+
+Probabilities: softmax of the logits for K >= 2, sigmoid for a single logit (K = 1, then probs [..., 1]).
+"""
+from __future__ import annotations
+
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from stylex_jax.explain import direction as direction_lib
+
+
+def probabilities(logits) -> jax.Array:
+  """logits [..., K] -> probabilities [..., K]: softmax for K >= 2, sigmoid for K = 1."""
+  logits = jnp.asarray(logits, jnp.float32)
+  return jax.nn.sigmoid(logits) if logits.shape[-1] == 1 else jax.nn.softmax(logits, axis=-1)
+
+
+def fixed_alphas(max_alpha: float, num_frames: int = 9, batch: int | None = None) -> np.ndarray:
+  """Symmetric grid linspace(-max_alpha, max_alpha, num_frames) [S] (odd num_frames includes 0), or tiled to
+  [batch, S]."""
+  if not isinstance(num_frames, (int, np.integer)) or num_frames < 2:
+    raise ValueError(f'num_frames must be an int >= 2; got {num_frames!r}.')
+  a = np.linspace(-float(max_alpha), float(max_alpha), int(num_frames), dtype=np.float32)
+  return a if batch is None else np.tile(a, (int(batch), 1))
+
+
+class AutoAlphas(NamedTuple):
+  """alphas: [B, S] sorted, 0 included, in direction units; crossed: [B] bool, whether the target crossed the
+  boundary within |alpha| <= max_alpha; crossing: [B] the (interpolated) alpha of the crossing, or the end shift
+  when not crossed; threshold: [B] the boundary used (target scale); start: [B] target at alpha = 0."""
+  alphas: np.ndarray
+  crossed: np.ndarray
+  crossing: np.ndarray
+  threshold: np.ndarray
+  start: np.ndarray
+
+
+class SeriesRenderer:
+  """Renders series of images and probabilities along directions; see the module docstring.
+
+  Args:
+    synthesize: ws [N, num_ws, w_dim] -> images [N, H, W, C] in [-1, 1] (pure, jax-traceable).
+    classify: images [N, H, W, C] -> logits [N, K] (pure, jax-traceable).
+    chunk_size: latents rendered per jitted call (bounds memory; B * S is split into chunks of this size).
+    num_classes: when given, a classifier with another K raises a clear ValueError.
+  `trace_count`: how many times the jitted functions were traced (tests check repeated calls do not retrace).
+  """
+
+  def __init__(self, synthesize: Callable, classify: Callable, chunk_size: int = 64, num_classes: int | None = None):
+    if not isinstance(chunk_size, (int, np.integer)) or isinstance(chunk_size, bool) or chunk_size < 1:
+      raise ValueError(f'chunk_size must be an int >= 1; got {chunk_size!r}.')
+    self.synthesize, self.classify = synthesize, classify
+    self.chunk_size, self.num_classes = int(chunk_size), num_classes
+    self.trace_count = 0
+    self._render = jax.jit(self._render_impl)
+    self._logits = jax.jit(self._logits_impl)
+
+  # -- jitted bodies: one chunk of c latents (base w, direction, shift) -----------------------------------
+  def _shifted(self, ws, ds, alphas):
+    return jax.vmap(lambda w, d, a: w + a * d)(ws, ds, alphas)
+
+  def _forward(self, ws, ds, alphas):
+    self.trace_count += 1
+    images = jnp.clip(self.synthesize(self._shifted(ws, ds, alphas)), -1.0, 1.0)
+    logits = self.classify(images)
+    if logits.ndim != 2 or logits.shape[0] != images.shape[0]:
+      raise ValueError(f'classify must return logits [B, K]; got shape {tuple(logits.shape)} for '
+                       f'{images.shape[0]} images.')
+    if self.num_classes is not None and logits.shape[1] != self.num_classes:
+      raise ValueError(f'classifier returns K={logits.shape[1]} classes but config.data.num_classes='
+                       f'{self.num_classes}; explain with the classifier trained for this config.')
+    return images, logits.astype(jnp.float32)
+
+  def _render_impl(self, ws, ds, alphas):
+    images, logits = self._forward(ws, ds, alphas)
+    return images, probabilities(logits)
+
+  def _logits_impl(self, ws, ds, alphas):
+    return self._forward(ws, ds, alphas)[1]
+
+  # -- host side -----------------------------------------------------------------------------------------
+  def _flatten(self, ws, directions, alphas):
+    """Validates and flattens to per-frame arrays: ws [B*S, ...], ds [B*S, ...], alphas [B*S]; returns (B, S)."""
+    ws = np.asarray(direction_lib.check_latents(ws))
+    b, num_ws, w_dim = ws.shape
+    d = np.asarray(directions, np.float32)
+    if d.shape == (num_ws, w_dim):
+      d = np.broadcast_to(d, (b, num_ws, w_dim))
+    elif d.shape != (b, num_ws, w_dim):
+      raise ValueError(f'directions must be [num_ws, w_dim] = [{num_ws}, {w_dim}] (one for all images) or '
+                       f'[B, num_ws, w_dim] = [{b}, {num_ws}, {w_dim}] (one per image); got shape {d.shape}.')
+    a = np.asarray(alphas, np.float32)
+    if a.ndim == 1:
+      a = np.broadcast_to(a, (b, a.shape[0]))
+    if a.ndim != 2 or a.shape[0] != b or a.shape[1] < 1:
+      raise ValueError(f'alphas must be [S] (the same shifts for every image) or [B, S] = [{b}, S]; got shape '
+                       f'{a.shape}.')
+    if not (np.all(np.isfinite(a)) and np.all(np.isfinite(d)) and np.all(np.isfinite(ws))):
+      raise ValueError('ws, directions and alphas must be finite (found NaN/inf).')
+    s = a.shape[1]
+    flat_ws = np.broadcast_to(ws[:, None], (b, s, num_ws, w_dim)).reshape(b * s, num_ws, w_dim)
+    flat_d = np.broadcast_to(d[:, None], (b, s, num_ws, w_dim)).reshape(b * s, num_ws, w_dim)
+    return (flat_ws, flat_d, a.reshape(b * s)), (b, s)
+
+  def _run(self, fn, flat):
+    n = flat[2].shape[0]
+    c = min(self.chunk_size, n)
+    outs = []
+    for i in range(0, n, c):
+      part = [x[i:i + c] for x in flat]
+      m = part[2].shape[0]
+      if m < c:
+        part = [np.concatenate([x, np.repeat(x[:1], c - m, 0)]) for x in part]
+      out = fn(*part)
+      outs.append(jax.tree.map(lambda o: np.asarray(o)[:m], out))
+    return jax.tree.map(lambda *xs: np.concatenate(xs), *outs)
+
+  def __call__(self, ws, directions, alphas) -> tuple[np.ndarray, np.ndarray]:
+    """ws [B, num_ws, w_dim], directions [num_ws, w_dim] or [B, num_ws, w_dim], alphas [S] or [B, S] ->
+    (images [B, S, H, W, C] float32 in [-1, 1], probs [B, S, K] float32); image (b, s) = G(ws[b] + alphas[b, s] d)."""
+    flat, (b, s) = self._flatten(ws, directions, alphas)
+    images, probs = self._run(self._render, flat)
+    return (images.reshape((b, s) + images.shape[1:]).astype(np.float32),
+            probs.reshape(b, s, -1).astype(np.float32))
+
+  def logits(self, ws, directions, alphas) -> np.ndarray:
+    """Like __call__ but returns only logits [B, S, K] (no images leave the device)."""
+    flat, (b, s) = self._flatten(ws, directions, alphas)
+    return self._run(self._logits, flat).reshape(b, s, -1)
+
+  def auto_alphas(self, ws, directions, target: direction_lib.Target, *, num_frames: int = 9,
+                  max_alpha: float = 10.0, grid_points: int = 17, margin: float = 0.25,
+                  threshold=None) -> AutoAlphas:
+    """Per-image shift ranges [B, num_frames] from alpha = 0 across the decision boundary and `margin` beyond.
+
+    The target is evaluated on the grid linspace(-max_alpha, max_alpha, grid_points) (odd, so 0 is a grid
+    point) in one batched call; for each image the first sign change of target - threshold is searched on both
+    sides of 0 and the nearer one taken (linear interpolation between grid points gives the crossing alpha
+    a_c); the series is linspace(0, a_c * (1 + margin), num_frames), the end capped at +-max_alpha. If neither
+    side crosses, the series runs to the end (+-max_alpha) whose target is nearest the threshold and
+    crossed=False. threshold: None (target.boundary: log-odds 0 = p 0.5; expected grade: the next grade up, or
+    down at the top grade), a scalar or [B] on the target's scale. Returns AutoAlphas (alphas sorted ascending).
+    """
+    if not isinstance(target, direction_lib.Target):
+      raise ValueError(f'target must be a Target from direction.make_target; got {target!r}.')
+    if not isinstance(num_frames, (int, np.integer)) or num_frames < 2:
+      raise ValueError(f'num_frames must be an int >= 2; got {num_frames!r}.')
+    if not isinstance(grid_points, (int, np.integer)) or grid_points < 3:
+      raise ValueError(f'grid_points must be an int >= 3; got {grid_points!r}.')
+    if not max_alpha > 0 or margin < 0:
+      raise ValueError(f'max_alpha must be > 0 and margin >= 0; got max_alpha={max_alpha}, margin={margin}.')
+    grid_points = int(grid_points) | 1
+    grid = np.linspace(-max_alpha, max_alpha, grid_points).astype(np.float32)
+    mid = grid_points // 2
+    grid[mid] = 0.0
+    logits = self.logits(ws, directions, grid)                        # [B, G, K]
+    b = logits.shape[0]
+    t = np.asarray(target(jnp.asarray(logits.reshape(b * grid_points, -1)))).reshape(b, grid_points)
+    start = t[:, mid]
+    thr = target.boundary(start) if threshold is None else np.broadcast_to(
+        np.asarray(threshold, np.float32), (b,)).copy()
+    side0 = np.where(start - thr >= 0, 1.0, -1.0)
+    crossing = np.zeros(b, np.float32)
+    crossed = np.zeros(b, bool)
+    for i in range(b):
+      best = None
+      for idx in (range(mid + 1, grid_points), range(mid - 1, -1, -1)):
+        prev = mid
+        for j in idx:
+          if (t[i, j] - thr[i]) * side0[i] < 0:                         # sign changed between prev and j
+            f0, f1 = t[i, prev] - thr[i], t[i, j] - thr[i]
+            a_c = grid[prev] + (grid[j] - grid[prev]) * (f0 / (f0 - f1) if f0 != f1 else 0.5)
+            if best is None or abs(a_c) < abs(best):
+              best = a_c
+            break
+          prev = j
+      if best is not None:
+        crossed[i] = True
+        crossing[i] = best
+      else:
+        crossing[i] = grid[-1] if abs(t[i, -1] - thr[i]) <= abs(t[i, 0] - thr[i]) else grid[0]
+    step = grid[1] - grid[0]
+    end = np.where(crossed, crossing * (1 + margin) + np.sign(crossing) * 1e-3 * step, crossing)
+    end = np.clip(end, -max_alpha, max_alpha)
+    end = np.where(end == 0, step, end)  # degenerate: crossing exactly at 0
+    alphas = np.sort(np.linspace(0.0, end, int(num_frames), axis=1).astype(np.float32), axis=1)
+    return AutoAlphas(alphas, crossed, crossing.astype(np.float32), thr.astype(np.float32), start.astype(np.float32))
+
+
+def auto_alphas(renderer: SeriesRenderer, ws, directions, target: direction_lib.Target, **options) -> AutoAlphas:
+  """Functional form of SeriesRenderer.auto_alphas (same arguments)."""
+  return renderer.auto_alphas(ws, directions, target, **options)
