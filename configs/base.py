@@ -10,6 +10,7 @@ Groups:
                                  channels=data.channels)
   config.gan.discriminator    -> stylex_jax.models.stylegan2.Discriminator(**discriminator, resolution=..., channels=...)
   config.gan.*                -> the gan stage (StyleGAN2-ADA losses, lazy regularisation, EMA, ADA, logging)
+  config.explain              -> the explain stage and launch/explain.py (stylex_jax.explain.stage)
 Imports nothing but ml_collections.
 """
 import ml_collections
@@ -96,6 +97,38 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
       inception_weights='',       # optional .npz of the FID InceptionV3 (see models/inception.py) for fid/kid
       checkpoint_every=1000,
       keep_checkpoints=3,
+  ))
+
+  # The explain stage / launch/explain.py (stylex_jax.explain.stage). Shifts are multiples of the latent scale
+  # (median ||w - w_avg|| of mapping-network latents), so they carry over between generators.
+  config.explain = ml_collections.ConfigDict(dict(
+      split='test',               # split explained by the stage (launch/explain.py --split / --images override)
+      num_images=64,              # first N images of the split (0 = all)
+      batch_size=16,              # images inverted and explained per jitted batch
+      target='auto',              # 'auto' (binary: log-odds of the positive class; K > 2: expected grade),
+                                  #   'log_odds' / 'logit' (of class_index) or 'expected_grade'
+      class_index=-1,             # class for 'log_odds' / 'logit' (-1: the positive = last class)
+      class_names=[],             # names shown in the report ([] = from the dataset)
+      mode='gradient',            # 'gradient' (jax.grad through G and the classifier) or 'blackbox' (linear probe
+                                  #   on the classifier's predictions of generated images; any predict callable)
+      scope='global',             # 'global' (one direction for the dataset, Schutte et al.) or 'local' (per image)
+      space='w',                  # direction in 'w' (shared by all layers) or 'w+' (per layer)
+      num_directions=1,           # k orthonormal global directions (the series follow the first)
+      direction_latents=256,      # mapping-network latents the global direction is optimised on
+      direction_steps=100,        # Adam steps of the gradient-mode direction
+      direction_lr=0.1,
+      step_size=0.5,              # shift (x latent scale) at which the gradient mode measures the target change
+      proximity_weight=0.0,       # weight of the mean squared pixel change in the gradient-mode objective
+      probe_samples=1024,         # black-box mode: generated images labelled by the classifier
+      probe_l2=1e-3,              # black-box mode: L2 strength of the logistic / ridge fit
+      num_frames=9,               # images per series
+      auto_range=True,            # per-image shift range from the image's prediction across the boundary
+      max_shift=3.0,              # largest |shift| (x latent scale); the fixed grid when auto_range=False
+      margin=0.25,                # auto range: go this fraction beyond the crossing
+      gradcam_layer='stage3',     # classifier layer GradCAM explains ('stem', 'stage1'..'stage4')
+      chunk_size=64,              # latents per jitted rendering / direction chunk (bounds memory)
+      examples_per_shard=256,     # TFRecord examples per shard
+      report_max_images=100,      # rows in report.html (all images still go to the TFRecords)
   ))
   return config
 

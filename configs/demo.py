@@ -59,6 +59,10 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   g.eval_images = 256
   g.checkpoint_every = 200
 
+  e = config.explain
+  e.num_images = 32               # the first 32 test phantoms in the report
+  e.gradcam_layer = 'stage2'      # 8x8 at 64 px (stage3 is 4x4)
+
   if arg == 'smoke':
     config.data.builder_config = 'tiny'
     config.data.image_size = 32
@@ -68,6 +72,9 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
     g.num_steps = g.eval_every = 4
     g.checkpoint_every = g.sample_every = g.log_every = 2
     g.eval_images = 32
+    e.num_images = e.batch_size = 4
+    e.direction_latents, e.direction_steps, e.probe_samples = 16, 4, 32
+    e.num_frames, e.chunk_size = 3, 16
   elif arg == 'grades':
     config.data.num_classes = 5
     config.data.label_threshold = -1

@@ -1,7 +1,8 @@
 """Runs the stages named in `config.stages` in order, each resumable; the one function launch/train.py calls.
 
-Stages read earlier stages' checkpoints from the same workdir (`<workdir>/<stage>/`). Stages so far:
-`classifier` and `gan`; `encoder`, `explain` and `evaluate` join the registry as they are built.
+Stages read earlier stages' checkpoints from the same workdir (`<workdir>/<stage>/`): `classifier` (the model
+to explain), `gan` (StyleGAN2-ADA), `encoder` (image -> W+ for inversion; needs classifier and gan) and
+`explain` (inversion, directions, series, GradCAM, export and report; needs all three).
 """
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ import ml_collections
 STAGES = {
     'classifier': 'stylex_jax.train.classifier',
     'gan': 'stylex_jax.train.gan',
+    'encoder': 'stylex_jax.train.encoder',
+    'explain': 'stylex_jax.explain.stage',
 }
 
 

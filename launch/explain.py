@@ -1,0 +1,52 @@
+"""Explains images with the classifier, GAN and encoder trained in --workdir, and exports the report.
+
+  python launch/explain.py --config configs/demo.py --workdir /tmp/stylex_demo
+  python launch/explain.py --config configs/demo.py --workdir /tmp/stylex_demo --split validation --num_images 32
+  python launch/explain.py --config configs/demo.py --workdir /tmp/stylex_demo --images 'scans/*.png' \\
+      --output_dir /tmp/my_explanations
+  python launch/explain.py --config configs/demo.py --workdir /tmp/stylex_demo --config.explain.mode=blackbox
+
+Writes <output_dir> (default <workdir>/explain/): report.html (open it in a browser), tfrecords/ + schema.json,
+strips/*.png, gifs/*.gif, index.jsonl, directions.npz, summary.json. Users' files of another size or channel
+count are converted (one line each); files that cannot be used are rejected with one line each while the rest
+are explained. Always recomputes (the `explain` stage of launch/train.py skips a finished export).
+"""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # repo root, for `configs`
+
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file (configs/*.py[:variant]).',
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Workdir holding the trained classifier/, gan/ (and encoder/).')
+_SPLIT = flags.DEFINE_string('split', None, 'Dataset split to explain (default config.explain.split).')
+_NUM_IMAGES = flags.DEFINE_integer('num_images', None, 'First N images of the split (0 = all; default '
+                                   'config.explain.num_images).')
+_IMAGES = flags.DEFINE_string('images', None, "The user's image files instead of a split: glob(s), comma-separated, "
+                              "or a directory, e.g. 'scans/*.png'.")
+_OUTPUT = flags.DEFINE_string('output_dir', None, 'Export directory (default <workdir>/explain).')
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments {argv[1:]}')
+  if not flags.FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)
+  from stylex_jax.explain import stage  # pylint: disable=g-import-not-at-top
+  if _IMAGES.value and (_SPLIT.value or _NUM_IMAGES.value is not None):
+    sys.exit('error: give either --images or --split/--num_images, not both')
+  try:
+    stage.run(_CONFIG.value, _WORKDIR.value, split=_SPLIT.value, num_images=_NUM_IMAGES.value,
+              image_patterns=_IMAGES.value, output_dir=_OUTPUT.value)
+  except (ValueError, FileNotFoundError) as e:  # bad input: one clear line (STYLEX_DEBUG=1 for the traceback)
+    if os.environ.get('STYLEX_DEBUG'):
+      raise
+    sys.exit(f'error: {e}')
+
+
+if __name__ == '__main__':
+  app.run(main)

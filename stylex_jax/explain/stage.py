@@ -1,0 +1,368 @@
+"""The `explain` stage: explanations of real images, end to end, exported for engineers and clinicians.
+
+For each image x (a split of the configured dataset, or the user's own files):
+  1. invert:   w = invert(x) in W+ (encoder + optimisation, `explain/invert.py`), reconstruction G(w), and the
+               classifier's probabilities on x and on G(w);
+  2. direct:   the latent direction(s) that move the classifier's target (`explain/direction.py`): a global
+               direction fitted once on latents of the mapping network (as Schutte et al. 2021), or one local
+               direction per image; by jax.grad through G (gradient mode) or a linear probe on the
+               classifier's predictions (black-box mode, no gradients);
+  3. series:   G(w + alpha d) with the probabilities along the way, the shift range chosen per image so the
+               series runs from the image's own prediction across the decision boundary (`explain/series.py`);
+  4. compare:  GradCAM of the original for the class the series moves towards (`explain/gradcam.py`);
+  5. export:   TFRecords + schema.json + PNG strips + GIFs + report.html (`explain/export.py`) and summary
+               metrics: inversion quality, flip rate, monotonicity, proximity, and — on the phantom datasets —
+               how the measured attributes change along the series (`evaluate/explanations.py`,
+               `data/measure.py`).
+
+Outputs: `<workdir>/explain/` (or `output_dir`): report.html, schema.json, tfrecords/, strips/, gifs/,
+index.jsonl, directions.npz (the global direction(s) and their fit) and summary.json. The export directory is
+checked for writability before anything is computed; a previous export is replaced only when the new one is
+complete.
+
+Shift units: config.explain.step_size and max_shift are multiples of the latent scale, the median
+||w - w_avg|| of the latents the direction is fitted on (so configs carry over between generators).
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from stylex_jax import sharding, writers
+from stylex_jax.evaluate import explanations as quality
+from stylex_jax.explain import direction as direction_lib
+from stylex_jax.explain import export as export_lib
+from stylex_jax.explain import gradcam as gradcam_lib
+from stylex_jax.explain import image_files
+from stylex_jax.explain import invert as invert_lib
+from stylex_jax.explain import series as series_lib
+
+STAGE = 'explain'
+MODES = ('gradient', 'blackbox')
+SCOPES = ('global', 'local')
+
+
+def check_config(ec: ml_collections.ConfigDict) -> None:
+  """One clear error for a bad config.explain before anything is loaded or computed."""
+  problems = []
+  if ec.mode not in MODES:
+    problems.append(f"mode={ec.mode!r} must be one of {MODES}")
+  if ec.scope not in SCOPES:
+    problems.append(f"scope={ec.scope!r} must be one of {SCOPES}")
+  if ec.mode == 'blackbox' and ec.scope == 'local':
+    problems.append("scope='local' needs mode='gradient' (the black-box probe fits one direction per dataset)")
+  if ec.space not in direction_lib.SPACES:
+    problems.append(f'space={ec.space!r} must be one of {direction_lib.SPACES}')
+  if ec.num_directions < 1:
+    problems.append(f'num_directions={ec.num_directions} must be >= 1')
+  if ec.num_directions > 1 and ec.scope == 'local':
+    problems.append('num_directions > 1 needs scope=global')
+  if ec.num_frames < 2:
+    problems.append(f'num_frames={ec.num_frames} must be >= 2')
+  if ec.batch_size < 1 or ec.num_images < 0:
+    problems.append(f'batch_size={ec.batch_size} must be >= 1 and num_images={ec.num_images} >= 0 (0 = all)')
+  if not ec.max_shift > 0 or not ec.step_size > 0:
+    problems.append(f'max_shift={ec.max_shift} and step_size={ec.step_size} must be > 0 (multiples of the '
+                    'latent scale)')
+  if problems:
+    raise ValueError('config.explain: ' + '; '.join(problems))
+
+
+class Explainer:
+  """Everything needed to explain batches of images with one trained classifier + GAN (+ encoder).
+
+  Built once (loads checkpoints, fits the global direction, jits the series renderer); `explain_batch` is then
+  called per batch of images of one shape, so every jitted function is traced once.
+  """
+
+  def __init__(self, config: ml_collections.ConfigDict, workdir: str, *, inverter=None, classifier=None,
+               mesh=None):
+    ec = config.explain
+    check_config(ec)
+    self.config, self.ec = config, ec
+    self.mesh = mesh or sharding.make_mesh(config.num_devices or None)
+    if inverter is None:
+      inverter = invert_lib.Inverter.from_workdir(config, workdir, self.mesh)
+    self.inverter = inverter
+    if classifier is None:
+      from stylex_jax.train import classifier as classifier_train  # pylint: disable=g-import-not-at-top
+      classifier = classifier_train.load_classifier(config, workdir, self.mesh)
+    self.model, self.variables = classifier
+    self.num_classes = config.data.num_classes
+    class_index = None if ec.class_index < 0 else int(ec.class_index)
+    self.target = direction_lib.make_target(ec.target, self.num_classes, class_index)
+    self.synthesize = inverter.synthesize
+    self.classify = inverter.classify
+    self.renderer = series_lib.SeriesRenderer(self.synthesize, self.classify, chunk_size=ec.chunk_size,
+                                              num_classes=self.num_classes)
+    self._gradcam = jax.jit(lambda v, x, t: gradcam_lib.gradcam(self.model, v, x, t, layer=ec.gradcam_layer))
+    self.directions = None          # [k, num_ws, w_dim] global directions
+    self.direction_info: dict[str, Any] = {}
+    self.scale = None
+    self._local = None
+
+  # ------------------------------------------------------------------------------------------ directions
+
+  def _sample_latents(self, n: int, seed: int) -> jax.Array:
+    """ws [n, num_ws, w_dim] from the mapping network of standard-normal z (seeded)."""
+    return jnp.asarray(self.inverter.sample_latents(n, jax.random.key(seed)))
+
+  def _predict_numpy(self, images: np.ndarray) -> np.ndarray:
+    """Black-box view of the classifier: numpy images -> numpy probabilities (no gradients)."""
+    return np.asarray(series_lib.probabilities(self._classify_jit(jnp.asarray(images))))
+
+  def fit_global_directions(self) -> np.ndarray:
+    """Fits config.explain.num_directions orthonormal global directions [k, num_ws, w_dim] (and the scale)."""
+    ec = self.ec
+    t0 = time.perf_counter()
+    ws = self._sample_latents(ec.direction_latents, self.config.seed + 1)
+    self.scale = direction_lib.latent_scale(ws, self.inverter.w_avg)
+    key = jax.random.key(self.config.seed + 2)
+    if ec.mode == 'gradient':
+      fitter = direction_lib.GradientDirection(
+          self.synthesize, self.classify, self.target, space=ec.space, local=False,
+          step_size=ec.step_size * self.scale, proximity_weight=ec.proximity_weight, steps=ec.direction_steps,
+          learning_rate=ec.direction_lr, chunk_size=ec.chunk_size)
+    else:
+      self._classify_jit = jax.jit(self.classify)
+      fitter = direction_lib.LinearProbe(self.synthesize, self._predict_numpy, self.target, space=ec.space,
+                                         l2=ec.probe_l2, batch_size=ec.chunk_size)
+      ws = self._sample_latents(ec.probe_samples, self.config.seed + 4)   # labelled by the black box
+    if ec.num_directions == 1:
+      fit = fitter(ws, key=key)
+      directions = np.asarray(fit.direction)[None]
+      if ec.mode == 'gradient':
+        self.direction_info = dict(gain=float(fit.gain), initial_gain=float(fit.initial_gain),
+                                   proximity=float(fit.proximity))
+      else:
+        self.direction_info = dict(probe_model=fit.model, probe_score=float(fit.score))
+    else:
+      directions = np.asarray(direction_lib.top_k_directions(fitter, ws, ec.num_directions, key=key))
+    self.direction_info.update(mode=ec.mode, space=ec.space, latents=int(ws.shape[0]),
+                               latent_scale=float(self.scale), seconds=time.perf_counter() - t0)
+    self.directions = directions
+    return directions
+
+  def _local_directions(self, ws: jax.Array) -> np.ndarray:
+    if self._local is None:
+      ec = self.ec
+      self._local = direction_lib.GradientDirection(
+          self.synthesize, self.classify, self.target, space=ec.space, local=True,
+          step_size=ec.step_size * self.scale, proximity_weight=ec.proximity_weight, steps=ec.direction_steps,
+          learning_rate=ec.direction_lr, chunk_size=ec.chunk_size)
+    return np.asarray(self._local(ws, key=jax.random.key(self.config.seed + 3)).direction)
+
+  # ------------------------------------------------------------------------------------------- explaining
+
+  def gradcam_classes(self, probs: np.ndarray) -> np.ndarray:
+    """[B] the class GradCAM explains: the target's class for binary/one-class targets, else the prediction."""
+    if self.target.kind in ('logit', 'log_odds') and self.target.class_index is not None:
+      return np.full(len(probs), self.target.class_index, np.int32)
+    return probs.argmax(-1).astype(np.int32)
+
+  def explain_batch(self, images: np.ndarray, ids: Sequence[str], labels: np.ndarray) -> dict[str, Any]:
+    """images [B, H, W, C] in [-1, 1] -> the exporter's batch dict (plus per-image metrics)."""
+    ec = self.ec
+    if self.directions is None and ec.scope == 'global':
+      self.fit_global_directions()
+    inv = self.inverter(images, ids=list(ids))
+    ws = jnp.asarray(inv['ws'])
+    if ec.scope == 'local':
+      if self.scale is None:
+        self.scale = direction_lib.latent_scale(self._sample_latents(ec.direction_latents, self.config.seed + 1),
+                                                self.inverter.w_avg)
+      directions = self._local_directions(ws)
+    else:
+      directions = self.directions[0]
+    max_alpha = ec.max_shift * self.scale
+    if ec.auto_range:
+      auto = self.renderer.auto_alphas(ws, directions, self.target, num_frames=ec.num_frames,
+                                       max_alpha=max_alpha, margin=ec.margin)
+      alphas, crossed = auto.alphas, auto.crossed
+    else:
+      alphas = series_lib.fixed_alphas(max_alpha, ec.num_frames, batch=len(images))
+      crossed = None
+    frames, probs = self.renderer(ws, directions, alphas)
+    original_probs = np.asarray(inv['original_probs'], np.float32)
+    heat = np.asarray(self._gradcam(self.variables, jnp.asarray(images), jnp.asarray(
+        self.gradcam_classes(original_probs))))
+    target_values = np.asarray(self.target(jnp.asarray(
+        np.log(np.clip(probs, 1e-12, 1)).reshape(-1, probs.shape[-1])))).reshape(probs.shape[:2])
+    flips = quality.flipped(probs, alphas)
+    metrics = dict(ssim=inv['ssim'], psnr=inv['psnr'], mse=inv['mse'], agree=inv['agree'].astype(np.float32),
+                   prob_delta=inv['prob_delta'], w_distance=inv['w_distance'], flipped=flips.astype(np.float32),
+                   monotonicity=quality.monotonicity(target_values, alphas),
+                   proximity=quality.proximity(frames, inv['reconstructions'], probs, alphas))
+    if crossed is not None:
+      metrics['crossed'] = crossed.astype(np.float32)
+    metrics.update(self._attribute_trends(frames, alphas))
+    return dict(id=np.asarray(list(ids), dtype=object), image=np.asarray(images, np.float32),
+                reconstruction=np.asarray(inv['reconstructions'], np.float32), series=frames,
+                alphas=np.asarray(alphas, np.float32), probs=probs, original_probs=original_probs,
+                reconstruction_probs=np.asarray(inv['reconstruction_probs'], np.float32),
+                latent=np.asarray(inv['ws'], np.float32), gradcam=heat.astype(np.float32),
+                label=np.asarray(labels, np.int64), metrics={k: np.asarray(v, np.float32) for k, v in metrics.items()})
+
+  def _attribute_trends(self, frames: np.ndarray, alphas: np.ndarray) -> dict[str, np.ndarray]:
+    """On the knee phantoms: Spearman(alpha, attribute) along each series for the measured attributes."""
+    if self.config.data.dataset != 'synthetic_knee' or frames.shape[2] < 32 or frames.shape[-1] != 1:
+      return {}
+    from stylex_jax.data import measure  # pylint: disable=g-import-not-at-top  (numpy/scipy only)
+    b, s = frames.shape[:2]
+    m = measure.measure_knee_batch(frames.reshape(b * s, *frames.shape[2:]))
+    valid = np.asarray(m['joint_found']).reshape(b, s) > 0
+    attrs = {f'trend_{k}': np.asarray(m[k], np.float64).reshape(b, s)
+             for k in ('joint_space_width', 'osteophyte_area', 'sclerosis')}
+    return quality.attribute_trends(attrs, alphas, valid)
+
+
+def _split_images(config, split: str, num_images: int, batch_size: int):
+  """Yields (images [b, H, W, C] in [-1, 1], ids, labels) for the first num_images (0 = all) of `split`."""
+  from stylex_jax.data import pipeline as pipeline_lib  # pylint: disable=g-import-not-at-top  (TF lives in data/)
+  data = pipeline_lib.Pipeline(config.data, split, global_batch_size=batch_size, seed=config.seed, train=False)
+  total = data.num_examples if num_images <= 0 else min(num_images, data.num_examples)
+  seen = 0
+  for batch in data.eval_batches():
+    keep = np.flatnonzero(np.asarray(batch['mask']) > 0)[:total - seen]
+    if keep.size == 0:
+      break
+    seen += keep.size
+    yield batch['image'][keep], [str(batch['id'][i]) for i in keep], np.asarray(batch['label'])[keep]
+    if seen >= total:
+      break
+  return data.class_names
+
+
+def _file_images(config, patterns, batch_size: int):
+  images, ids, notes, rejected = image_files.load_image_files(patterns, config.data.image_size,
+                                                              config.data.channels)
+  for line in notes:
+    print(f'[explain] converted {line}')
+  for line in rejected:
+    print(f'[explain] rejected {line}')
+  for i in range(0, len(images), batch_size):
+    yield images[i:i + batch_size], ids[i:i + batch_size], np.full(len(ids[i:i + batch_size]), -1, np.int64)
+
+
+def run(config: ml_collections.ConfigDict, workdir: str, *, split: str | None = None,
+        num_images: int | None = None, image_patterns: str | Sequence[str] | None = None,
+        output_dir: str | None = None, explainer: Explainer | None = None) -> dict:
+  """Explains images and exports everything (see the module docstring). Returns the summary dict.
+
+  split / num_images override config.explain.split / num_images; image_patterns (globs, a directory, or a
+  comma-separated list) explains the user's files instead of a split.
+  """
+  ec = config.explain
+  check_config(ec)
+  out = os.path.abspath(output_dir or os.path.join(workdir, STAGE))
+  export_lib.check_writable(out)            # before any computation
+  split = split or ec.split
+  num_images = ec.num_images if num_images is None else int(num_images)
+  if num_images < 0:
+    raise ValueError(f'num_images={num_images} must be >= 0 (0 = the whole split)')
+  t0 = time.perf_counter()
+  explainer = explainer or Explainer(config, workdir)
+  if explainer.directions is None and ec.scope == 'global':
+    explainer.fit_global_directions()
+    print(f'[explain] {ec.mode} direction in {ec.space.upper()} fitted on {explainer.direction_info["latents"]} '
+          f'latents in {explainer.direction_info["seconds"]:.1f} s: ' +
+          ', '.join(f'{k}={v:.3g}' for k, v in explainer.direction_info.items() if isinstance(v, float)
+                    and k not in ('seconds',)))
+  class_names = _class_names(config)
+  if image_patterns:
+    source, what = _file_images(config, image_patterns, ec.batch_size), f'files {image_patterns}'
+    total = None
+  else:
+    source, what = _split_images(config, split, num_images, ec.batch_size), f'split {split!r}'
+    total = num_images or None
+  inv = explainer.inverter
+  writer = export_lib.ExplanationWriter(
+      out, num_classes=explainer.num_classes, class_names=class_names,
+      image_shape=(config.data.image_size, config.data.image_size, config.data.channels),
+      num_ws=inv.num_ws, w_dim=inv.w_dim, config=config.to_dict(), examples_per_shard=ec.examples_per_shard,
+      target_description=_describe_target(explainer.target, class_names, ec),
+      report_max_images=ec.report_max_images)
+  per_image: dict[str, list[np.ndarray]] = {}
+  summary_inputs = []
+  done = 0
+  with writer:
+    for images, ids, labels in source:
+      batch = explainer.explain_batch(images, ids, labels)
+      writer.add(batch)
+      for k, v in batch['metrics'].items():
+        per_image.setdefault(k, []).append(v)
+      summary_inputs.append((batch['probs'], batch['alphas']))
+      done += len(images)
+      rate = done / (time.perf_counter() - t0)
+      print(f'[explain] {done}{"/" + str(total) if total else ""} images explained ({what}), {rate:.2f} img/s',
+            flush=True)
+    metrics = {k: np.concatenate(v) for k, v in per_image.items()}
+    summary_metrics = _summary(metrics)
+    summary_metrics['images'] = done
+    summary_metrics['seconds'] = round(time.perf_counter() - t0, 2)
+    paths = writer.close(summary_metrics)
+  if explainer.directions is not None:
+    np.savez(os.path.join(out, 'directions.npz'), directions=explainer.directions,
+             latent_scale=np.float32(explainer.scale), **{k: np.asarray(v) for k, v in explainer.direction_info.items()
+                                                          if isinstance(v, (int, float))})
+  summary = dict(stage=STAGE, complete=True, source=what, **summary_metrics, direction=explainer.direction_info,
+                 report=paths['report'], tfrecords=paths['tfrecords'], schema=paths['schema'],
+                 strips=paths['strips'], gifs=paths['gifs'], directory=out)
+  summary = writers.write_json(os.path.join(out, 'summary.json'), summary)
+  print(f'[explain] {done} images in {summary_metrics["seconds"]:.0f} s: ' +
+        ' '.join(f'{k}={summary_metrics[k]:.3g}' for k in ('ssim', 'agree', 'flip_rate', 'monotonicity')
+                 if isinstance(summary_metrics.get(k), float)) +
+        f'\n  open the report: {paths["report"]}\n  TFRecords: {os.path.dirname(paths["tfrecords"][0])}')
+  return summary
+
+
+def _summary(metrics: dict[str, np.ndarray]) -> dict[str, float]:
+  """Means over images of the per-image metrics, NaN-aware; 'flipped' -> 'flip_rate', 'agree' -> agreement."""
+  out = {}
+  for k, v in metrics.items():
+    v = np.asarray(v, np.float64)
+    name = {'flipped': 'flip_rate', 'crossed': 'crossed_rate'}.get(k, k)
+    out[name] = float(np.nanmean(v)) if np.isfinite(v).any() else float('nan')
+  return out
+
+
+def _class_names(config) -> list[str]:
+  """Class names as the data pipeline defines them (binary thresholded labels: '<NAME', '>=NAME')."""
+  names = list(config.explain.class_names) if config.explain.class_names else []
+  if names:
+    return names
+  k, t = config.data.num_classes, config.data.label_threshold
+  if config.data.dataset in ('synthetic_knee', 'kl_xray'):
+    base = [f'KL{i}' for i in range(5)]
+    return [f'<{base[t]}', f'>={base[t]}'] if t >= 0 else base[:k]
+  return [f'class {i}' for i in range(k)]
+
+
+def _describe_target(target, class_names, ec) -> str:
+  if target.kind == 'expected_grade':
+    return 'expected grade sum_k k p_k (ordinal classes)'
+  name = class_names[target.class_index] if target.class_index is not None else '?'
+  return f'{target.kind} of class {name!r}; {ec.mode} direction in {ec.space.upper()} ({ec.scope})'
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Stage entry point for launch/train.py: explains config.explain.split unless a complete export of the same
+  config exists (rerun with launch/explain.py to explain other images)."""
+  summary_path = os.path.join(workdir, STAGE, 'summary.json')
+  schema_path = os.path.join(workdir, STAGE, 'schema.json')
+  if os.path.exists(summary_path) and os.path.exists(schema_path):
+    with open(schema_path) as f:
+      previous = json.load(f).get('config')
+    if previous == json.loads(json.dumps(config.to_dict(), default=str)):
+      print(f'[explain] already explained with this config ({summary_path}); not recomputing. Report: '
+            f'{os.path.join(workdir, STAGE, "report.html")}')
+      with open(summary_path) as f:
+        return json.load(f)
+  return run(config, workdir)
