@@ -258,30 +258,29 @@ def test_latent_scale_against_numpy():
 
 def test_gradient_mode_on_tiny_stylegan2_increases_target():
   from configs import demo
-  from stylex_jax.train import classifier as classifier_train
   from stylex_jax.train import gan
 
   config = demo.get_config('smoke')
   g = gan.build_models(config).generator
-  model = classifier_train.build_model(config)
-
-  def init(key):  # one compiled program for all the set-up (eager Flax init is slow with 8 fake devices)
-    kg, kc, kz = jax.random.split(key, 3)
-    g_vars = g.init({'params': kg, 'noise': kg}, jnp.zeros((1, g.z_dim)))
-    variables = model.init(kc, jnp.zeros((1, g.resolution, g.resolution, g.channels)), train=False)
-    return g_vars['params'], variables, g.apply(g_vars, jax.random.normal(kz, (4, g.z_dim)), method='mapping')
-
-  g_params, variables, ws = jax.jit(init)(jax.random.key(0))
+  k = config.data.num_classes
+  # Random synthesis parameters of the right structure (jitting Flax's init costs ~10 s of compile here; the
+  # values do not matter for this check, only that the gradient flows through the real network).
+  shapes = jax.eval_shape(lambda key: g.init({'params': key}, jnp.zeros((1, g.num_ws, g.w_dim)),
+                                             method='synthesis', noise_mode='const'), jax.random.key(0))
+  rng = np.random.default_rng(0)
+  g_vars = jax.tree.map(lambda s: jnp.asarray(0.3 * rng.normal(size=s.shape), jnp.float32), shapes)
+  head = jnp.asarray(rng.normal(size=(g.resolution * g.resolution * g.channels, k)) / g.resolution, jnp.float32)
+  ws = jnp.asarray(np.repeat(rng.normal(size=(4, 1, g.w_dim)), g.num_ws, 1), jnp.float32)
 
   def synthesize(ws):
-    return jnp.clip(g.apply({'params': g_params}, ws, method='synthesis', noise_mode='const'), -1, 1)
+    return jnp.clip(g.apply(g_vars, ws, method='synthesis', noise_mode='const'), -1, 1)
 
-  def classify(images):
-    return model.apply(variables, images, train=False)
+  def classify(images):  # a random (linear) classifier: the gradient must flow through the real G
+    return images.reshape(images.shape[0], -1) @ head
 
-  opt = dl.GradientDirection(synthesize, classify, dl.make_target('auto', config.data.num_classes), space='w',
-                             steps=4, learning_rate=0.5, step_size=2.0, init='random')
+  opt = dl.GradientDirection(synthesize, classify, dl.make_target('auto', k), space='w', steps=4,
+                             learning_rate=0.5, step_size=2.0, init='random')
   fit = opt(ws, key=jax.random.key(3))
   assert np.asarray(fit.direction).shape == (g.num_ws, g.w_dim)
-  assert float(fit.gain) > float(fit.initial_gain)
+  assert float(fit.gain) > float(fit.initial_gain) + 1e-3
   assert np.all(np.isfinite(np.asarray(fit.history)))
