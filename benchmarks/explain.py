@@ -1,9 +1,9 @@
 """Benchmark of the explainer's batch path: explanations/s batched vs a per-image Python loop, latency, compile time.
 
-One explanation = `SeriesRenderer.auto_alphas` (the target on a grid of `--grid` shifts, then the per-image range
-across the decision boundary) + a series of `--frames` images with the classifier's probabilities
-(`SeriesRenderer.__call__`) + GradCAM of the original (alpha = 0 frame, `explain/gradcam.gradcam`, jitted), along
-ONE global direction computed once beforehand (`direction.GradientDirection`, gradient mode in W, timed
+One explanation = `SeriesRenderer.auto_alphas` (the target on a grid of `--grid` shifts and `--refine`
+regula-falsi steps, then the per-image range across the decision boundary) + a series of `--frames` images with
+the classifier's probabilities (`SeriesRenderer.__call__`) + GradCAM of the original (alpha = 0 frame,
+`explain/gradcam.gradcam`, jitted), along ONE global direction computed once beforehand (`direction.GradientDirection`, gradient mode in W, timed
 separately). It goes through the real code only: the trained demo artefacts (`configs/demo.py`, loaded with
 `gan.load_generator` and `classifier.load_classifier`) and the explain modules; nothing is re-implemented here.
 Latents come from the mapping network of random z: the inverter is not used (real images are not inverted here).
@@ -19,6 +19,8 @@ Output: one figure per line, `name value unit`; lines starting with '#' are note
   loop_expl_per_s         explanations/s of a Python loop over images calling the same functions at batch 1
                           (measured on --loop-images images after a warm-up; the rate is scaled, not re-run)
   speedup                 batched_expl_per_s / loop_expl_per_s
+  frame_loop_expl_per_s   a naive loop: one image at a time and one frame per jitted call (renderer chunk 1)
+  speedup_vs_frame_loop   batched_expl_per_s / frame_loop_expl_per_s
   latency_ms              one explanation at batch 1 after compile (median over the loop images)
   single_compile_s        first batch-1 call minus the median steady batch-1 call
 """
@@ -52,15 +54,19 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument('--batch', type=int, default=256, help='images explained in one batched call')
   p.add_argument('--chunk', type=int, default=64, help='SeriesRenderer chunk size (latents per jitted call)')
   p.add_argument('--frames', type=int, default=9, help='series length S')
-  p.add_argument('--grid', type=int, default=17, help='auto_alphas grid points')
+  p.add_argument('--grid', type=int, default=9, help='auto_alphas grid points')
+  p.add_argument('--refine', type=int, default=2, help='auto_alphas regula-falsi refinement steps')
   p.add_argument('--max-shift', type=float, default=2.0, help='max |alpha| as a multiple of the latent scale')
   p.add_argument('--loop-images', type=int, default=16, help='images timed in the per-image loop')
+  p.add_argument('--frame-loop-images', type=int, default=4,
+                 help='images timed in the per-frame loop (chunk 1: one G + classifier call per frame)')
   p.add_argument('--direction-latents', type=int, default=32)
   p.add_argument('--steps', type=int, default=20, help='Adam steps of the global direction')
   p.add_argument('--layer', default='stage4', help='GradCAM layer')
   p.add_argument('--repeats', type=int, default=2, help='steady batched calls (best is reported)')
   a = p.parse_args(argv)
-  for name in ('batch', 'chunk', 'frames', 'grid', 'loop_images', 'direction_latents', 'steps', 'repeats'):
+  for name in ('batch', 'chunk', 'frames', 'grid', 'loop_images', 'frame_loop_images', 'direction_latents',
+               'steps', 'repeats'):
     if getattr(a, name) < 1:
       p.error(f'--{name.replace("_", "-")}={getattr(a, name)} must be >= 1')
   return a
@@ -69,12 +75,13 @@ def parse_args(argv=None) -> argparse.Namespace:
 class Explainer:
   """auto_alphas + series + GradCAM for a batch of latents along one global direction (the timed unit)."""
 
-  def __init__(self, synthesize, classify, model, variables, target, direction, *, chunk, frames, grid,
+  def __init__(self, synthesize, classify, model, variables, target, direction, *, chunk, frames, grid, refine,
                max_alpha, layer):
     self.renderer = series_lib.SeriesRenderer(synthesize, classify, chunk_size=chunk,
                                               num_classes=target.num_classes)
     self.model, self.variables, self.target, self.direction = model, variables, target, direction
     self.chunk, self.frames, self.grid, self.max_alpha, self.layer = chunk, frames, grid, max_alpha, layer
+    self.refine = refine
     self._gradcam = jax.jit(gradcam_lib.gradcam, static_argnums=(0,), static_argnames=('layer',))
 
   def gradcam(self, images: np.ndarray, classes: np.ndarray) -> np.ndarray:
@@ -93,7 +100,7 @@ class Explainer:
 
   def __call__(self, ws: np.ndarray):
     auto = self.renderer.auto_alphas(ws, self.direction, self.target, num_frames=self.frames,
-                                     max_alpha=self.max_alpha, grid_points=self.grid)
+                                     max_alpha=self.max_alpha, grid_points=self.grid, refine_steps=self.refine)
     images, probs = self.renderer(ws, self.direction, auto.alphas)
     zero = np.argmax(auto.alphas == 0, axis=1)                  # alpha = 0 is in every row
     rows = np.arange(len(ws))
@@ -130,7 +137,8 @@ def main(argv=None) -> None:
   target = direction_lib.make_target('auto', config.data.num_classes)
   print(f'# G {g.resolution}x{g.resolution}x{g.channels} num_ws={g.num_ws} w_dim={g.w_dim}; latents from the mapping '
         f'network of random z (the inverter is not used); latent scale {scale:.3f}; one explanation = auto_alphas '
-        f'({a.grid} grid shifts) + {a.frames} frames + probabilities + GradCAM ({a.layer}) of the alpha=0 frame')
+        f'({a.grid} grid shifts + {a.refine} refinements) + {a.frames} frames + probabilities + GradCAM '
+        f'({a.layer}) of the alpha=0 frame')
 
   t0 = time.perf_counter()
   fitter = direction_lib.GradientDirection(synthesize, classify, target, space='w', steps=a.steps,
@@ -141,7 +149,7 @@ def main(argv=None) -> None:
         f'{a.steps} steps, gain {float(fit.initial_gain):.3f} -> {float(fit.gain):.3f} (log-odds at 0.5 x scale)')
 
   explain = Explainer(synthesize, classify, model, variables, target, direction, chunk=a.chunk, frames=a.frames,
-                      grid=a.grid, max_alpha=a.max_shift * scale, layer=a.layer)
+                      grid=a.grid, refine=a.refine, max_alpha=a.max_shift * scale, layer=a.layer)
 
   # batched: first call compiles; then steady calls on the same shape
   t0 = time.perf_counter()
@@ -161,7 +169,7 @@ def main(argv=None) -> None:
 
   # per-image Python loop at batch 1 over the same functions (warm-up call first, so compile is excluded)
   single = Explainer(synthesize, classify, model, variables, target, direction, chunk=a.chunk, frames=a.frames,
-                     grid=a.grid, max_alpha=a.max_shift * scale, layer=a.layer)
+                     grid=a.grid, refine=a.refine, max_alpha=a.max_shift * scale, layer=a.layer)
   t0 = time.perf_counter()
   jax.block_until_ready(single(ws[:1]))
   single_first = time.perf_counter() - t0
@@ -176,6 +184,18 @@ def main(argv=None) -> None:
   print(f'speedup {batched_rate / loop_rate:.1f} x  # batched / per-image loop')
   print(f'latency_ms {1000 * np.median(times):.1f} ms  # one explanation, batch 1, after compile (median)')
   print(f'single_compile_s {single_first - np.median(times):.2f} s')
+
+  # naive loop: one image at a time AND one frame per call (SeriesRenderer with chunk_size=1)
+  naive = Explainer(synthesize, classify, model, variables, target, direction, chunk=1, frames=a.frames,
+                    grid=a.grid, refine=a.refine, max_alpha=a.max_shift * scale, layer=a.layer)
+  jax.block_until_ready(naive(ws[:1]))
+  t0 = time.perf_counter()
+  for i in range(a.frame_loop_images):
+    jax.block_until_ready(naive(ws[i:i + 1]))
+  frame_rate = a.frame_loop_images / (time.perf_counter() - t0)
+  print(f'frame_loop_expl_per_s {frame_rate:.2f} expl/s  # per image and per frame (chunk 1, '
+        f'{a.grid + a.refine + a.frames} G+classifier calls per explanation), {a.frame_loop_images} images, scaled')
+  print(f'speedup_vs_frame_loop {batched_rate / frame_rate:.1f} x')
   print(f'# load after: {os.getloadavg()[0]:.2f} (1 min)')
 
 

@@ -6,6 +6,7 @@ p(G(w + alpha d)) = sigmoid(u . (w + alpha d) + b) exactly (numpy reference).
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import scipy.optimize
 
 from stylex_jax.explain import direction as dl
 from stylex_jax.explain import series as sl
@@ -112,12 +113,20 @@ def test_auto_alphas_expected_grade_and_threshold():
   renderer = sl.SeriesRenderer(synth, classify, num_classes=3)
   ws = np.zeros((1, NUM_WS, W_DIM), np.float32)
   target = dl.make_target('auto', 3)
-  res = renderer.auto_alphas(ws, d, target, max_alpha=8.0, grid_points=33)
+  res = renderer.auto_alphas(ws, d, target, max_alpha=8.0, grid_points=9, refine_steps=6)
   # expected grade at 0 with logits (0, b, 2b): numpy reference; boundary = next grade up
   lg = np.array([0, BIAS, 2 * BIAS])
   e0 = (np.exp(lg) / np.exp(lg).sum()) @ np.arange(3)
   np.testing.assert_allclose(res.start, [e0], rtol=1e-5)
   assert res.threshold[0] == 1.5 and res.crossed[0]
+  # independent reference: root of the analytic expected grade along d, E(s) = (e^s + 2 e^2s) / (1 + e^s + e^2s)
+  # with s = alpha ||u|| + b, by scipy's brentq
+  grade = lambda a: (lambda s: (np.exp(s) + 2 * np.exp(2 * s)) / (1 + np.exp(s) + np.exp(2 * s)))(
+      a * np.linalg.norm(u) + BIAS) - 1.5
+  root = scipy.optimize.brentq(grade, 0.0, 8.0, xtol=1e-10)
+  assert abs(res.crossing[0] - root) < 1e-3
+  coarse = renderer.auto_alphas(ws, d, target, max_alpha=8.0, grid_points=9, refine_steps=0)
+  assert abs(coarse.crossing[0] - root) > 10 * abs(res.crossing[0] - root)   # the refinement matters
   logits = renderer.logits(ws, d, res.alphas)
   grades = np.asarray(target(jnp.asarray(logits[0])))
   assert grades.min() < 1.5 < grades.max()

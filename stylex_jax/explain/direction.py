@@ -512,7 +512,10 @@ class LinearProbe:
   def _feature_basis(self, previous, num_ws) -> np.ndarray:
     """Orthonormal rows [k', p] spanning the earlier directions in feature space (zero rows dropped)."""
     prev = np.asarray(previous, np.float64)
-    rows = prev[:, 0, :] * math.sqrt(num_ws) if self.space == 'w' else prev.reshape(prev.shape[0], prev.shape[1] * prev.shape[2])
+    if self.space == 'w':
+      rows = prev[:, 0, :] * math.sqrt(num_ws)
+    else:
+      rows = prev.reshape(prev.shape[0], prev.shape[1] * prev.shape[2])
     rows = rows[np.linalg.norm(rows, axis=1) > 1e-8]
     if rows.shape[0] == 0:
       return rows

@@ -143,17 +143,20 @@ class SeriesRenderer:
     return self._run(self._logits, flat).reshape(b, s, -1)
 
   def auto_alphas(self, ws, directions, target: direction_lib.Target, *, num_frames: int = 9,
-                  max_alpha: float = 10.0, grid_points: int = 17, margin: float = 0.25,
+                  max_alpha: float = 10.0, grid_points: int = 9, refine_steps: int = 2, margin: float = 0.25,
                   threshold=None) -> AutoAlphas:
     """Per-image shift ranges [B, num_frames] from alpha = 0 across the decision boundary and `margin` beyond.
 
-    The target is evaluated on the grid linspace(-max_alpha, max_alpha, grid_points) (odd, so 0 is a grid
+    The target is evaluated on the grid linspace(-max_alpha, max_alpha, grid_points) (made odd, so 0 is a grid
     point) in one batched call; for each image the first sign change of target - threshold is searched on both
-    sides of 0 and the nearer one taken (linear interpolation between grid points gives the crossing alpha
-    a_c); the series is linspace(0, a_c * (1 + margin), num_frames), the end capped at +-max_alpha. If neither
-    side crosses, the series runs to the end (+-max_alpha) whose target is nearest the threshold and
-    crossed=False. threshold: None (target.boundary: log-odds 0 = p 0.5; expected grade: the next grade up, or
-    down at the top grade), a scalar or [B] on the target's scale. Returns AutoAlphas (alphas sorted ascending).
+    sides of 0 and the nearer one taken. The bracketing grid interval is then narrowed by `refine_steps` rounds
+    of regula falsi (one batched call of B latents each), and the crossing alpha a_c is the secant root of the
+    final bracket (exact for a target linear in alpha). The series is linspace(0, a_c * (1 + margin),
+    num_frames), the end capped at +-max_alpha. If neither side crosses, the series runs to the end
+    (+-max_alpha) whose target is nearest the threshold and crossed=False. Cost per image: grid_points +
+    refine_steps forward passes of G and the classifier.
+    threshold: None (target.boundary: log-odds 0 = p 0.5; expected grade: the next grade up, or down at the top
+    grade), a scalar or [B] on the target's scale. Returns AutoAlphas (alphas sorted ascending, 0 included).
     """
     if not isinstance(target, direction_lib.Target):
       raise ValueError(f'target must be a Target from direction.make_target; got {target!r}.')
@@ -161,44 +164,66 @@ class SeriesRenderer:
       raise ValueError(f'num_frames must be an int >= 2; got {num_frames!r}.')
     if not isinstance(grid_points, (int, np.integer)) or grid_points < 3:
       raise ValueError(f'grid_points must be an int >= 3; got {grid_points!r}.')
+    if not isinstance(refine_steps, (int, np.integer)) or refine_steps < 0:
+      raise ValueError(f'refine_steps must be an int >= 0; got {refine_steps!r}.')
     if not max_alpha > 0 or margin < 0:
       raise ValueError(f'max_alpha must be > 0 and margin >= 0; got max_alpha={max_alpha}, margin={margin}.')
     grid_points = int(grid_points) | 1
     grid = np.linspace(-max_alpha, max_alpha, grid_points).astype(np.float32)
     mid = grid_points // 2
     grid[mid] = 0.0
-    logits = self.logits(ws, directions, grid)                        # [B, G, K]
-    b = logits.shape[0]
-    t = np.asarray(target(jnp.asarray(logits.reshape(b * grid_points, -1)))).reshape(b, grid_points)
+
+    def targets(alphas):  # alphas [B, S] -> target [B, S]
+      logits = self.logits(ws, directions, alphas)
+      b, s = logits.shape[:2]
+      return np.asarray(target(jnp.asarray(logits.reshape(b * s, -1))), np.float64).reshape(b, s)
+
+    t = targets(grid)                                                        # [B, G]
+    b = t.shape[0]
+    rows = np.arange(b)
     start = t[:, mid]
     thr = target.boundary(start) if threshold is None else np.broadcast_to(
-        np.asarray(threshold, np.float32), (b,)).copy()
+        np.asarray(threshold, np.float32), (b,)).astype(np.float32)
     side0 = np.where(start - thr >= 0, 1.0, -1.0)
-    crossing = np.zeros(b, np.float32)
-    crossed = np.zeros(b, bool)
-    for i in range(b):
-      best = None
-      for idx in (range(mid + 1, grid_points), range(mid - 1, -1, -1)):
-        prev = mid
-        for j in idx:
-          if (t[i, j] - thr[i]) * side0[i] < 0:                         # sign changed between prev and j
-            f0, f1 = t[i, prev] - thr[i], t[i, j] - thr[i]
-            a_c = grid[prev] + (grid[j] - grid[prev]) * (f0 / (f0 - f1) if f0 != f1 else 0.5)
-            if best is None or abs(a_c) < abs(best):
-              best = a_c
-            break
-          prev = j
-      if best is not None:
-        crossed[i] = True
-        crossing[i] = best
-      else:
-        crossing[i] = grid[-1] if abs(t[i, -1] - thr[i]) <= abs(t[i, 0] - thr[i]) else grid[0]
-    step = grid[1] - grid[0]
+    f = (t - thr[:, None]) * side0[:, None]                                  # > 0 on the image's own side
+
+    # first sign change on each side of 0: bracket (prev, j) of grid indices
+    brackets = []
+    for order in (np.arange(mid + 1, grid_points), np.arange(mid - 1, -1, -1)):
+      changed = f[:, order] < 0
+      found = changed.any(axis=1)
+      k = np.argmax(changed, axis=1)
+      j = order[k]
+      prev = np.where(k == 0, mid, order[np.maximum(k - 1, 0)])
+      f0, f1 = f[rows, prev], f[rows, j]
+      root = grid[prev] + (grid[j] - grid[prev]) * f0 / np.where(found, f0 - f1, 1.0)
+      brackets.append((found, prev, j, root))
+    (fp, pp, jp, rp), (fn, pn, jn, rn) = brackets
+    use_pos = fp & (~fn | (np.abs(rp) <= np.abs(rn)))
+    crossed = fp | fn
+    lo_a = np.where(use_pos, grid[pp], grid[pn]).astype(np.float64)           # f(lo) > 0, f(hi) < 0
+    hi_a = np.where(use_pos, grid[jp], grid[jn]).astype(np.float64)
+    lo_f = np.where(use_pos, f[rows, pp], f[rows, pn])
+    hi_f = np.where(use_pos, f[rows, jp], f[rows, jn])
+
+    def secant():
+      return lo_a + (hi_a - lo_a) * lo_f / np.where(crossed, lo_f - hi_f, 1.0)
+
+    for _ in range(int(refine_steps) if crossed.any() else 0):
+      a_new = np.where(crossed, secant(), 0.0)
+      f_new = (targets(a_new[:, None].astype(np.float32))[:, 0] - thr) * side0
+      pos = f_new > 0
+      lo_a, lo_f = np.where(crossed & pos, a_new, lo_a), np.where(crossed & pos, f_new, lo_f)
+      hi_a, hi_f = np.where(crossed & ~pos, a_new, hi_a), np.where(crossed & ~pos, f_new, hi_f)
+    nearest_end = np.where(np.abs(t[:, -1] - thr) <= np.abs(t[:, 0] - thr), grid[-1], grid[0])
+    crossing = np.where(crossed, secant(), nearest_end)
+    step = float(grid[1] - grid[0])
     end = np.where(crossed, crossing * (1 + margin) + np.sign(crossing) * 1e-3 * step, crossing)
     end = np.clip(end, -max_alpha, max_alpha)
     end = np.where(end == 0, step, end)  # degenerate: crossing exactly at 0
     alphas = np.sort(np.linspace(0.0, end, int(num_frames), axis=1).astype(np.float32), axis=1)
-    return AutoAlphas(alphas, crossed, crossing.astype(np.float32), thr.astype(np.float32), start.astype(np.float32))
+    return AutoAlphas(alphas, crossed, crossing.astype(np.float32), thr.astype(np.float32),
+                      start.astype(np.float32))
 
 
 def auto_alphas(renderer: SeriesRenderer, ws, directions, target: direction_lib.Target, **options) -> AutoAlphas:
