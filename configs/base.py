@@ -10,6 +10,9 @@ Groups:
                                  channels=data.channels)
   config.gan.discriminator    -> stylex_jax.models.stylegan2.Discriminator(**discriminator, resolution=..., channels=...)
   config.gan.*                -> the gan stage (StyleGAN2-ADA losses, lazy regularisation, EMA, ADA, logging)
+  config.encoder.model        -> stylex_jax.models.encoder.Encoder(**model, num_ws=..., w_dim=...)
+  config.encoder.*            -> the encoder stage (synthetic pairs + real reconstructions, losses, logging)
+  config.invert               -> stylex_jax.explain.invert.Inverter (projector steps, lr, space, noise, losses)
   config.explain              -> the explain stage and launch/explain.py (stylex_jax.explain.stage)
 Imports nothing but ml_collections.
 """
@@ -67,6 +70,8 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
                      mapping_lr_multiplier=0.01, fused_modconv=False),
       discriminator=dict(channel_base=16384, channel_max=512, mbstd_group_size=4, mbstd_num_features=1),
       compute_dtype='float32',    # 'bfloat16' on GPU/TPU: bf16 compute, float32 params and optimiser state
+      reg_convolutions='auto',    # R1 / path-length steps: 'im2col' (slices + dots; 2-4x faster second-order
+                                  #   derivatives on XLA:CPU, ~2x the step memory), 'native', 'auto' = im2col on CPU
       batch_size=32,              # global batch
       num_steps=10000,            # iterations (kimg = num_steps * batch_size / 1000)
       g_lr=0.0025,
@@ -97,6 +102,44 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
       inception_weights='',       # optional .npz of the FID InceptionV3 (see models/inception.py) for fid/kid
       checkpoint_every=1000,
       keep_checkpoints=3,
+  ))
+
+  # Image -> W+ encoder (stage `encoder`): models.encoder.Encoder(**model, num_ws=G.num_ws, w_dim=G.w_dim).
+  config.encoder = ml_collections.ConfigDict(dict(
+      model=dict(width=32, channel_max=256, hidden=512),
+      batch_size=16,              # real images per step (global)
+      synthetic_fraction=0.5,     # share of each step's images that are synthetic (w, G(w)) pairs
+      num_steps=5000,
+      lr=1e-3,                    # Adam, cosine decay to 1% after a 5% linear warm-up
+      truncation_psi=0.7,         # of the synthetic pairs' w
+      latent_weight=1.0,          # synthetic pairs: mean squared error of E(G(w)) against w - w_avg
+      # reconstruction terms on real images (explain.reconstruction.LOSS_TERMS)
+      loss=dict(mse=1.0, l1=0.0, ssim=1.0, ms_ssim=0.0, perceptual=0.5, kl=1.0, delta=0.1, w_l2=0.0),
+      perceptual_layers=('stem', 'stage1'),   # classifier layers of the perceptual term
+      log_every=50,
+      checkpoint_every=1000,
+      keep_checkpoints=3,
+      eval_images=64,             # held-out images for the encoder-only metrics at the end
+      eval_refine_images=16,      # of those, inverted with the projector (config.invert) too
+  ))
+
+  # The projector (explain.invert.Inverter): encoder start + Adam refinement of W+ and the noise maps.
+  config.invert = ml_collections.ConfigDict(dict(
+      start='encoder',            # 'encoder' (w_avg when there is no encoder checkpoint) | 'w_avg'
+      space='w+',                 # 'w+' (one w per layer) | 'w' (one w for all layers)
+      steps=100,
+      lr=0.1,
+      lr_schedule='cosine',       # 'constant' | 'cosine' | 'nvidia' (projector.py's ramps)
+      lr_rampup=0.05,             # fraction of the steps with a linear warm-up
+      lr_rampdown=0.25,           # 'nvidia': fraction of the steps with the cosine ramp-down
+      w_noise=0.0,                # NVIDIA: 0.05 -> Gaussian noise of 0.05 w_std on w, decaying over w_noise_ramp
+      w_noise_ramp=0.75,
+      optimize_noise=True,        # optimise the per-layer noise maps (re-normalised each step)
+      noise_regularize=0.0,       # NVIDIA: 1e5 (auto-correlation regulariser; keeps noise white, so it cannot
+                                  #   carry image detail — with a weak G that costs most of the SSIM)
+      loss=dict(mse=1.0, l1=0.0, ssim=1.0, ms_ssim=0.0, perceptual=0.0, kl=1.0, delta=0.0, w_l2=0.0),
+      perceptual_layers=('stem', 'stage1'),
+      batch_size=16,              # images per jitted chunk (the last chunk is padded)
   ))
 
   # The explain stage / launch/explain.py (stylex_jax.explain.stage). Shifts are multiples of the latent scale

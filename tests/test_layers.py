@@ -398,3 +398,32 @@ def test_torgb_no_demod_bias_clamp():
     ref = np.einsum("bhwi,bi,io->bhwo", x, styles, wt[0, 0]) + b
     assert got.dtype == np.float32
     np.testing.assert_allclose(got, np.clip(ref, -0.3, 0.3), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("stride,padding,k", [(1, ((1, 1), (1, 1)), 3), (2, ((0, 1), (2, 0)), 3), (1, ((0, 0), (0, 0)), 1)])
+def test_im2col_conv2d_matches_native_conv_to_second_order(stride, padding, k):
+    """conv2d inside im2col_convolutions() computes the same correlation as lax.conv_general_dilated: values,
+    input gradients, and the gradient of an input-gradient penalty (the R1 pattern)."""
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(2, 7, 6, 3)), jnp.float32)
+    w = jnp.asarray(rng.normal(size=(k, k, 3, 4)), jnp.float32)
+
+    def native(x, w):
+        return jax.lax.conv_general_dilated(x, w, (stride, stride), padding,
+                                            dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+    def im2col(x, w):
+        with L.im2col_convolutions():
+            return L.conv2d(x, w, stride=stride, padding=padding)
+
+    np.testing.assert_allclose(im2col(x, w), native(x, w), rtol=1e-5, atol=1e-5)
+    with L.im2col_convolutions(False):   # the switch off: the native path
+        np.testing.assert_allclose(L.conv2d(x, w, stride=stride, padding=padding), native(x, w), rtol=1e-6)
+
+    def r1(conv):
+        def penalty(w):
+            g = jax.grad(lambda x: jnp.sum(jnp.tanh(conv(x, w))))(x)
+            return jnp.sum(g * g)
+        return jax.grad(penalty)
+
+    np.testing.assert_allclose(jax.jit(r1(im2col))(w), jax.jit(r1(native))(w), rtol=1e-4, atol=1e-4)

@@ -25,7 +25,7 @@ import numpy as np
 import optax
 
 from stylex_jax import checkpointing, sharding, writers
-from stylex_jax.models import stylegan2
+from stylex_jax.models import layers, stylegan2
 from stylex_jax.train import augment as augment_lib
 from stylex_jax.train import losses, stages
 
@@ -74,6 +74,8 @@ def check_config(config: ml_collections.ConfigDict, mesh) -> None:
     sharding.check_global_batch(pl_batch, mesh)
   if gc.compute_dtype not in DTYPES:
     raise ValueError(f'config.gan.compute_dtype={gc.compute_dtype!r}; use one of {tuple(DTYPES)}')
+  if gc.reg_convolutions not in REG_CONVOLUTIONS:
+    raise ValueError(f'config.gan.reg_convolutions={gc.reg_convolutions!r}; use one of {REG_CONVOLUTIONS}')
 
 
 def r1_gamma(config: ml_collections.ConfigDict) -> float:
@@ -259,29 +261,49 @@ def config_fingerprint(config: ml_collections.ConfigDict) -> dict:
                                                 'mapping_layers')})
 
 
+REG_CONVOLUTIONS = ('auto', 'native', 'im2col')
+
+
+def reg_uses_im2col(config: ml_collections.ConfigDict) -> bool:
+  """Whether the R1 / path-length steps trace their convolutions as im2col (config.gan.reg_convolutions:
+  'auto' = on XLA:CPU, where the native convolution's second-order derivatives are 2-4x slower)."""
+  mode = config.gan.reg_convolutions
+  return mode == 'im2col' or (mode == 'auto' and jax.default_backend() == 'cpu')
+
+
+def _traced_with_im2col(step_fn, enabled: bool):
+  """`step_fn` whose tracing happens inside layers.im2col_convolutions(enabled): how the convolutions are
+  computed, never what they compute."""
+  def traced(*args):
+    with layers.im2col_convolutions(enabled):
+      return step_fn(*args)
+  return traced
+
+
 class StepFunctions:
   """The four steps jitted once each with donation and shardings (the call site of the pure steps)."""
 
   def __init__(self, config: ml_collections.ConfigDict, models: Models, mesh):
     gc = config.gan
     rep, data = sharding.replicated(mesh), sharding.data_sharding(mesh)
+    im2col = reg_uses_im2col(config)
     jit = lambda fn, in_sh: jax.jit(fn, in_shardings=in_sh, out_shardings=(rep, rep), donate_argnums=0)
     self.g_main = jit(functools.partial(g_main_step, models=models, batch_size=gc.batch_size,
                                         mixing_prob=gc.style_mixing_prob, ema_kimg=gc.ema_kimg,
                                         ema_rampup=gc.ema_rampup or None), (rep, rep))
     self.g_reg = None
     if gc.pl_weight > 0 and gc.pl_interval:
-      self.g_reg = jit(functools.partial(g_reg_step, models=models, batch_size=gc.batch_size // gc.pl_batch_shrink,
-                                         mixing_prob=gc.style_mixing_prob, pl_weight=gc.pl_weight,
-                                         pl_interval=gc.pl_interval, pl_decay=gc.pl_decay), (rep, rep))
+      self.g_reg = jit(_traced_with_im2col(functools.partial(
+          g_reg_step, models=models, batch_size=gc.batch_size // gc.pl_batch_shrink, mixing_prob=gc.style_mixing_prob,
+          pl_weight=gc.pl_weight, pl_interval=gc.pl_interval, pl_decay=gc.pl_decay), im2col), (rep, rep))
     self.d_main = jit(functools.partial(d_main_step, models=models, mixing_prob=gc.style_mixing_prob,
                                         ada_interval=gc.ada_interval, ada_target=gc.ada_target,
                                         ada_kimg=gc.ada_kimg), (rep, data, rep))
     gamma = r1_gamma(config)
     self.d_reg = None
     if gamma > 0 and gc.r1_interval:
-      self.d_reg = jit(functools.partial(d_reg_step, models=models, gamma=gamma, r1_interval=gc.r1_interval),
-                       (rep, data, rep))
+      self.d_reg = jit(_traced_with_im2col(functools.partial(
+          d_reg_step, models=models, gamma=gamma, r1_interval=gc.r1_interval), im2col), (rep, data, rep))
     self.pl_interval, self.r1_interval = gc.pl_interval, gc.r1_interval
 
   def iteration(self, state: GanState, reals: jax.Array, key: jax.Array, step: int):
