@@ -159,3 +159,22 @@ def test_bad_inputs_raise_clear_errors():
     renderer(ws[0], d, [0.0])
   with pytest.raises(ValueError, match='chunk_size must be'):
     sl.SeriesRenderer(synth, classify, chunk_size=0)
+
+
+def test_per_image_extras_reach_every_frame_of_their_image():
+  """extras (e.g. an inversion's noise maps) are passed per image: frame (b, s) = G(w_b + a_s d) + extras_b."""
+  synth, classify, m, u = _toy()
+  rng = np.random.default_rng(3)
+  ws = rng.normal(size=(3, NUM_WS, W_DIM)).astype(np.float32) * 0.5
+  extras = {'noise': rng.normal(size=(3, 8, 8, 1)).astype(np.float32) * 0.01}
+  d = (u / np.linalg.norm(u)).reshape(NUM_WS, W_DIM)
+  alphas = np.array([-1.0, 0.0, 2.0], np.float32)
+  renderer = sl.SeriesRenderer(lambda w, e: synth(w) + e['noise'], classify, chunk_size=4)
+  images, _ = renderer(ws, d, alphas, extras=extras)
+  shifted = ws[:, None] + alphas[None, :, None, None] * d
+  ref = (shifted.reshape(9, P) @ m).reshape(3, 3, 8, 8, 1) + extras['noise'][:, None]
+  np.testing.assert_allclose(images, np.clip(ref, -1, 1), atol=1e-5)
+  auto = renderer.auto_alphas(ws, d, dl.make_target('auto', 2), num_frames=3, max_alpha=5.0, extras=extras)
+  assert auto.alphas.shape == (3, 3)
+  with pytest.raises(ValueError, match='leading batch axis'):
+    renderer(ws, d, alphas, extras={'noise': extras['noise'][:2]})

@@ -53,7 +53,9 @@ class SeriesRenderer:
   """Renders series of images and probabilities along directions; see the module docstring.
 
   Args:
-    synthesize: ws [N, num_ws, w_dim] -> images [N, H, W, C] in [-1, 1] (pure, jax-traceable).
+    synthesize: ws [N, num_ws, w_dim] -> images [N, H, W, C] in [-1, 1] (pure, jax-traceable); when calls pass
+      `extras` (per-image inputs such as the noise maps of an inversion), synthesize(ws, extras) with every leaf
+      of extras [N, ...].
     classify: images [N, H, W, C] -> logits [N, K] (pure, jax-traceable).
     chunk_size: latents rendered per jitted call (bounds memory; B * S is split into chunks of this size).
     num_classes: when given, a classifier with another K raises a clear ValueError.
@@ -73,9 +75,11 @@ class SeriesRenderer:
   def _shifted(self, ws, ds, alphas):
     return jax.vmap(lambda w, d, a: w + a * d)(ws, ds, alphas)
 
-  def _forward(self, ws, ds, alphas):
+  def _forward(self, ws, ds, alphas, extras=None):
     self.trace_count += 1
-    images = jnp.clip(self.synthesize(self._shifted(ws, ds, alphas)), -1.0, 1.0)
+    shifted = self._shifted(ws, ds, alphas)
+    images = self.synthesize(shifted) if extras is None else self.synthesize(shifted, extras)
+    images = jnp.clip(images, -1.0, 1.0)
     logits = self.classify(images)
     if logits.ndim != 2 or logits.shape[0] != images.shape[0]:
       raise ValueError(f'classify must return logits [B, K]; got shape {tuple(logits.shape)} for '
@@ -85,16 +89,17 @@ class SeriesRenderer:
                        f'{self.num_classes}; explain with the classifier trained for this config.')
     return images, logits.astype(jnp.float32)
 
-  def _render_impl(self, ws, ds, alphas):
-    images, logits = self._forward(ws, ds, alphas)
+  def _render_impl(self, ws, ds, alphas, extras=None):
+    images, logits = self._forward(ws, ds, alphas, extras)
     return images, probabilities(logits)
 
-  def _logits_impl(self, ws, ds, alphas):
-    return self._forward(ws, ds, alphas)[1]
+  def _logits_impl(self, ws, ds, alphas, extras=None):
+    return self._forward(ws, ds, alphas, extras)[1]
 
   # -- host side -----------------------------------------------------------------------------------------
-  def _flatten(self, ws, directions, alphas):
-    """Validates and flattens to per-frame arrays: ws [B*S, ...], ds [B*S, ...], alphas [B*S]; returns (B, S)."""
+  def _flatten(self, ws, directions, alphas, extras=None):
+    """Validates and flattens to per-frame arrays: ws [B*S, ...], ds [B*S, ...], alphas [B*S] (+ extras leaves
+    [B*S, ...], each image's repeated S times); returns (flat tuple, (B, S))."""
     ws = np.asarray(direction_lib.check_latents(ws))
     b, num_ws, w_dim = ws.shape
     d = np.asarray(directions, np.float32)
@@ -114,37 +119,45 @@ class SeriesRenderer:
     s = a.shape[1]
     flat_ws = np.broadcast_to(ws[:, None], (b, s, num_ws, w_dim)).reshape(b * s, num_ws, w_dim)
     flat_d = np.broadcast_to(d[:, None], (b, s, num_ws, w_dim)).reshape(b * s, num_ws, w_dim)
-    return (flat_ws, flat_d, a.reshape(b * s)), (b, s)
+    flat = (flat_ws, flat_d, a.reshape(b * s))
+    if extras is not None:
+      leaves = jax.tree.leaves(extras)
+      if any(np.shape(x)[:1] != (b,) for x in leaves):
+        raise ValueError(f'every leaf of extras must have a leading batch axis of B={b}; got shapes '
+                         f'{[np.shape(x) for x in leaves]}.')
+      flat = flat + (jax.tree.map(lambda x: np.repeat(np.asarray(x), s, axis=0), extras),)
+    return flat, (b, s)
 
   def _run(self, fn, flat):
     n = flat[2].shape[0]
     c = min(self.chunk_size, n)
     outs = []
     for i in range(0, n, c):
-      part = [x[i:i + c] for x in flat]
+      part = jax.tree.map(lambda x: x[i:i + c], flat)
       m = part[2].shape[0]
       if m < c:
-        part = [np.concatenate([x, np.repeat(x[:1], c - m, 0)]) for x in part]
+        part = jax.tree.map(lambda x: np.concatenate([x, np.repeat(x[:1], c - m, 0)]), part)
       out = fn(*part)
       outs.append(jax.tree.map(lambda o: np.asarray(o)[:m], out))
     return jax.tree.map(lambda *xs: np.concatenate(xs), *outs)
 
-  def __call__(self, ws, directions, alphas) -> tuple[np.ndarray, np.ndarray]:
+  def __call__(self, ws, directions, alphas, extras=None) -> tuple[np.ndarray, np.ndarray]:
     """ws [B, num_ws, w_dim], directions [num_ws, w_dim] or [B, num_ws, w_dim], alphas [S] or [B, S] ->
-    (images [B, S, H, W, C] float32 in [-1, 1], probs [B, S, K] float32); image (b, s) = G(ws[b] + alphas[b, s] d)."""
-    flat, (b, s) = self._flatten(ws, directions, alphas)
+    (images [B, S, H, W, C] float32 in [-1, 1], probs [B, S, K] float32); image (b, s) = G(ws[b] + alphas[b, s] d)
+    (synthesize(ws, extras[b]) when per-image `extras` are given, e.g. an inversion's noise maps)."""
+    flat, (b, s) = self._flatten(ws, directions, alphas, extras)
     images, probs = self._run(self._render, flat)
     return (images.reshape((b, s) + images.shape[1:]).astype(np.float32),
             probs.reshape(b, s, -1).astype(np.float32))
 
-  def logits(self, ws, directions, alphas) -> np.ndarray:
+  def logits(self, ws, directions, alphas, extras=None) -> np.ndarray:
     """Like __call__ but returns only logits [B, S, K] (no images leave the device)."""
-    flat, (b, s) = self._flatten(ws, directions, alphas)
+    flat, (b, s) = self._flatten(ws, directions, alphas, extras)
     return self._run(self._logits, flat).reshape(b, s, -1)
 
   def auto_alphas(self, ws, directions, target: direction_lib.Target, *, num_frames: int = 9,
                   max_alpha: float = 10.0, grid_points: int = 9, refine_steps: int = 2, margin: float = 0.25,
-                  threshold=None) -> AutoAlphas:
+                  threshold=None, extras=None) -> AutoAlphas:
     """Per-image shift ranges [B, num_frames] from alpha = 0 across the decision boundary and `margin` beyond.
 
     The target is evaluated on the grid linspace(-max_alpha, max_alpha, grid_points) (made odd, so 0 is a grid
@@ -156,7 +169,8 @@ class SeriesRenderer:
     (+-max_alpha) whose target is nearest the threshold and crossed=False. Cost per image: grid_points +
     refine_steps forward passes of G and the classifier.
     threshold: None (target.boundary: log-odds 0 = p 0.5; expected grade: the next grade up, or down at the top
-    grade), a scalar or [B] on the target's scale. Returns AutoAlphas (alphas sorted ascending, 0 included).
+    grade), a scalar or [B] on the target's scale. extras: per-image synthesis inputs, as in __call__.
+    Returns AutoAlphas (alphas sorted ascending, 0 included).
     """
     if not isinstance(target, direction_lib.Target):
       raise ValueError(f'target must be a Target from direction.make_target; got {target!r}.')
@@ -174,7 +188,7 @@ class SeriesRenderer:
     grid[mid] = 0.0
 
     def targets(alphas):  # alphas [B, S] -> target [B, S]
-      logits = self.logits(ws, directions, alphas)
+      logits = self.logits(ws, directions, alphas, extras)
       b, s = logits.shape[:2]
       return np.asarray(target(jnp.asarray(logits.reshape(b * s, -1))), np.float64).reshape(b, s)
 

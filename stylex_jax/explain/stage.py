@@ -111,8 +111,11 @@ class Explainer:
   # ------------------------------------------------------------------------------------------ directions
 
   def _sample_latents(self, n: int, seed: int) -> jax.Array:
-    """ws [n, num_ws, w_dim] from the mapping network of standard-normal z (seeded)."""
-    return jnp.asarray(self.inverter.sample_latents(n, jax.random.key(seed)))
+    """ws [n, num_ws, w_dim] from the mapping network of standard-normal z (seeded), truncation psi = 1."""
+    inv = self.inverter
+    z = jax.random.normal(jax.random.key(seed), (n, inv.generator.z_dim), jnp.float32)
+    return jax.jit(lambda z: inv.generator.apply({'params': inv.g_params, 'stats': inv.g_stats}, z,
+                                                 method='mapping'))(z)
 
   def _predict_numpy(self, images: np.ndarray) -> np.ndarray:
     """Black-box view of the classifier: numpy images -> numpy probabilities (no gradients)."""
@@ -174,6 +177,7 @@ class Explainer:
       self.fit_global_directions()
     inv = self.inverter(images, ids=list(ids))
     ws = jnp.asarray(inv['ws'])
+    noise = inv.get('noise')     # optimised noise maps: the series keeps the image's fine detail
     if ec.scope == 'local':
       if self.scale is None:
         self.scale = direction_lib.latent_scale(self._sample_latents(ec.direction_latents, self.config.seed + 1),
@@ -184,12 +188,12 @@ class Explainer:
     max_alpha = ec.max_shift * self.scale
     if ec.auto_range:
       auto = self.renderer.auto_alphas(ws, directions, self.target, num_frames=ec.num_frames,
-                                       max_alpha=max_alpha, margin=ec.margin)
+                                       max_alpha=max_alpha, margin=ec.margin, extras=noise)
       alphas, crossed = auto.alphas, auto.crossed
     else:
       alphas = series_lib.fixed_alphas(max_alpha, ec.num_frames, batch=len(images))
       crossed = None
-    frames, probs = self.renderer(ws, directions, alphas)
+    frames, probs = self.renderer(ws, directions, alphas, extras=noise)
     original_probs = np.asarray(inv['original_probs'], np.float32)
     heat = np.asarray(self._gradcam(self.variables, jnp.asarray(images), jnp.asarray(
         self.gradcam_classes(original_probs))))
