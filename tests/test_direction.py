@@ -175,7 +175,7 @@ def test_top_k_orthonormal_and_second_recovers_planted_factor():
   half = _latents(8)
   ws = np.concatenate([half, -half])
   opt = dl.GradientDirection(synth, classify, dl.make_target('auto', 2), space='w+', steps=150,
-                             learning_rate=0.2, step_size=1.0)
+                             learning_rate=0.2, step_size=1.0, chunk_size=5)   # 16 latents: 4 chunks, padded
   ds = dl.top_k_directions(opt, ws, 3)
   flat = ds.reshape(3, -1)
   np.testing.assert_allclose(flat @ flat.T, np.eye(3), atol=1e-4)

@@ -239,7 +239,9 @@ class GradientDirection:
     init: 'gradient' (the normalised gradient of the target at the latents, plus a little noise) or 'random'.
     chunk_size: latents per chunk inside the loss (rematerialised, to bound memory); None = all at once.
 
-  __call__(ws [B, num_ws, w_dim], key=None, previous=None [k, num_ws, w_dim] orthonormal) -> DirectionFit.
+  __call__(ws [B, num_ws, w_dim], key=None, previous=None [k, num_ws, w_dim] orthonormal, zero rows ignored;
+  in space 'w' they must be W directions too, i.e. the same vector on every layer) -> DirectionFit.
+  The initial direction, the Adam loop and the final evaluation are one jitted program.
   `trace_count` counts traces of the jitted optimiser (for tests).
   """
 
@@ -286,8 +288,9 @@ class GradientDirection:
     out = jax.lax.map(jax.checkpoint(lambda xs: fn(*xs)), padded)
     return jax.tree.map(lambda o: o.reshape((m * c,) + o.shape[2:])[:n], out)
 
-  def _fit_impl(self, ws, p0, previous):
+  def _fit_impl(self, ws, key, previous):
     self.trace_count += 1
+    p0 = self.initial(ws, key)
     n, num_ws, _ = ws.shape
     base_images, base_t = self._chunked(lambda w: (lambda im: (im, self.target(self.classify(im))))(
         self.synthesize(w)), ws)
@@ -335,8 +338,8 @@ class GradientDirection:
       gain, prox, init_gain = jnp.mean(gain), jnp.mean(prox), jnp.mean(init_gain)
     return DirectionFit(d, gain, init_gain, prox, history)
 
-  def initial(self, ws, key, previous):
-    """Initial unconstrained parameter: [w_dim] or [num_ws, w_dim] (local: with a leading B)."""
+  def initial(self, ws, key):
+    """Initial unconstrained parameter: [w_dim] or [num_ws, w_dim] (local: with a leading B); traceable."""
     n, num_ws, w_dim = ws.shape
     shape = (w_dim,) if self.space == 'w' else (num_ws, w_dim)
     if self.local:
@@ -344,10 +347,15 @@ class GradientDirection:
     noise = jax.random.normal(key, shape, jnp.float32)
     if self.init == 'random':
       return noise
+
     # Gradient of the summed target w.r.t. a shift of every latent (global: shared shift, local: own shift).
     def total(shift):
       s = broadcast_w(shift, num_ws) * math.sqrt(num_ws) if self.space == 'w' else shift
-      return jnp.sum(self.target(self.classify(self.synthesize(ws + s))))
+      if self.local:
+        t = self._chunked(lambda w, ss: self.target(self.classify(self.synthesize(w + ss))), ws, s)
+      else:
+        t = self._chunked(lambda w: self.target(self.classify(self.synthesize(w + s))), ws)
+      return jnp.sum(t)
     g = jax.grad(total)(jnp.zeros(shape, jnp.float32))
     axes = (-1,) if self.space == 'w' else (-2, -1)
     return normalize(g, axes) + 1e-3 * normalize(noise, axes)
@@ -357,8 +365,7 @@ class GradientDirection:
     _, num_ws, w_dim = ws.shape
     previous = _check_previous(previous, num_ws, w_dim)
     key = jax.random.key(0) if key is None else key
-    p0 = self.initial(ws, key, previous)
-    return self._fit(ws, p0, previous)
+    return self._fit(ws, key, previous)
 
 
 def gradient_direction(synthesize: Callable, classify: Callable, ws, target: Target, *, key=None, previous=None,
