@@ -68,6 +68,19 @@ def test_per_image_directions_and_alphas():
   np.testing.assert_allclose(probs[..., 1], _sigmoid(shifted.reshape(3, 4, P) @ u + BIAS), atol=1e-5)
 
 
+def test_sharded_chunks_match_unsharded():
+  from stylex_jax import sharding
+  synth, classify, _, u = _toy()
+  mesh = sharding.make_mesh()                       # the 8 fake CPU devices of conftest
+  d = (u / np.linalg.norm(u)).reshape(NUM_WS, W_DIM)
+  ws = np.random.default_rng(5).normal(size=(4, NUM_WS, W_DIM)).astype(np.float32)
+  alphas = np.linspace(-1, 1, 5)
+  ref_images, ref_probs = sl.SeriesRenderer(synth, classify, chunk_size=8)(ws, d, alphas)
+  images, probs = sl.SeriesRenderer(synth, classify, chunk_size=8, mesh=mesh)(ws, d, alphas)
+  np.testing.assert_allclose(images, ref_images, atol=1e-6)
+  np.testing.assert_allclose(probs, ref_probs, atol=1e-6)
+
+
 def test_renderer_traces_once_for_repeated_shapes():
   synth, classify, _, u = _toy()
   d = (u / np.linalg.norm(u)).reshape(NUM_WS, W_DIM)

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from stylex_jax import sharding
 from stylex_jax.explain import direction as direction_lib
 
 
@@ -59,14 +60,17 @@ class SeriesRenderer:
     classify: images [N, H, W, C] -> logits [N, K] (pure, jax-traceable).
     chunk_size: latents rendered per jitted call (bounds memory; B * S is split into chunks of this size).
     num_classes: when given, a classifier with another K raises a clear ValueError.
+    mesh: optional jax Mesh; each chunk is sharded over its 'data' axis when the chunk size is divisible by the
+      number of devices (else it runs unsharded). Frames are independent, so results do not depend on it.
   `trace_count`: how many times the jitted functions were traced (tests check repeated calls do not retrace).
   """
 
-  def __init__(self, synthesize: Callable, classify: Callable, chunk_size: int = 64, num_classes: int | None = None):
+  def __init__(self, synthesize: Callable, classify: Callable, chunk_size: int = 64, num_classes: int | None = None,
+               mesh=None):
     if not isinstance(chunk_size, (int, np.integer)) or isinstance(chunk_size, bool) or chunk_size < 1:
       raise ValueError(f'chunk_size must be an int >= 1; got {chunk_size!r}.')
     self.synthesize, self.classify = synthesize, classify
-    self.chunk_size, self.num_classes = int(chunk_size), num_classes
+    self.chunk_size, self.num_classes, self.mesh = int(chunk_size), num_classes, mesh
     self.trace_count = 0
     self._render = jax.jit(self._render_impl)
     self._logits = jax.jit(self._logits_impl)
@@ -131,12 +135,17 @@ class SeriesRenderer:
   def _run(self, fn, flat):
     n = flat[2].shape[0]
     c = min(self.chunk_size, n)
+    shard = None
+    if self.mesh is not None and c % self.mesh.devices.size == 0:
+      shard = sharding.data_sharding(self.mesh)
     outs = []
     for i in range(0, n, c):
       part = jax.tree.map(lambda x: x[i:i + c], flat)
       m = part[2].shape[0]
       if m < c:
         part = jax.tree.map(lambda x: np.concatenate([x, np.repeat(x[:1], c - m, 0)]), part)
+      if shard is not None:
+        part = jax.tree.map(lambda x: jax.device_put(x, shard), part)
       out = fn(*part)
       outs.append(jax.tree.map(lambda o: np.asarray(o)[:m], out))
     return jax.tree.map(lambda *xs: np.concatenate(xs), *outs)
