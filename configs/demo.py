@@ -63,6 +63,22 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   e.num_images = 32               # the first 32 test phantoms in the report
   e.gradcam_layer = 'stage2'      # 8x8 at 64 px (stage3 is 4x4)
 
+  en = config.encoder  # the encoder stage: ~2 minutes on 2 CPU cores
+  en.model = dict(width=16, channel_max=128, hidden=256)
+  en.batch_size = 8
+  en.synthetic_fraction = 0.5     # + 8 synthetic (w, G(w)) pairs per step
+  en.num_steps = 150
+  en.lr = 2e-3
+  en.loss = dict(mse=1.0, l1=0.0, ssim=1.0, ms_ssim=0.0, perceptual=0.0, kl=0.0, delta=0.1, w_l2=0.0)
+  en.log_every = 25
+  en.checkpoint_every = 75
+  en.eval_images = 64
+  en.eval_refine_images = 16
+  inv = config.invert   # 16 images: encoder + 100 steps of W+ and noise maps
+  inv.steps = 100
+  inv.lr_schedule = 'constant'
+  inv.loss = dict(mse=1.0, l1=0.0, ssim=1.0, ms_ssim=0.0, perceptual=0.0, kl=0.01, delta=0.0, w_l2=0.0)
+
   if arg == 'smoke':
     config.data.builder_config = 'tiny'
     config.data.image_size = 32
@@ -73,6 +89,10 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
     g.checkpoint_every = g.sample_every = g.log_every = 2
     g.eval_images = 32
     e.num_images = e.batch_size = 4
+    en.model = dict(width=8, channel_max=16, hidden=32)
+    en.batch_size, en.num_steps, en.checkpoint_every, en.log_every = 4, 4, 2, 2
+    en.eval_images, en.eval_refine_images = 4, 4
+    inv.steps, inv.batch_size = 3, 4
     e.direction_latents, e.direction_steps, e.probe_samples = 16, 4, 32
     e.num_frames, e.chunk_size = 3, 16
   elif arg == 'grades':

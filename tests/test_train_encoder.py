@@ -1,0 +1,68 @@
+"""The `encoder` stage on configs/demo.py:smoke: needs G and the classifier, trains, stops and resumes to the same
+state, writes held-out inversion metrics, is not retrained when complete, and feeds Inverter.from_workdir."""
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from configs import demo
+from stylex_jax.explain import invert
+from stylex_jax.train import classifier, encoder, gan
+
+
+@pytest.fixture(scope='module')
+def workdir(tmp_path_factory):
+  """A workdir with the smoke classifier and GAN (2 devices, data in a module-local TFDS dir)."""
+  root = tmp_path_factory.mktemp('encoder_stage')
+  config = _config(root / 'tfds')
+  classifier.train_and_evaluate(config, str(root / 'work'))
+  gan.train_and_evaluate(config, str(root / 'work'))
+  return root
+
+
+def _config(data_dir):
+  config = demo.get_config('smoke')
+  config.data.data_dir = str(data_dir)
+  config.num_devices = 2
+  return config
+
+
+def test_missing_generator_is_a_clear_error(tmp_path, workdir):
+  with pytest.raises(FileNotFoundError, match='gan stage'):
+    encoder.train_and_evaluate(_config(workdir / 'tfds'), str(tmp_path))
+
+
+def test_stage_trains_resumes_and_reports(workdir):
+  config = _config(workdir / 'tfds')
+  work = str(workdir / 'work')
+  part = encoder.train_and_evaluate(config, work, max_steps_this_run=2)
+  assert part == dict(stage='encoder', step=2, complete=False)
+  summary = encoder.train_and_evaluate(config, work)
+  assert summary['step'] == config.encoder.num_steps
+  for prefix in ('encoder_', 'refine_'):
+    for k in ('ssim', 'psnr', 'agreement', 'prob_delta', 'w_distance'):
+      assert np.isfinite(summary[prefix + k]), prefix + k
+  assert summary['encoder_num_images'] == 4 and summary['refine_num_images'] == 4
+  rows = [json.loads(l) for l in open(os.path.join(work, 'encoder', 'metrics.jsonl'))]
+  assert [r['step'] for r in rows if 'loss' in r] == [2, 4]
+  assert any('refine_ssim' in r for r in rows) and os.listdir(os.path.join(work, 'encoder', 'samples'))
+  assert encoder.train_and_evaluate(config, work) == summary   # complete: not retrained
+
+  # the resumed run equals an uninterrupted one
+  other = str(workdir / 'other')
+  os.makedirs(other)
+  for stage in ('classifier', 'gan'):
+    os.symlink(os.path.join(work, stage), os.path.join(other, stage))
+  encoder.train_and_evaluate(config, other)
+  _, p1 = encoder.load_encoder(config, work)
+  model, p2 = encoder.load_encoder(config, other)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), p1, p2)
+
+  inv = invert.Inverter.from_workdir(config, work)
+  assert inv.start == 'encoder' and inv.encoder is not None
+  images = np.zeros((2, 32, 32, 1), np.float32)
+  offsets = model.apply({'params': p1}, images)
+  out = inv(images)
+  assert offsets.shape == out['ws'].shape == (2, inv.num_ws, inv.w_dim)
