@@ -135,6 +135,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
       w_noise=0.0,                # NVIDIA: 0.05 -> Gaussian noise of 0.05 w_std on w, decaying over w_noise_ramp
       w_noise_ramp=0.75,
       optimize_noise=True,        # optimise the per-layer noise maps (re-normalised each step)
+      noise_lr_multiplier=1.0,    # the noise maps' learning rate = lr x this (NVIDIA: 1)
       noise_regularize=0.0,       # NVIDIA: 1e5 (auto-correlation regulariser; keeps noise white, so it cannot
                                   #   carry image detail — with a weak G that costs most of the SSIM)
       loss=dict(mse=1.0, l1=0.0, ssim=1.0, ms_ssim=0.0, perceptual=0.0, kl=1.0, delta=0.0, w_l2=0.0),

@@ -248,7 +248,10 @@ class Inverter:
     grads = jax.grad(loss_fn)(params)
     updates, opt_state = self._adam().update(grads, opt_state, params)
     lr = learning_rate(t, c.lr, c.lr_schedule, c.lr_rampup, c.lr_rampdown)
-    params = jax.tree.map(lambda v, u: v - lr * u, params, updates)
+    scaled = dict(updates)
+    if 'noise' in scaled:
+      scaled['noise'] = jax.tree.map(lambda u: u * c.noise_lr_multiplier, scaled['noise'])
+    params = jax.tree.map(lambda v, u: v - lr * u, params, scaled)
     if c.optimize_noise:
       params['noise'] = reconstruction.normalize_noise(params['noise'])
     return params, opt_state
@@ -278,6 +281,20 @@ class Inverter:
     for i in range(int(self.config.steps)):
       params, opt_state = self._step_fn(params, opt_state, images, x_logits, x_feats, jnp.int32(i), key, w_std)
     return self._finish_fn(params, images)
+
+  def warmup(self) -> float:
+    """Compiles the start, step and report functions for one chunk (one step on blank images, result
+    discarded), so later calls run without compiling. Returns the seconds it took."""
+    import time
+    t0 = time.perf_counter()
+    self.noise_template()
+    x = jnp.zeros((int(self.config.batch_size), self.resolution, self.resolution, self.channels), jnp.float32)
+    params, opt_state, x_logits, x_feats = self._start_fn(x)
+    w_std = jnp.float32(self.w_std() if self.config.w_noise > 0 else 0.0)
+    params, opt_state = self._step_fn(params, opt_state, x, x_logits, x_feats, jnp.int32(0), jax.random.key(0),
+                                      w_std)
+    jax.block_until_ready(self._finish_fn(params, x))
+    return time.perf_counter() - t0
 
   def __call__(self, images: np.ndarray, ids=None, *, seed: int = 0) -> dict:
     """Inverts images [B, H, W, C] in [-1, 1] (see the module docstring for conversions and errors).

@@ -1,0 +1,66 @@
+"""Benchmark of inversion on held-out validation images of a trained workdir: images/s and reconstruction
+quality of encoder-only, encoder + refinement (config.invert) and NVIDIA's projector recipe (1000 Adam steps
+from w_avg in W with noise maps, `explain.invert.nvidia_recipe`, our losses instead of LPIPS).
+
+Usage (after the classifier, gan and encoder stages of the demo):
+  python benchmarks/invert.py --config configs/demo.py --workdir /tmp/stylex_demo
+
+Prints one line per figure. Throughput excludes compilation (each inverter is warmed up first; the compile
+seconds are printed). The recipe runs on the first --recipe_images images with --recipe_batch images per chunk.
+"""
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import app, flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+import ml_collections  # noqa: E402
+import numpy as np  # noqa: E402
+
+from stylex_jax.explain import invert  # noqa: E402
+from stylex_jax.train import encoder as encoder_stage  # noqa: E402
+
+config_flags.DEFINE_config_file('config', 'configs/demo.py', 'experiment config')
+flags.DEFINE_string('workdir', '/tmp/stylex_demo', 'workdir with classifier, gan (and encoder) checkpoints')
+flags.DEFINE_integer('num_images', 64, 'held-out validation images for encoder-only and encoder + refinement')
+flags.DEFINE_integer('recipe_images', 4, 'images for the NVIDIA recipe (1000 steps each)')
+flags.DEFINE_integer('recipe_batch', 4, 'images per chunk for the NVIDIA recipe')
+flags.DEFINE_integer('recipe_steps', 1000, 'steps of the NVIDIA recipe')
+FLAGS = flags.FLAGS
+
+
+def _run(name, config, workdir, ic, images):
+  inv = invert.Inverter.from_workdir(config, workdir, invert_config=ic)
+  compile_s = inv.warmup()
+  t0 = time.perf_counter()
+  out = inv(images)
+  dt = time.perf_counter() - t0
+  s = invert.summarize(out)
+  print(f'{name}: {len(images) / dt:.3f} images/s ({dt / len(images):.3f} s/image, {ic.steps} steps, chunks of '
+        f'{ic.batch_size}, start {inv.start}, compile {compile_s:.1f} s) | ssim {s["ssim"]:.3f} psnr '
+        f'{s["psnr"]:.2f} dB agreement {s["agreement"]:.3f} mean|dp| {s["prob_delta"]:.4f} ||w-w_avg|| '
+        f'{s["w_distance"]:.2f} on {s["num_images"]} held-out images', flush=True)
+  return len(images) / dt, s
+
+
+def main(_):
+  config = FLAGS.config
+  images = encoder_stage._eval_images(config, FLAGS.num_images)  # pylint: disable=protected-access
+  print(f'uptime/load: {os.getloadavg()}; {len(images)} held-out images from {config.data.eval_split}')
+  enc_only = ml_collections.ConfigDict(config.invert.to_dict())
+  enc_only.steps = 0
+  r_enc, _ = _run('encoder only', config, FLAGS.workdir, enc_only, images)
+  r_ref, s_ref = _run('encoder + refine', config, FLAGS.workdir, config.invert, images)
+  recipe = invert.nvidia_recipe(config.invert, steps=FLAGS.recipe_steps)
+  recipe.batch_size = FLAGS.recipe_batch
+  r_nv, s_nv = _run(f'NVIDIA recipe ({FLAGS.recipe_steps} steps from w_avg)', config, FLAGS.workdir, recipe,
+                    images[:FLAGS.recipe_images])
+  print(f'speed-up of encoder + refine over the NVIDIA recipe: {r_ref / r_nv:.1f}x per image '
+        f'(ssim {s_ref["ssim"]:.3f} vs {s_nv["ssim"]:.3f}; recipe measured on {FLAGS.recipe_images} images in '
+        f'chunks of {FLAGS.recipe_batch}); load after: {os.getloadavg()}')
+
+
+if __name__ == '__main__':
+  app.run(main)
