@@ -28,6 +28,7 @@ flags.DEFINE_integer('num_images', 64, 'held-out validation images for encoder-o
 flags.DEFINE_integer('recipe_images', 4, 'images for the NVIDIA recipe (1000 steps each)')
 flags.DEFINE_integer('recipe_batch', 4, 'images per chunk for the NVIDIA recipe')
 flags.DEFINE_integer('recipe_steps', 1000, 'steps of the NVIDIA recipe')
+flags.DEFINE_integer('short_steps', 20, 'refinement steps of a short run, to compare with the recipe at its SSIM')
 FLAGS = flags.FLAGS
 
 
@@ -57,6 +58,11 @@ def main(_):
   recipe.batch_size = FLAGS.recipe_batch
   r_nv, s_nv = _run(f'NVIDIA recipe ({FLAGS.recipe_steps} steps from w_avg)', config, FLAGS.workdir, recipe,
                     images[:FLAGS.recipe_images])
+  short = ml_collections.ConfigDict(config.invert.to_dict())
+  short.steps = FLAGS.short_steps
+  r_short, s_short = _run(f'encoder + refine ({FLAGS.short_steps} steps)', config, FLAGS.workdir, short, images)
+  print(f'speed-up of encoder + {FLAGS.short_steps} steps over the NVIDIA recipe: {r_short / r_nv:.1f}x per image '
+        f'(ssim {s_short["ssim"]:.3f} vs {s_nv["ssim"]:.3f})')
   print(f'speed-up of encoder + refine over the NVIDIA recipe: {r_ref / r_nv:.1f}x per image '
         f'(ssim {s_ref["ssim"]:.3f} vs {s_nv["ssim"]:.3f}; recipe measured on {FLAGS.recipe_images} images in '
         f'chunks of {FLAGS.recipe_batch}); load after: {os.getloadavg()}')
