@@ -776,7 +776,8 @@ class ExplanationWriter:
     image_f = _as_float_image(x['image'][i])
     heat_f = heat_u8.astype(np.float32) / 255.0 if x['gradcam'].dtype == np.uint8 else x['gradcam'][i]
     cam_rgb = gradcam_lib.overlay(image_f, np.clip(heat_f, 0.0, 1.0))
-    diff_rgb, diff_scale = diff_map(x['series'][i][-1], x['reconstruction'][i])
+    far = int(np.argmax(np.abs(x['alphas'][i])))   # the end of the series away from alpha = 0 (either side)
+    diff_rgb, diff_scale = diff_map(x['series'][i][far], x['reconstruction'][i])
     recon_probs = x['reconstruction_probs'][i] if 'reconstruction_probs' in x else None
     metrics = {n: float(v[i]) for n, v in x['metrics'].items()}
     for n, v in metrics.items():
@@ -800,7 +801,7 @@ class ExplanationWriter:
                                [f'shift {alphas[j]:+.2f}', f'p({cname})={probs[j, target]:.3f}'],
                                float(probs[j, target])))
     tiles.append(_captioned(cam_rgb, factor, ['GradCAM', ''], None))
-    tiles.append(_captioned(diff_rgb, factor, ['last - recon', f'blue/red = -/+{diff_scale:.2f}'], None))
+    tiles.append(_captioned(diff_rgb, factor, ['end - recon', f'blue/red = -/+{diff_scale:.2f}'], None))
     strip = _strip_image(tiles, f'{id_}   label: {label_text}   p({cname}) along the series')
     strip_path = os.path.join(self._staging, 'strips', name + '.png')
     strip.save(strip_path, format='PNG')
@@ -897,7 +898,7 @@ class ExplanationWriter:
   <figure>{svg}<figcaption>p(class) vs shift; bold: {esc(self.class_names[target])}; dashed: 0.5 and
    shift 0</figcaption></figure>
   <figure><img src="{_data_uri(cam_png)}" alt="GradCAM"><figcaption>GradCAM of the original</figcaption></figure>
-  <figure><img src="{_data_uri(diff_png)}" alt="difference"><figcaption>last frame − reconstruction<br>
+  <figure><img src="{_data_uri(diff_png)}" alt="difference"><figcaption>series end (largest |shift|) − reconstruction<br>
    blue −{diff_scale:.2f} … red +{diff_scale:.2f}</figcaption></figure>
  </div>
  <script type="application/json" class="rowdata">{_json_for_script(data)}</script>

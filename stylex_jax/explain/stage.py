@@ -212,7 +212,8 @@ class Explainer:
                 alphas=np.asarray(alphas, np.float32), probs=probs, original_probs=original_probs,
                 reconstruction_probs=np.asarray(inv['reconstruction_probs'], np.float32),
                 latent=np.asarray(inv['ws'], np.float32), gradcam=heat.astype(np.float32),
-                label=np.asarray(labels, np.int64), metrics={k: np.asarray(v, np.float32) for k, v in metrics.items()})
+                label=np.asarray(labels, np.int64), target=self.gradcam_classes(original_probs),
+                metrics={k: np.asarray(v, np.float32) for k, v in metrics.items()})
 
   def _attribute_trends(self, frames: np.ndarray, alphas: np.ndarray) -> dict[str, np.ndarray]:
     """On the knee phantoms: Spearman(alpha, attribute) along each series for the measured attributes."""
@@ -313,9 +314,9 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, split: str | None = 
     summary_metrics['seconds'] = round(time.perf_counter() - t0, 2)
     paths = writer.close(summary_metrics)
   if explainer.directions is not None:
-    np.savez(os.path.join(out, 'directions.npz'), directions=explainer.directions,
-             latent_scale=np.float32(explainer.scale), **{k: np.asarray(v) for k, v in explainer.direction_info.items()
-                                                          if isinstance(v, (int, float))})
+    fit = {k: np.asarray(v) for k, v in explainer.direction_info.items() if isinstance(v, (int, float, str))}
+    fit['latent_scale'] = np.float32(explainer.scale)
+    np.savez(os.path.join(out, 'directions.npz'), directions=explainer.directions, **fit)
   summary = dict(stage=STAGE, complete=True, source=what, **summary_metrics, direction=explainer.direction_info,
                  report=paths['report'], tfrecords=paths['tfrecords'], schema=paths['schema'],
                  strips=paths['strips'], gifs=paths['gifs'], directory=out)
