@@ -1,0 +1,106 @@
+"""The whole pipeline in one call on configs/demo.py:smoke — classifier, gan, encoder, explain — then the explain
+stage's outputs (TFRecords parsed with plain TensorFlow, report, strips, directions), the user-files path with a
+bad file among good ones, the black-box mode, and bad input failing before any computation."""
+import json
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from configs import demo
+from stylex_jax.explain import export, stage
+from stylex_jax.train import stages
+
+
+def _config(data_dir):
+  config = demo.get_config('smoke')
+  config.data.data_dir = str(data_dir)
+  config.num_devices = 2
+  config.stages = 'classifier,gan,encoder,explain'
+  return config
+
+
+@pytest.fixture(scope='module')
+def trained(tmp_path_factory):
+  root = tmp_path_factory.mktemp('explain_stage')
+  config = _config(root / 'tfds')
+  results = stages.run(config, str(root / 'work'))
+  return config, root, results
+
+
+def test_one_call_trains_everything_and_writes_the_report(trained):
+  config, root, results = trained
+  assert list(results) == ['classifier', 'gan', 'encoder', 'explain']
+  summary = results['explain']
+  out = root / 'work' / 'explain'
+  n = config.explain.num_images
+  assert summary['images'] == n and summary['report'] == str(out / 'report.html')
+  for k in ('ssim', 'psnr', 'agree', 'flip_rate', 'monotonicity', 'prob_delta'):
+    assert np.isfinite(summary[k]), k
+  assert 0 <= summary['flip_rate'] <= 1 and -1 <= summary['monotonicity'] <= 1
+
+  import tensorflow as tf  # plain tf.data parsing of the shards, with the spec written in schema.json
+  schema = json.load(open(out / 'schema.json'))
+  spec = {}
+  for key, f in schema['tf_feature_spec'].items():
+    dtype = {'string': tf.string, 'float32': tf.float32, 'int64': tf.int64}[f['dtype']]
+    spec[key] = tf.io.FixedLenFeature(f['shape'], dtype)
+  files = sorted(str(out / 'tfrecords' / f) for f in os.listdir(out / 'tfrecords'))
+  records = [tf.io.parse_single_example(r, spec) for r in tf.data.TFRecordDataset(files)]
+  assert len(records) == n
+  s = config.explain.num_frames
+  num_ws, w_dim = schema['num_ws'], schema['w_dim']
+  for r in records:
+    assert tf.io.decode_png(r['image']).shape == (32, 32, 1)
+    assert r['series'].shape == (s,) and r['alphas'].shape == (s,)
+    assert r['probs'].shape == (s * config.data.num_classes,) and r['latent'].shape == (num_ws * w_dim,)
+    probs = r['probs'].numpy().reshape(s, -1)
+    np.testing.assert_allclose(probs.sum(-1), 1.0, atol=1e-5)
+    assert 0.0 in r['alphas'].numpy()                        # the series starts at the image's own latent
+
+  html = open(out / 'report.html').read()
+  ids = [r['id'].numpy().decode() for r in records]
+  assert all(i in html for i in ids)
+  assert len(os.listdir(out / 'strips')) == len(os.listdir(out / 'gifs')) == n
+  directions = np.load(out / 'directions.npz')
+  d = directions['directions']
+  assert d.shape == (1, num_ws, w_dim)
+  np.testing.assert_allclose(np.linalg.norm(d.reshape(1, -1), axis=1), 1.0, rtol=1e-5)
+
+  again = stage.train_and_evaluate(config, str(root / 'work'))   # complete with this config: not recomputed
+  assert again == summary
+
+
+def test_user_files_bad_one_rejected_rest_explained_blackbox(trained, tmp_path, capsys):
+  config, root, _ = trained
+  files = tmp_path / 'scans'
+  files.mkdir()
+  rng = np.random.default_rng(0)
+  for name in ('a.png', 'b.png'):                      # another size: converted with a note
+    Image.fromarray(rng.integers(0, 255, (48, 40), dtype=np.uint8)).save(files / name)
+  (files / 'broken.png').write_bytes(b'not an image')
+  config.explain.mode = 'blackbox'
+  summary = stage.run(config, str(root / 'work'), image_patterns=str(files / '*.png'),
+                      output_dir=str(tmp_path / 'out'))
+  printed = capsys.readouterr().out
+  assert summary['images'] == 2
+  assert 'rejected' in printed and 'broken.png' in printed and '48x40' in printed
+  assert summary['direction']['mode'] == 'blackbox'
+  rows = list(export.read_explanations(str(tmp_path / 'out')))
+  assert sorted(os.path.basename(r['id']) for r in rows) == ['a.png', 'b.png']
+  assert all(r['label'] == -1 for r in rows)
+
+
+def test_bad_input_fails_before_any_computation(trained, tmp_path):
+  config, root, _ = trained
+  blocker = tmp_path / 'file'
+  blocker.write_text('x')
+  with pytest.raises(ValueError, match='cannot write explanations'):
+    stage.run(config, str(root / 'work'), output_dir=str(blocker / 'out'))
+  bad = demo.get_config('smoke')
+  bad.explain.mode = 'oracle'
+  with pytest.raises(ValueError, match='config.explain: mode'):
+    stage.run(bad, str(tmp_path / 'nothing'))
+  with pytest.raises(FileNotFoundError, match='gan'):
+    stage.run(_config(root / 'tfds'), str(tmp_path / 'empty'))
