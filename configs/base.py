@@ -179,8 +179,9 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
 
 def make_smoke(config: ml_collections.ConfigDict, num_steps: int = 10, channel_base: int = 2048,
                channel_max: int = 128, latent_dim: int = 128, mbstd_group_size: int = 4) -> None:
-  """Turns an experiment config into its `smoke` variant in place: a tiny classifier and GAN, `num_steps` steps
-  of each, evaluated and checkpointed once at the end — a quick check that data, stages and outputs work."""
+  """Turns an experiment config into its `smoke` variant in place: a tiny classifier, GAN and encoder, `num_steps`
+  steps of each, evaluated and checkpointed once at the end, and 4 images explained with 3-frame series — a quick
+  check that data, stages and outputs work."""
   c, g = config.classifier, config.gan
   c.model = dict(preset='demo')
   c.batch_size = 16
@@ -195,6 +196,17 @@ def make_smoke(config: ml_collections.ConfigDict, num_steps: int = 10, channel_b
   g.num_steps = g.eval_every = g.checkpoint_every = num_steps
   g.log_every = g.sample_every = max(1, num_steps // 2)
   g.eval_images = 4 * g.batch_size
+  en = config.encoder
+  en.model = dict(width=8, channel_max=32, hidden=64)
+  en.batch_size = 8
+  en.num_steps = en.checkpoint_every = num_steps
+  en.log_every = max(1, num_steps // 2)
+  en.eval_images, en.eval_refine_images = 8, 4
+  config.invert.steps = 5
+  e = config.explain
+  e.num_images = e.batch_size = 4
+  e.direction_latents, e.direction_steps, e.probe_samples = 16, 4, 32
+  e.num_frames, e.chunk_size = 3, 16
 
 
 def nvidia_auto_gan(config: ml_collections.ConfigDict, resolution: int, num_gpus: int = 8,

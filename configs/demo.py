@@ -94,13 +94,10 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
     g.num_steps = g.eval_every = 4
     g.checkpoint_every = g.sample_every = g.log_every = 2
     g.eval_images = 32
-    e.num_images = e.batch_size = 4
     en.model = dict(width=8, channel_max=16, hidden=32)
     en.batch_size, en.num_steps, en.checkpoint_every, en.log_every = 4, 4, 2, 2
     en.eval_images, en.eval_refine_images = 4, 4
     inv.steps, inv.batch_size = 3, 4
-    e.direction_latents, e.direction_steps, e.probe_samples = 16, 4, 32
-    e.num_frames, e.chunk_size = 3, 16
   elif arg == 'grades':
     config.data.num_classes = 5
     config.data.label_threshold = -1
