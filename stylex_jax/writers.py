@@ -124,7 +124,8 @@ def tfrecord_frame(payload: bytes) -> bytes:
 # Minimal protobuf encoding of tensorflow.Event / Summary
 # ---------------------------------------------------------------------------------------------
 
-def _varint(n: int) -> bytes:
+def protobuf_varint(n: int) -> bytes:
+    """Protobuf base-128 varint of an int (negative int64 as 10-byte two's complement)."""
     if n < 0:
         n += 1 << 64  # int64 two's complement, 10 bytes
     out = bytearray()
@@ -139,15 +140,15 @@ def _varint(n: int) -> bytes:
 
 
 def _key(field: int, wire_type: int) -> bytes:
-    return _varint((field << 3) | wire_type)
+    return protobuf_varint((field << 3) | wire_type)
 
 
 def _pb_bytes(field: int, value: bytes) -> bytes:
-    return _key(field, 2) + _varint(len(value)) + value
+    return _key(field, 2) + protobuf_varint(len(value)) + value
 
 
 def _pb_int(field: int, value: int) -> bytes:
-    return _key(field, 0) + _varint(int(value))
+    return _key(field, 0) + protobuf_varint(int(value))
 
 
 def _pb_double(field: int, value: float) -> bytes:

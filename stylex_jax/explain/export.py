@@ -144,23 +144,9 @@ def check_writable(directory) -> None:
 # tf.train.Example encoding (protobuf by hand)
 # ---------------------------------------------------------------------------------------------
 
-def _varint(n: int) -> bytes:
-  if n < 0:
-    n += 1 << 64  # int64 two's complement: 10 bytes
-  out = bytearray()
-  while True:
-    byte = n & 0x7F
-    n >>= 7
-    if n:
-      out.append(byte | 0x80)
-    else:
-      out.append(byte)
-      return bytes(out)
-
-
 def _ld(field: int, payload: bytes) -> bytes:
   """Length-delimited field (wire type 2)."""
-  return _varint((field << 3) | 2) + _varint(len(payload)) + payload
+  return writers.protobuf_varint((field << 3) | 2) + writers.protobuf_varint(len(payload)) + payload
 
 
 def _feature_bytes(values: list[bytes]) -> bytes:
@@ -175,7 +161,7 @@ def _feature_floats(values: np.ndarray) -> bytes:
 
 def _feature_int64(values) -> bytes:
   """Feature{int64_list=3: Int64List{value=1 (packed varints)}}."""
-  return _ld(3, _ld(1, b''.join(_varint(int(v)) for v in values)))
+  return _ld(3, _ld(1, b''.join(writers.protobuf_varint(int(v)) for v in values)))
 
 
 def encode_example(features: Mapping[str, bytes]) -> bytes:
