@@ -101,7 +101,7 @@ class Explainer:
     self.synthesize = inverter.synthesize
     self.classify = inverter.classify
     self.renderer = series_lib.SeriesRenderer(self.synthesize, self.classify, chunk_size=ec.chunk_size,
-                                              num_classes=self.num_classes)
+                                              num_classes=self.num_classes, mesh=self.mesh)
     self._gradcam = jax.jit(lambda v, x, t: gradcam_lib.gradcam(self.model, v, x, t, layer=ec.gradcam_layer))
     self.directions = None          # [k, num_ws, w_dim] global directions
     self.direction_info: dict[str, Any] = {}
@@ -228,10 +228,9 @@ class Explainer:
     return quality.attribute_trends(attrs, alphas, valid)
 
 
-def _split_images(config, split: str, num_images: int, batch_size: int):
-  """Yields (images [b, H, W, C] in [-1, 1], ids, labels) for the first num_images (0 = all) of `split`."""
-  from stylex_jax.data import pipeline as pipeline_lib  # pylint: disable=g-import-not-at-top  (TF lives in data/)
-  data = pipeline_lib.Pipeline(config.data, split, global_batch_size=batch_size, seed=config.seed, train=False)
+def _split_images(data, num_images: int):
+  """Yields (images [b, H, W, C] in [-1, 1], ids, labels) for the first num_images (0 = all) of the split that the
+  evaluation Pipeline `data` reads (every example once, in order)."""
   total = data.num_examples if num_images <= 0 else min(num_images, data.num_examples)
   seen = 0
   for batch in data.eval_batches():
@@ -242,7 +241,6 @@ def _split_images(config, split: str, num_images: int, batch_size: int):
     yield batch['image'][keep], [str(batch['id'][i]) for i in keep], np.asarray(batch['label'])[keep]
     if seen >= total:
       break
-  return data.class_names
 
 
 def _file_images(config, patterns, batch_size: int):
@@ -280,13 +278,15 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, split: str | None = 
           f'latents in {explainer.direction_info["seconds"]:.1f} s: ' +
           ', '.join(f'{k}={v:.3g}' for k, v in explainer.direction_info.items() if isinstance(v, float)
                     and k not in ('seconds',)))
-  class_names = _class_names(config)
   if image_patterns:
     source, what = _file_images(config, image_patterns, ec.batch_size), f'files {image_patterns}'
-    total = None
+    total, class_names = None, _class_names(config)
   else:
-    source, what = _split_images(config, split, num_images, ec.batch_size), f'split {split!r}'
-    total = num_images or None
+    from stylex_jax.data import pipeline as pipeline_lib  # pylint: disable=g-import-not-at-top  (TF lives in data/)
+    data = pipeline_lib.Pipeline(config.data, split, global_batch_size=ec.batch_size, seed=config.seed, train=False)
+    source, what = _split_images(data, num_images), f'split {split!r}'
+    total = min(num_images, data.num_examples) if num_images else data.num_examples
+    class_names = list(config.explain.class_names) or list(data.class_names)
   inv = explainer.inverter
   writer = export_lib.ExplanationWriter(
       out, num_classes=explainer.num_classes, class_names=class_names,
@@ -339,7 +339,8 @@ def _summary(metrics: dict[str, np.ndarray]) -> dict[str, float]:
 
 
 def _class_names(config) -> list[str]:
-  """Class names as the data pipeline defines them (binary thresholded labels: '<NAME', '>=NAME')."""
+  """Class names for users' files (no dataset is opened): config.explain.class_names, else the pipeline's naming
+  for the known datasets (binary thresholded labels: '<NAME', '>=NAME'), else 'class k'."""
   names = list(config.explain.class_names) if config.explain.class_names else []
   if names:
     return names

@@ -564,7 +564,8 @@ class NoiseInjection(nn.Module):
     no stored buffer; the same for every sample); 'none' adds nothing.
     Given noise maps (projection/inversion optimise them): in 'const' mode, a variable 'noise' in the collection
     'noise_inputs' ([1 or B, H, W, 1]) replaces the constant map; apply with mutable=['noise_inputs'] and no such
-    variable to get the constant maps back as that collection (the starting point of an optimisation).
+    variable to get the constant maps back as that collection (the starting point of an optimisation); `init`
+    never creates it.
     __call__(x: [B, H, W, C], noise_mode) -> x + strength * noise, same dtype.
     """
 
@@ -585,7 +586,8 @@ class NoiseInjection(nn.Module):
             tag = zlib.crc32("/".join(self.path).encode()) & 0x7FFFFFFF
             key = jax.random.fold_in(jax.random.key(CONST_NOISE_SEED), tag)
             noise = jax.random.normal(key, (h, w, 1), jnp.float32)[None]
-            if self.has_variable("noise_inputs", "noise") or self.is_mutable_collection("noise_inputs"):
+            if self.has_variable("noise_inputs", "noise") or (self.is_mutable_collection("noise_inputs")
+                                                              and not self.is_initializing()):
                 noise = self.variable("noise_inputs", "noise", lambda: noise).value
         return x + (noise * strength).astype(x.dtype)
 
