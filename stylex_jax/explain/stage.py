@@ -91,10 +91,8 @@ class Explainer:
     if inverter is None:
       inverter = invert_lib.Inverter.from_workdir(config, workdir, self.mesh)
     self.inverter = inverter
-    if classifier is None:
-      from stylex_jax.train import classifier as classifier_train  # pylint: disable=g-import-not-at-top
-      classifier = classifier_train.load_classifier(config, workdir, self.mesh)
-    self.model, self.variables = classifier
+    # the inverter already holds the classifier it checks reconstructions with: no second restore
+    self.model, self.variables = classifier or (inverter.classifier, inverter.classifier_vars)
     self.num_classes = config.data.num_classes
     class_index = None if ec.class_index < 0 else int(ec.class_index)
     self.target = direction_lib.make_target(ec.target, self.num_classes, class_index)
@@ -103,6 +101,9 @@ class Explainer:
     self.renderer = series_lib.SeriesRenderer(self.synthesize, self.classify, chunk_size=ec.chunk_size,
                                               num_classes=self.num_classes, mesh=self.mesh)
     self._gradcam = jax.jit(lambda v, x, t: gradcam_lib.gradcam(self.model, v, x, t, layer=ec.gradcam_layer))
+    self._mapping = jax.jit(lambda z: inverter.generator.apply(
+        {'params': inverter.g_params, 'stats': inverter.g_stats}, z, method='mapping'))
+    self._classify_jit = jax.jit(self.classify)
     self.directions = None          # [k, num_ws, w_dim] global directions
     self.direction_info: dict[str, Any] = {}
     self.scale = None
@@ -112,10 +113,8 @@ class Explainer:
 
   def _sample_latents(self, n: int, seed: int) -> jax.Array:
     """ws [n, num_ws, w_dim] from the mapping network of standard-normal z (seeded), truncation psi = 1."""
-    inv = self.inverter
-    z = jax.random.normal(jax.random.key(seed), (n, inv.generator.z_dim), jnp.float32)
-    return jax.jit(lambda z: inv.generator.apply({'params': inv.g_params, 'stats': inv.g_stats}, z,
-                                                 method='mapping'))(z)
+    z = jax.random.normal(jax.random.key(seed), (n, self.inverter.generator.z_dim), jnp.float32)
+    return self._mapping(z)
 
   def _predict_numpy(self, images: np.ndarray) -> np.ndarray:
     """Black-box view of the classifier: numpy images -> numpy probabilities (no gradients)."""
@@ -134,7 +133,6 @@ class Explainer:
           step_size=ec.step_size * self.scale, proximity_weight=ec.proximity_weight, steps=ec.direction_steps,
           learning_rate=ec.direction_lr, chunk_size=ec.chunk_size)
     else:
-      self._classify_jit = jax.jit(self.classify)
       fitter = direction_lib.LinearProbe(self.synthesize, self._predict_numpy, self.target, space=ec.space,
                                          l2=ec.probe_l2, batch_size=ec.chunk_size)
       ws = self._sample_latents(ec.probe_samples, self.config.seed + 4)   # labelled by the black box
