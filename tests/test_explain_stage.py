@@ -1,6 +1,7 @@
-"""The whole pipeline in one call on configs/demo.py:smoke — classifier, gan, encoder, explain — then the explain
-stage's outputs (TFRecords parsed with plain TensorFlow, report, strips, directions), the user-files path with a
-bad file among good ones, the black-box mode, and bad input failing before any computation."""
+"""All four stages in one call on configs/demo.py:smoke (classifier, gan and encoder trained once per session, see
+conftest.smoke_stages), then the explain stage's outputs (TFRecords parsed with plain TensorFlow, report, strips,
+directions), the user-files path with a bad file among good ones, the black-box mode, and bad input failing before
+any computation."""
 import json
 import os
 
@@ -13,19 +14,13 @@ from stylex_jax.explain import export, stage
 from stylex_jax.train import stages
 
 
-def _config(data_dir):
-  config = demo.get_config('smoke')
-  config.data.data_dir = str(data_dir)
-  config.num_devices = 2
-  config.stages = 'classifier,gan,encoder,explain'
-  return config
-
-
 @pytest.fixture(scope='module')
-def trained(tmp_path_factory):
+def trained(tmp_path_factory, smoke_stages):
+  """The session's smoke classifier, gan and encoder copied into a fresh workdir, then all four stages in one call
+  (the first three are complete, so only `explain` computes)."""
   root = tmp_path_factory.mktemp('explain_stage')
-  config = _config(root / 'tfds')
-  results = stages.run(config, str(root / 'work'))
+  config, work = smoke_stages(str(root / 'work'))
+  results = stages.run(config, work)
   return config, root, results
 
 
@@ -103,4 +98,4 @@ def test_bad_input_fails_before_any_computation(trained, tmp_path):
   with pytest.raises(ValueError, match='config.explain: mode'):
     stage.run(bad, str(tmp_path / 'nothing'))
   with pytest.raises(FileNotFoundError, match='gan'):
-    stage.run(_config(root / 'tfds'), str(tmp_path / 'empty'))
+    stage.run(config, str(tmp_path / 'empty'))

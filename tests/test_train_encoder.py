@@ -7,36 +7,27 @@ import jax
 import numpy as np
 import pytest
 
-from configs import demo
 from stylex_jax.explain import invert
-from stylex_jax.train import classifier, encoder, gan
+from stylex_jax.train import encoder
 
 
 @pytest.fixture(scope='module')
-def workdir(tmp_path_factory):
-  """A workdir with the smoke classifier and GAN (2 devices, data in a module-local TFDS dir)."""
+def workdir(tmp_path_factory, smoke_stages):
+  """A workdir with copies of the session's smoke classifier and GAN (2 devices); returns (config, root)."""
   root = tmp_path_factory.mktemp('encoder_stage')
-  config = _config(root / 'tfds')
-  classifier.train_and_evaluate(config, str(root / 'work'))
-  gan.train_and_evaluate(config, str(root / 'work'))
-  return root
-
-
-def _config(data_dir):
-  config = demo.get_config('smoke')
-  config.data.data_dir = str(data_dir)
-  config.num_devices = 2
-  return config
+  config, _ = smoke_stages(str(root / 'work'), ('classifier', 'gan'))
+  return config, root
 
 
 def test_missing_generator_is_a_clear_error(tmp_path, workdir):
+  config, _ = workdir
   with pytest.raises(FileNotFoundError, match='gan stage'):
-    encoder.train_and_evaluate(_config(workdir / 'tfds'), str(tmp_path))
+    encoder.train_and_evaluate(config, str(tmp_path))
 
 
 def test_stage_trains_resumes_and_reports(workdir):
-  config = _config(workdir / 'tfds')
-  work = str(workdir / 'work')
+  config, root = workdir
+  work = str(root / 'work')
   part = encoder.train_and_evaluate(config, work, max_steps_this_run=2)
   assert part == dict(stage='encoder', step=2, complete=False)
   summary = encoder.train_and_evaluate(config, work)
@@ -51,7 +42,7 @@ def test_stage_trains_resumes_and_reports(workdir):
   assert encoder.train_and_evaluate(config, work) == summary   # complete: not retrained
 
   # the resumed run equals an uninterrupted one
-  other = str(workdir / 'other')
+  other = str(root / 'other')
   os.makedirs(other)
   for stage in ('classifier', 'gan'):
     os.symlink(os.path.join(work, stage), os.path.join(other, stage))
