@@ -176,19 +176,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   from stylex_jax.data import pipeline as pipeline_lib  # TF lives in data/; imported only when training
 
   cc = config.classifier
-  stage_dir = os.path.join(workdir, STAGE)
-  os.makedirs(stage_dir, exist_ok=True)
-  summary_path = os.path.join(stage_dir, 'summary.json')
   mesh = sharding.make_mesh(config.num_devices or None)
   sharding.check_global_batch(cc.batch_size, mesh)
-
-  ckpt = checkpointing.Checkpointer(os.path.join(stage_dir, 'checkpoints'), keep=cc.keep_checkpoints,
-                                    save_interval_steps=cc.checkpoint_every,
-                                    config_fingerprint=config_fingerprint(config))
-  done = stages.completed_summary(STAGE, ckpt, cc.num_steps, summary_path)
-  if done is not None:
-    return done
-  latest = ckpt.latest_step()
+  stage = stages.open_stage(STAGE, workdir, cc, config_fingerprint(config))
+  if stage.completed is not None:
+    return stage.completed
+  stage_dir, summary_path, ckpt = stage.directory, stage.summary_path, stage.ckpt
 
   train_data = pipeline_lib.Pipeline(config.data, config.data.train_split, global_batch_size=cc.batch_size,
                                      seed=config.seed, train=True)
@@ -202,13 +195,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   replicated = sharding.replicated(mesh)
   init_fn = jax.jit(functools.partial(create_state, model, tx, train_data.image_shape),
                     out_shardings=replicated)
-  abstract = jax.eval_shape(init_fn, jax.random.key(config.seed))
-  abstract = checkpointing.abstract_like(abstract, replicated)
-  if latest is not None:
-    state, _ = ckpt.restore(abstract)
-    print(f'[classifier] resumed from step {int(state.step)} ({ckpt.directory})')
-  else:
-    state = init_fn(jax.random.key(config.seed))
+  state = stage.restore_or_init(init_fn, jax.random.key(config.seed), replicated)
 
   class_weights = jax.device_put(_class_weights(train_data, config.data.num_classes, cc.class_balanced),
                                  replicated)
@@ -240,10 +227,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       last_eval = evaluate(state, eval_data, eval_fn, mesh)
       writer.write_scalars(step, last_eval)
       logging.info('[classifier] step %d eval %s', step, last_eval)
-    preempted = ckpt.reached_preemption(step)
-    ckpt.save(step, state, force=step == stop or preempted)
-    if preempted:
-      print(f'[classifier] preempted at step {step}: checkpoint saved in {ckpt.directory}; rerun to resume')
+    if stage.save(step, state, last=step == stop):
       break
   ckpt.wait_until_finished()
 
@@ -273,18 +257,13 @@ def load_classifier(config: ml_collections.ConfigDict, workdir: str, mesh=None):
   FileNotFoundError naming the stage to run first.
   """
   mesh = mesh or sharding.make_mesh(config.num_devices or None)
-  directory = os.path.join(workdir, STAGE, 'checkpoints')
-  ckpt = checkpointing.Checkpointer(directory, config_fingerprint=config_fingerprint(config))
-  if ckpt.latest_step() is None:
-    ckpt.close()
-    raise FileNotFoundError(f'no classifier checkpoint in {directory}; run the classifier stage first '
-                            f'(--config.stages=classifier) with the same --workdir')
   model = build_model(config)
   tx = build_optimizer(config.classifier.optimizer, config.classifier.num_steps)
   shape = (config.data.image_size, config.data.image_size, config.data.channels)
   abstract = jax.eval_shape(functools.partial(create_state, model, tx, shape), jax.random.key(0))
-  state, _ = ckpt.restore(checkpointing.abstract_like(abstract, sharding.replicated(mesh)))
-  ckpt.close()
+  state = stages.restore_latest(STAGE, workdir, config_fingerprint(config),
+                                checkpointing.abstract_like(abstract, sharding.replicated(mesh)),
+                                'with the same --workdir')
   variables = {'params': state.params}
   if jax.tree.leaves(state.batch_stats):
     variables['batch_stats'] = state.batch_stats

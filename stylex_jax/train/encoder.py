@@ -187,9 +187,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   from stylex_jax.explain import invert
 
   ec = config.encoder
-  stage_dir = os.path.join(workdir, STAGE)
-  os.makedirs(stage_dir, exist_ok=True)
-  summary_path = os.path.join(stage_dir, 'summary.json')
   mesh = sharding.make_mesh(config.num_devices or None)
   sharding.check_global_batch(ec.batch_size, mesh)
   invert.check_invert_config(config.invert)
@@ -197,14 +194,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   unknown = set(dict(ec.loss)) - set(reconstruction.LOSS_TERMS)
   if unknown:
     raise ValueError(f'config.encoder.loss has unknown term(s) {sorted(unknown)}; use {reconstruction.LOSS_TERMS}')
-
-  ckpt = checkpointing.Checkpointer(os.path.join(stage_dir, 'checkpoints'), keep=ec.keep_checkpoints,
-                                    save_interval_steps=ec.checkpoint_every,
-                                    config_fingerprint=config_fingerprint(config))
-  done = stages.completed_summary(STAGE, ckpt, ec.num_steps, summary_path)
-  if done is not None:
-    return done
-  latest = ckpt.latest_step()
+  stage = stages.open_stage(STAGE, workdir, ec, config_fingerprint(config))
+  if stage.completed is not None:
+    return stage.completed
+  stage_dir, summary_path, ckpt = stage.directory, stage.summary_path, stage.ckpt
   generator, g_ema, g_stats, cls_model, cls_vars, frozen = _frozen(config, workdir, mesh)
 
   data = pipeline_lib.Pipeline(config.data, config.data.train_split, global_batch_size=ec.batch_size,
@@ -219,11 +212,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   init_fn = jax.jit(functools.partial(create_state, enc, models.tx, shape), out_shardings=rep)
   key = jax.random.fold_in(jax.random.key(config.seed), 3)
   init_key, train_key = jax.random.split(key)
-  if latest is not None:
-    state, _ = ckpt.restore(checkpointing.abstract_like(jax.eval_shape(init_fn, init_key), rep))
-    print(f'[encoder] resumed from step {int(state.step)} ({ckpt.directory})')
-  else:
-    state = init_fn(init_key)
+  state = stage.restore_or_init(init_fn, init_key, rep)
 
   step_fn = jax.jit(functools.partial(
       train_step, models=models, num_syn=num_syn, truncation_psi=ec.truncation_psi,
@@ -247,10 +236,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       writer.write_scalars(step, scalars)
       progress.update(step, dict(loss=scalars['loss']))
       t_log, n_log = time.perf_counter(), 0
-    preempted = ckpt.reached_preemption(step)
-    ckpt.save(step, state, force=step == stop or preempted)
-    if preempted:
-      print(f'[encoder] preempted at step {step}: checkpoint saved in {ckpt.directory}; rerun to resume')
+    if stage.save(step, state, last=step == stop):
       break
   ckpt.wait_until_finished()
   ckpt.close()
@@ -284,17 +270,12 @@ def load_encoder(config: ml_collections.ConfigDict, workdir: str, mesh=None):
   on `mesh`, ready for `model.apply({'params': params}, images)` -> offsets [B, num_ws, w_dim]. No checkpoint ->
   FileNotFoundError naming the stage to run."""
   mesh = mesh or sharding.make_mesh(config.num_devices or None)
-  directory = os.path.join(workdir, STAGE, 'checkpoints')
-  ckpt = checkpointing.Checkpointer(directory, config_fingerprint=config_fingerprint(config))
-  if ckpt.latest_step() is None:
-    ckpt.close()
-    raise FileNotFoundError(f'no encoder checkpoint in {directory}; run the encoder stage first '
-                            f'(--config.stages=encoder) with the same --config and --workdir')
   _, num_ws, w_dim = _generator_shape(config)
   enc = build_encoder(config, num_ws, w_dim)
   shape = (config.data.image_size, config.data.image_size, config.data.channels)
   abstract = jax.eval_shape(functools.partial(create_state, enc, build_optimizer(config.encoder), shape),
                             jax.random.key(0))
-  state, _ = ckpt.restore(checkpointing.abstract_like(abstract, sharding.replicated(mesh)))
-  ckpt.close()
+  state = stages.restore_latest(STAGE, workdir, config_fingerprint(config),
+                                checkpointing.abstract_like(abstract, sharding.replicated(mesh)),
+                                'with the same --config and --workdir')
   return enc, state.params

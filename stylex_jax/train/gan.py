@@ -325,19 +325,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   from stylex_jax.evaluate import realism
 
   gc = config.gan
-  stage_dir = os.path.join(workdir, STAGE)
-  os.makedirs(stage_dir, exist_ok=True)
-  summary_path = os.path.join(stage_dir, 'summary.json')
   mesh = sharding.make_mesh(config.num_devices or None)
   check_config(config, mesh)
-
-  ckpt = checkpointing.Checkpointer(os.path.join(stage_dir, 'checkpoints'), keep=gc.keep_checkpoints,
-                                    save_interval_steps=gc.checkpoint_every,
-                                    config_fingerprint=config_fingerprint(config))
-  done = stages.completed_summary(STAGE, ckpt, gc.num_steps, summary_path)
-  if done is not None:
-    return done
-  latest = ckpt.latest_step()
+  stage = stages.open_stage(STAGE, workdir, gc, config_fingerprint(config))
+  if stage.completed is not None:
+    return stage.completed
+  stage_dir, summary_path, ckpt = stage.directory, stage.summary_path, stage.ckpt
 
   data = pipeline_lib.Pipeline(config.data, config.data.train_split, global_batch_size=gc.batch_size,
                                seed=config.seed, train=True)
@@ -350,11 +343,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   init_fn = jax.jit(functools.partial(create_state, models, initial_p=gc.augment_p), out_shardings=rep)
   key = jax.random.key(config.seed)
   init_key, train_key, sample_key = jax.random.split(jax.random.fold_in(key, 1), 3)
-  if latest is not None:
-    state, _ = ckpt.restore(checkpointing.abstract_like(jax.eval_shape(init_fn, init_key), rep))
-    print(f'[gan] resumed from step {int(state.step)} ({ckpt.directory})')
-  else:
-    state = init_fn(init_key)
+  state = stage.restore_or_init(init_fn, init_key, rep)
 
   steps = StepFunctions(config, models, mesh)
   gen_fn = jax.jit(functools.partial(generate, models, noise_mode='const'), out_shardings=rep)
@@ -384,10 +373,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     if step % gc.eval_every == 0 or step == gc.num_steps:
       last_eval = evaluator(lambda z: gen_fn(state.g_ema, state.g_stats, z), jax.random.fold_in(key, 7))
       writer.write_scalars(step, last_eval)
-    preempted = ckpt.reached_preemption(step)
-    ckpt.save(step, state, force=step == stop or preempted)
-    if preempted:
-      print(f'[gan] preempted at step {step}: checkpoint saved in {ckpt.directory}; rerun to resume')
+    if stage.save(step, state, last=step == stop):
       break
   ckpt.wait_until_finished()
   step = int(state.step)
@@ -409,16 +395,10 @@ def load_generator(config: ml_collections.ConfigDict, workdir: str, mesh=None):
   """Restores the latest G_ema from `<workdir>/gan/checkpoints`: returns (models, g_ema params, g_stats)."""
   mesh = mesh or sharding.make_mesh(config.num_devices or None)
   models = build_models(config, mesh)
-  rep = sharding.replicated(mesh)
-  directory = os.path.join(workdir, STAGE, 'checkpoints')
-  ckpt = checkpointing.Checkpointer(directory, config_fingerprint=config_fingerprint(config))
-  if ckpt.latest_step() is None:
-    ckpt.close()
-    raise FileNotFoundError(f'no gan checkpoint in {directory}; run the gan stage first '
-                            f'(--config.stages=gan) with the same --config and --workdir')
   abstract = jax.eval_shape(functools.partial(create_state, models), jax.random.key(0))
-  state, _ = ckpt.restore(checkpointing.abstract_like(abstract, rep))
-  ckpt.close()
+  state = stages.restore_latest(STAGE, workdir, config_fingerprint(config),
+                                checkpointing.abstract_like(abstract, sharding.replicated(mesh)),
+                                'with the same --config and --workdir')
   return models, state.g_ema, state.g_stats
 
 

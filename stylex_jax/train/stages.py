@@ -6,11 +6,16 @@ to explain), `gan` (StyleGAN2-ADA), `encoder` (image -> W+ for inversion; needs 
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import json
 import os
+from typing import Any, Callable
 
+import jax
 import ml_collections
+
+from stylex_jax import checkpointing
 
 # stage name -> module with `train_and_evaluate(config, workdir) -> dict`
 STAGES = {
@@ -58,3 +63,63 @@ def completed_summary(stage: str, ckpt, num_steps: int, summary_path: str) -> di
   ckpt.close()
   with open(summary_path) as f:
     return json.load(f)
+
+
+@dataclasses.dataclass
+class Stage:
+  """A training stage's folder `<workdir>/<name>/` and its checkpointer: what every stage opens the same way.
+
+  completed: the saved summary when the stage is already trained to `num_steps` (then nothing is to be done and
+  the checkpointer is closed), else None.
+  """
+  name: str
+  directory: str
+  summary_path: str
+  ckpt: checkpointing.Checkpointer
+  completed: dict | None
+
+  def restore_or_init(self, init_fn: Callable[[jax.Array], Any], key: jax.Array, shardings) -> Any:
+    """The state of the latest checkpoint (laid out as init_fn(key) with `shardings`), else init_fn(key)."""
+    if self.ckpt.latest_step() is None:
+      return init_fn(key)
+    state, _ = self.ckpt.restore(checkpointing.abstract_like(jax.eval_shape(init_fn, key), shardings))
+    print(f'[{self.name}] resumed from step {int(state.step)} ({self.ckpt.directory})')
+    return state
+
+  def save(self, step: int, state: Any, last: bool) -> bool:
+    """Checkpoints `state` after `step` (every checkpoint_every steps, and always when `last` or preempted).
+    Returns True when the job is being preempted: the caller stops its loop."""
+    preempted = self.ckpt.reached_preemption(step)
+    self.ckpt.save(step, state, force=last or preempted)
+    if preempted:
+      print(f'[{self.name}] preempted at step {step}: checkpoint saved in {self.ckpt.directory}; rerun to resume')
+    return preempted
+
+
+def open_stage(name: str, workdir: str, stage_config: ml_collections.ConfigDict, fingerprint: dict) -> Stage:
+  """Creates `<workdir>/<name>/` and its Checkpointer (stage_config: keep_checkpoints, checkpoint_every,
+  num_steps; `fingerprint`: the config fields that fix the checkpoint's arrays, a mismatch is refused)."""
+  directory = os.path.join(workdir, name)
+  os.makedirs(directory, exist_ok=True)
+  summary_path = os.path.join(directory, 'summary.json')
+  ckpt = checkpointing.Checkpointer(os.path.join(directory, 'checkpoints'), keep=stage_config.keep_checkpoints,
+                                    save_interval_steps=stage_config.checkpoint_every,
+                                    config_fingerprint=fingerprint)
+  return Stage(name, directory, summary_path, ckpt,
+               completed_summary(name, ckpt, stage_config.num_steps, summary_path))
+
+
+def restore_latest(name: str, workdir: str, fingerprint: dict, abstract_state: Any, what: str) -> Any:
+  """The latest checkpoint of stage `name` in `<workdir>/<name>/checkpoints`, laid out as `abstract_state`
+  (jax.ShapeDtypeStructs with shardings). No checkpoint -> FileNotFoundError saying which stage to run.
+  what: what the caller needs it for, for that message (e.g. 'with the same --config and --workdir')."""
+  directory = os.path.join(workdir, name, 'checkpoints')
+  ckpt = checkpointing.Checkpointer(directory, config_fingerprint=fingerprint)
+  try:
+    if ckpt.latest_step() is None:
+      raise FileNotFoundError(f'no {name} checkpoint in {directory}; run the {name} stage first '
+                              f'(--config.stages={name}) {what}')
+    state, _ = ckpt.restore(abstract_state)
+  finally:
+    ckpt.close()
+  return state
