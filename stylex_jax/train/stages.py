@@ -3,6 +3,10 @@
 Stages read earlier stages' checkpoints from the same workdir (`<workdir>/<stage>/`): `classifier` (the model
 to explain), `gan` (StyleGAN2-ADA), `encoder` (image -> W+ for inversion; needs classifier and gan) and
 `explain` (inversion, directions, series, GradCAM, export and report; needs all three).
+
+Also what every training stage does the same way: `open_stage` (its folder, Checkpointer and "already complete"
+check), `Stage.restore_or_init` (resume), `Stage.save` (periodic / final / preemption checkpoints) and
+`restore_latest` (loading a finished stage's state for a later stage).
 """
 from __future__ import annotations
 
@@ -109,16 +113,16 @@ def open_stage(name: str, workdir: str, stage_config: ml_collections.ConfigDict,
                completed_summary(name, ckpt, stage_config.num_steps, summary_path))
 
 
-def restore_latest(name: str, workdir: str, fingerprint: dict, abstract_state: Any, what: str) -> Any:
+def restore_latest(name: str, workdir: str, fingerprint: dict, abstract_state: Any, how: str) -> Any:
   """The latest checkpoint of stage `name` in `<workdir>/<name>/checkpoints`, laid out as `abstract_state`
   (jax.ShapeDtypeStructs with shardings). No checkpoint -> FileNotFoundError saying which stage to run.
-  what: what the caller needs it for, for that message (e.g. 'with the same --config and --workdir')."""
+  how: the end of that message, how to run the stage (e.g. 'with the same --config and --workdir')."""
   directory = os.path.join(workdir, name, 'checkpoints')
   ckpt = checkpointing.Checkpointer(directory, config_fingerprint=fingerprint)
   try:
     if ckpt.latest_step() is None:
       raise FileNotFoundError(f'no {name} checkpoint in {directory}; run the {name} stage first '
-                              f'(--config.stages={name}) {what}')
+                              f'(--config.stages={name}) {how}')
     state, _ = ckpt.restore(abstract_state)
   finally:
     ckpt.close()
