@@ -8,13 +8,13 @@ times:
 
 Classifier task: Kellgren–Lawrence grade >= 2 (osteoarthritis) vs < 2 on `synthetic_knee/64`, binary.
 Expected: validation accuracy >= 0.9 within a minute of training. The demo GAN (a few kimg) only starts to draw
-knees: its samples are blurry bone shapes; `demo:long` trains the same data ~1.5 h for recognisable joints.
+knees: its samples are blurry bone shapes; `demo:long` trains the same data ~2 h for recognisable joints.
 
 Variants (`--config configs/demo.py:<variant>`):
   smoke   a few steps on 32² 'tiny' data: checks the whole path end to end in seconds (tests, CI).
   grades  the same phantoms, all five KL grades (multi-class; goal QWK >= 0.8).
   marker  phantoms with a spurious corner marker correlated with the label (strength 0.9).
-  long    the demo with a GAN trained ~100 kimg (~1.5 h on 2 CPU cores).
+  long    the demo with a GAN trained 96 kimg (~2 h on 2 CPU cores).
 """
 import ml_collections
 
