@@ -226,10 +226,9 @@ class Explainer:
     return quality.attribute_trends(attrs, alphas, valid)
 
 
-def _split_images(data, num_images: int):
-  """Yields (images [b, H, W, C] in [-1, 1], ids, labels) for the first num_images (0 = all) of the split that the
-  evaluation Pipeline `data` reads (every example once, in order)."""
-  total = data.num_examples if num_images <= 0 else min(num_images, data.num_examples)
+def _split_images(data, total: int):
+  """Yields (images [b, H, W, C] in [-1, 1], ids, labels) for the first `total` (<= data.num_examples) examples of
+  the split that the evaluation Pipeline `data` reads (every example once, in order)."""
   seen = 0
   for batch in data.eval_batches():
     keep = np.flatnonzero(np.asarray(batch['mask']) > 0)[:total - seen]
@@ -282,9 +281,9 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, split: str | None = 
   else:
     from stylex_jax.data import pipeline as pipeline_lib  # pylint: disable=g-import-not-at-top  (TF lives in data/)
     data = pipeline_lib.Pipeline(config.data, split, global_batch_size=ec.batch_size, seed=config.seed, train=False)
-    source, what = _split_images(data, num_images), f'split {split!r}'
     total = min(num_images, data.num_examples) if num_images else data.num_examples
-    class_names = list(config.explain.class_names) or list(data.class_names)
+    source, what = _split_images(data, total), f'split {split!r}'
+    class_names = _class_names(config, data.class_names)
   inv = explainer.inverter
   writer = export_lib.ExplanationWriter(
       out, num_classes=explainer.num_classes, class_names=class_names,
@@ -336,12 +335,14 @@ def _summary(metrics: dict[str, np.ndarray]) -> dict[str, float]:
   return out
 
 
-def _class_names(config) -> list[str]:
-  """Class names for users' files (no dataset is opened): config.explain.class_names, else the pipeline's naming
-  for the known datasets (binary thresholded labels: '<NAME', '>=NAME'), else 'class k'."""
-  names = list(config.explain.class_names) if config.explain.class_names else []
-  if names:
-    return names
+def _class_names(config, dataset_names: Sequence[str] | None = None) -> list[str]:
+  """config.explain.class_names, else the opened dataset's `dataset_names`, else (users' files: no dataset is
+  opened) the pipeline's naming for the known datasets (binary thresholded labels: '<NAME', '>=NAME'), else
+  'class k'."""
+  if config.explain.class_names:
+    return list(config.explain.class_names)
+  if dataset_names:
+    return list(dataset_names)
   k, t = config.data.num_classes, config.data.label_threshold
   if config.data.dataset in ('synthetic_knee', 'kl_xray'):
     base = [f'KL{i}' for i in range(5)]
