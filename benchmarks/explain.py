@@ -5,7 +5,7 @@ regula-falsi steps, then the per-image range across the decision boundary) + a s
 the classifier's probabilities (`SeriesRenderer.__call__`) + GradCAM of the original (alpha = 0 frame,
 `explain/gradcam.gradcam`, jitted), along ONE global direction computed once beforehand
 (`direction.GradientDirection`, gradient mode in W, timed separately). It goes through the real code only: the
-trained demo artefacts (`configs/demo.py`, loaded with `gan.load_generator` and `classifier.load_classifier`) and
+trained demo artefacts (`configs/demo.py`, loaded with `stages.gan.load_generator` and `stages.classifier.load_classifier`) and
 the explain modules; nothing is re-implemented here.
 Latents come from the mapping network of random z: the inverter is not used (real images are not inverted here).
 
@@ -51,8 +51,8 @@ from configs import demo  # noqa: E402
 from stylex_jax.explain import direction as direction_lib  # noqa: E402
 from stylex_jax.explain import gradcam as gradcam_lib  # noqa: E402
 from stylex_jax.explain import series as series_lib  # noqa: E402
-from stylex_jax.train import classifier as classifier_train  # noqa: E402
-from stylex_jax.train import gan  # noqa: E402
+from stylex_jax.stages import classifier as classifier_stage  # noqa: E402
+from stylex_jax.stages import gan as gan_stage  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -132,9 +132,8 @@ def main(argv=None) -> None:
   print(f'# backend={jax.default_backend()} devices={jax.device_count()} '
         f'load={os.getloadavg()[0]:.2f},{os.getloadavg()[1]:.2f},{os.getloadavg()[2]:.2f} (1/5/15 min) '
         f'cpus={os.cpu_count()}')
-  models, g_ema, g_stats = gan.load_generator(config, a.workdir)
-  model, variables = classifier_train.load_classifier(config, a.workdir)
-  g = models.generator
+  g, g_ema, g_stats = gan_stage.load_generator(a.workdir, config)
+  model, variables = classifier_stage.load_classifier(a.workdir, config)
 
   def synthesize(ws):
     return jnp.clip(g.apply({'params': g_ema}, ws, method='synthesis', noise_mode='const'), -1.0, 1.0)

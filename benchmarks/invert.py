@@ -20,7 +20,7 @@ import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 
 from stylex_jax.explain import invert  # noqa: E402
-from stylex_jax.train import encoder as encoder_stage  # noqa: E402
+from stylex_jax.stages import encoder as encoder_stage  # noqa: E402
 
 config_flags.DEFINE_config_file('config', 'configs/demo.py', 'experiment config')
 flags.DEFINE_string('workdir', '/tmp/stylex_demo', 'workdir with classifier, gan (and encoder) checkpoints')
@@ -33,7 +33,7 @@ FLAGS = flags.FLAGS
 
 
 def _run(name, config, workdir, ic, images):
-  inv = invert.Inverter.from_workdir(config, workdir, invert_config=ic)
+  inv = encoder_stage.load_inverter(workdir, config, invert_config=ic)
   compile_s = inv.warmup()
   t0 = time.perf_counter()
   out = inv(images)
@@ -48,7 +48,7 @@ def _run(name, config, workdir, ic, images):
 
 def main(_):
   config = FLAGS.config
-  images = encoder_stage._eval_images(config, FLAGS.num_images)  # pylint: disable=protected-access
+  images = encoder_stage.eval_images(config, FLAGS.num_images)
   print(f'uptime/load: {os.getloadavg()}; {len(images)} held-out images from {config.data.eval_split}')
   enc_only = ml_collections.ConfigDict(config.invert.to_dict())
   enc_only.steps = 0

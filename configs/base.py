@@ -13,7 +13,7 @@ Groups:
   config.encoder.model        -> stylex_jax.models.encoder.Encoder(**model, num_ws=..., w_dim=...)
   config.encoder.*            -> the encoder stage (synthetic pairs + real reconstructions, losses, logging)
   config.invert               -> stylex_jax.explain.invert.Inverter (projector steps, lr, space, noise, losses)
-  config.explain              -> the explain stage and launch/explain.py (stylex_jax.explain.stage)
+  config.explain              -> the explain stage and launch/explain.py (stylex_jax.stages.explain)
 Imports nothing but ml_collections.
 """
 import ml_collections
@@ -143,7 +143,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
       batch_size=16,              # images per jitted chunk (the last chunk is padded)
   ))
 
-  # The explain stage / launch/explain.py (stylex_jax.explain.stage). Shifts are multiples of the latent scale
+  # The explain stage / launch/explain.py (stylex_jax.stages.explain). Shifts are multiples of the latent scale
   # (median ||w - w_avg|| of mapping-network latents), so they carry over between generators.
   config.explain = ml_collections.ConfigDict(dict(
       split='test',               # split explained by the stage (launch/explain.py --split / --images override)

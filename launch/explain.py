@@ -36,7 +36,7 @@ def main(argv):
     raise app.UsageError(f'unexpected arguments {argv[1:]}')
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)
-  from stylex_jax.explain import stage  # pylint: disable=g-import-not-at-top
+  from stylex_jax.stages import explain as stage  # pylint: disable=g-import-not-at-top
   if _IMAGES.value and (_SPLIT.value or _NUM_IMAGES.value is not None):
     sys.exit('error: give either --images or --split/--num_images, not both')
   try:

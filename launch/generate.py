@@ -45,7 +45,7 @@ def main(argv):
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)
   from stylex_jax import writers
-  from stylex_jax.train import gan
+  from stylex_jax.stages import gan
   try:
     seeds = parse_ranges(_SEEDS.value)
     rows, cols, layers = parse_ranges(_ROWS.value), parse_ranges(_COLS.value), parse_ranges(_LAYERS.value)
@@ -53,16 +53,16 @@ def main(argv):
       raise ValueError('style mixing needs both --mix_rows and --mix_cols')
     outdir = _OUTDIR.value or os.path.join(_WORKDIR.value, 'generate')
     os.makedirs(outdir, exist_ok=True)
-    models, g_ema, g_stats = gan.load_generator(_CONFIG.value, _WORKDIR.value)
+    generator, g_ema, g_stats = gan.load_generator(_WORKDIR.value, _CONFIG.value)
   except (ValueError, FileNotFoundError) as e:
     sys.exit(f'error: {e}')
-  images = gan.images_from_seeds(models, g_ema, g_stats, seeds, _PSI.value, _CUTOFF.value)
+  images = gan.images_from_seeds(generator, g_ema, g_stats, seeds, _PSI.value, _CUTOFF.value)
   for seed, image in zip(seeds, writers.to_uint8(images)):
     writers.save_png(os.path.join(outdir, f'seed{seed:04d}.png'), image)
   writers.save_png(os.path.join(outdir, 'seeds.png'), writers.image_grid(images))
   print(f'{len(seeds)} images (truncation {_PSI.value}) in {outdir}')
   if rows:
-    grid = gan.style_mixing_grid(models, g_ema, g_stats, rows, cols, layers, _PSI.value)
+    grid = gan.style_mixing_grid(generator, g_ema, g_stats, rows, cols, layers, _PSI.value)
     flat = grid.reshape(-1, *grid.shape[2:])
     writers.save_png(os.path.join(outdir, 'style_mixing.png'), writers.image_grid(flat, cols=grid.shape[1]))
     print(f'style-mixing grid {len(rows)}x{len(cols)} (layers {layers}) in {outdir}/style_mixing.png')

@@ -30,7 +30,7 @@ def main(argv):
   if not flags.FLAGS['verbosity'].present:  # library INFO logs (orbax, tfds) only with -v / --verbosity=0
     logging.set_verbosity(logging.WARNING)
   from stylex_jax import sharding
-  from stylex_jax.train import stages
+  from stylex_jax import stages
   try:
     sharding.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     results = stages.run(_CONFIG.value, _WORKDIR.value)

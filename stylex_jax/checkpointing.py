@@ -344,6 +344,19 @@ class Checkpointer:
             step, force=True,
             args=ocp.args.Composite(**{_STATE: ocp.args.StandardSave(state), _META: ocp.args.JsonSave(meta)})))
 
+    def _complete_step(self, step: int | None) -> int:
+        """The latest complete step (step None) or `step` if it is complete; else FileNotFoundError."""
+        steps = self.all_steps()
+        if step is None:
+            if not steps:
+                raise FileNotFoundError(f"no checkpoint in {self._directory}; train this stage first (or point "
+                                        "--workdir at the run that has it)")
+            return steps[-1]
+        if int(step) not in steps:
+            raise FileNotFoundError(f"no complete checkpoint for step {step} in {self._directory}; "
+                                    f"available steps: {steps or 'none'}")
+        return int(step)
+
     def restore(self, abstract_state: Any, step: int | None = None) -> tuple[Any, dict]:
         """Restores the latest (or the given) complete checkpoint into ``abstract_state``'s shardings.
 
@@ -359,16 +372,7 @@ class Checkpointer:
           FileNotFoundError: no (complete) checkpoint.  ValueError: written by another config, or
           the checkpoint does not match ``abstract_state``.
         """
-        steps = self.all_steps()
-        if step is None:
-            if not steps:
-                raise FileNotFoundError(f"no checkpoint in {self._directory}; train this stage first (or point "
-                                        "--workdir at the run that has it)")
-            step = steps[-1]
-        elif int(step) not in steps:
-            raise FileNotFoundError(f"no complete checkpoint for step {step} in {self._directory}; "
-                                    f"available steps: {steps or 'none'}")
-        step = int(step)
+        step = self._complete_step(step)
         meta = self._read_meta(step)
         self._check_fingerprint(meta)
         try:
@@ -380,6 +384,33 @@ class Checkpointer:
                              f"--workdir, if the files are damaged move {self._directory / str(step)} aside to "
                              "resume from the previous checkpoint") from e
         return restored[_STATE], meta.get("metadata", {})
+
+    def restore_fields(self, abstract_fields: dict, step: int | None = None) -> tuple[dict, dict]:
+        """Restores only some top-level fields of the saved state (orbax partial restore): what a later stage
+        needs (e.g. G_ema and w_avg of a GAN state), never reading the optimiser or augmentation state.
+
+        Args:
+          abstract_fields: {field name: pytree of ``jax.ShapeDtypeStruct`` with shardings (``abstract_like``)},
+            each laid out as that field of the saved state.
+          step: a specific step, or None for the latest.
+
+        Returns:
+          ({field name: restored pytree}, metadata). Errors as ``restore``.
+        """
+        step = self._complete_step(step)
+        meta = self._read_meta(step)
+        self._check_fingerprint(meta)
+        restore_args = jax.tree.map(lambda x: ocp.ArrayRestoreArgs(sharding=x.sharding, dtype=x.dtype),
+                                    abstract_fields)
+        args = ocp.args.PyTreeRestore(item=abstract_fields, restore_args=restore_args, partial_restore=True)
+        try:
+            restored = self._manager.restore(step, args=ocp.args.Composite(**{_STATE: args}))
+        except (ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"checkpoint step {step} in {self._directory} lacks the fields "
+                             f"{sorted(abstract_fields)} or they do not match ({type(e).__name__}: {e}); if the "
+                             f"model changed use a new --workdir, if the files are damaged move "
+                             f"{self._directory / str(step)} aside to use the previous checkpoint") from e
+        return dict(restored[_STATE]), meta.get("metadata", {})
 
     # -- lifecycle ----------------------------------------------------------------------------
 

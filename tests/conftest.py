@@ -39,7 +39,7 @@ def smoke_stages(tmp_path_factory):
     suite, shared by the encoder- and explain-stage tests). Returns copy(dst, stages) -> (config, dst): a fresh
     workdir `dst` (str) holding copies of the named trained stages, so tests may add stages without touching the
     shared run."""
-    from stylex_jax.train import stages as stages_lib
+    from stylex_jax import stages as stages_lib
     root = tmp_path_factory.mktemp("smoke_stages")
     stages_lib.run(smoke_config(root / "tfds", "classifier,gan,encoder"), str(root / "work"))
 

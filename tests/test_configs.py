@@ -7,7 +7,7 @@ import sys
 import ml_collections
 import pytest
 
-from stylex_jax.train import stages
+from stylex_jax import stages
 
 CONFIGS = {'demo': ('', 'smoke', 'grades', 'marker'), 'kl_xray': ('', 'smoke', 'binary'), 'pcam': ('', 'smoke')}
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

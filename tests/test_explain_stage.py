@@ -10,8 +10,9 @@ import pytest
 from PIL import Image
 
 from configs import demo
-from stylex_jax.explain import export, stage
-from stylex_jax.train import stages
+from stylex_jax import stages
+from stylex_jax.explain import export
+from stylex_jax.stages import explain as stage
 
 
 @pytest.fixture(scope='module')

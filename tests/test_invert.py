@@ -13,7 +13,7 @@ import scipy.special
 from configs import demo
 from stylex_jax.explain import invert, reconstruction
 from stylex_jax.models import encoder as encoder_lib
-from stylex_jax.train import classifier as classifier_stage
+from stylex_jax.stages import classifier as classifier_stage
 from stylex_jax.train import gan
 
 

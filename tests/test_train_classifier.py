@@ -12,7 +12,8 @@ import pytest
 
 from configs import demo
 from stylex_jax import sharding
-from stylex_jax.train import classifier as stage
+from stylex_jax.stages import classifier as stage
+from stylex_jax.train import classifier as classifier_train
 
 
 def _smoke_config(data_dir, **overrides):
@@ -37,9 +38,9 @@ def _one_step(num_devices, batch):
   tx = optax.sgd(0.05)
   mesh = sharding.make_mesh(num_devices)
   rep = sharding.replicated(mesh)
-  state = jax.jit(functools.partial(stage.create_state, model, tx, (32, 32, 1)), out_shardings=rep)(
+  state = jax.jit(functools.partial(classifier_train.create_state, model, tx, (32, 32, 1)), out_shardings=rep)(
       jax.random.key(0))
-  step = jax.jit(functools.partial(stage.train_step, model=model, tx=tx),
+  step = jax.jit(functools.partial(classifier_train.train_step, model=model, tx=tx),
                  in_shardings=(rep, sharding.data_sharding(mesh), rep), out_shardings=(rep, rep))
   weights = jnp.ones([2], jnp.float32)
   for _ in range(2):
@@ -68,24 +69,24 @@ def test_weighted_smoothed_loss_matches_numpy():
   logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
   per = -(targets * logp).sum(-1)
   expected = (per * weights[labels]).sum() / weights[labels].sum()
-  got = stage._loss(jnp.asarray(logits), jnp.asarray(labels), jnp.asarray(weights), eps)
+  got = classifier_train._loss(jnp.asarray(logits), jnp.asarray(labels), jnp.asarray(weights), eps)
   np.testing.assert_allclose(got, expected, rtol=1e-5)
 
 
 def test_class_weights_are_inverse_frequency():
   class FakePipeline:
     labels = np.array([0, 0, 0, 1])
-  w = stage._class_weights(FakePipeline, 2, True)
+  w = classifier_train.class_weights(FakePipeline, 2, True)
   np.testing.assert_allclose(w, [4 / (2 * 3), 4 / (2 * 1)], rtol=1e-6)
-  np.testing.assert_array_equal(stage._class_weights(FakePipeline, 2, False), [1, 1])
+  np.testing.assert_array_equal(classifier_train.class_weights(FakePipeline, 2, False), [1, 1])
   with pytest.raises(ValueError, match='no examples of classes'):
-    stage._class_weights(FakePipeline, 3, True)
+    classifier_train.class_weights(FakePipeline, 3, True)
 
 
 def test_learning_rate_schedule_warmup_then_cosine():
   config = demo.get_config('')
   opt = config.classifier.optimizer
-  sched = stage.learning_rate_schedule(opt, 1000)
+  sched = classifier_train.learning_rate_schedule(opt, 1000)
   w = opt.warmup_steps
   np.testing.assert_allclose(sched(w // 2), opt.learning_rate * (w // 2) / w, rtol=1e-5)
   np.testing.assert_allclose(sched(w), opt.learning_rate, rtol=1e-5)

@@ -1,5 +1,5 @@
 """The `encoder` stage on configs/demo.py:smoke: needs G and the classifier, trains, stops and resumes to the same
-state, writes held-out inversion metrics, is not retrained when complete, and feeds Inverter.from_workdir."""
+state, writes held-out inversion metrics, is not retrained when complete, and feeds load_inverter."""
 import json
 import os
 
@@ -7,8 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from stylex_jax.explain import invert
-from stylex_jax.train import encoder
+from stylex_jax.stages import encoder
 
 
 @pytest.fixture(scope='module')
@@ -47,11 +46,11 @@ def test_stage_trains_resumes_and_reports(workdir):
   for stage in ('classifier', 'gan'):
     os.symlink(os.path.join(work, stage), os.path.join(other, stage))
   encoder.train_and_evaluate(config, other)
-  _, p1 = encoder.load_encoder(config, work)
-  model, p2 = encoder.load_encoder(config, other)
+  _, p1 = encoder.load_encoder(work, config)
+  model, p2 = encoder.load_encoder(other, config)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), p1, p2)
 
-  inv = invert.Inverter.from_workdir(config, work)
+  inv = encoder.load_inverter(work, config)
   assert inv.start == 'encoder' and inv.encoder is not None
   images = np.zeros((2, 32, 32, 1), np.float32)
   offsets = model.apply({'params': p1}, images)

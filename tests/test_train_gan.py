@@ -11,6 +11,7 @@ import pytest
 
 from configs import demo
 from stylex_jax import sharding
+from stylex_jax.stages import gan as gan_stage
 from stylex_jax.train import gan
 
 
@@ -98,10 +99,10 @@ def data_dir(tmp_path_factory):
 def test_stage_outputs_and_resume_equals_uninterrupted(data_dir, tmp_path):
   config = _tiny_config(data_dir)
   config.num_devices = 2  # 1 vs 8 devices is checked above; here the stage's bookkeeping
-  full = gan.train_and_evaluate(config, str(tmp_path / 'full'))
-  part = gan.train_and_evaluate(config, str(tmp_path / 'split'), max_steps_this_run=2)
+  full = gan_stage.train_and_evaluate(config, str(tmp_path / 'full'))
+  part = gan_stage.train_and_evaluate(config, str(tmp_path / 'split'), max_steps_this_run=2)
   assert part['complete'] is False and part['step'] == 2
-  resumed = gan.train_and_evaluate(config, str(tmp_path / 'split'))
+  resumed = gan_stage.train_and_evaluate(config, str(tmp_path / 'split'))
   assert full['step'] == resumed['step'] == 4
   rows = lambda d: [json.loads(l) for l in open(tmp_path / d / 'gan' / 'metrics.jsonl')]
   last_full = [r for r in rows('full') if 'g_loss' in r][-1]
@@ -114,7 +115,7 @@ def test_stage_outputs_and_resume_equals_uninterrupted(data_dir, tmp_path):
   b = open(tmp_path / 'split' / 'gan' / 'samples' / samples[-1], 'rb').read()
   assert a == b
   assert 'fid_classifier' not in full  # no classifier checkpoint in this workdir
-  again = gan.train_and_evaluate(config, str(tmp_path / 'full'))
+  again = gan_stage.train_and_evaluate(config, str(tmp_path / 'full'))
   assert again == full
   _check_generate_cli(config, tmp_path / 'full')
 
@@ -171,34 +172,34 @@ def _random_generator():
 
 def test_images_from_seeds_are_per_seed_and_truncate_to_w_avg():
   models, g_ema, stats = _random_generator()
-  a = gan.images_from_seeds(models, g_ema, stats, [3, 7, 11], batch_size=2)
-  b = gan.images_from_seeds(models, g_ema, stats, [11, 3], batch_size=8)
+  a = gan_stage.images_from_seeds(models.generator, g_ema, stats, [3, 7, 11], batch_size=2)
+  b = gan_stage.images_from_seeds(models.generator, g_ema, stats, [11, 3], batch_size=8)
   np.testing.assert_allclose(a[0], b[1], atol=1e-5)
   np.testing.assert_allclose(a[2], b[0], atol=1e-5)
   assert a.shape == (3, 16, 16, 1) and np.all(np.abs(a) <= 1)
-  psi0 = gan.images_from_seeds(models, g_ema, stats, [1, 2], truncation_psi=0.0)
+  psi0 = gan_stage.images_from_seeds(models.generator, g_ema, stats, [1, 2], truncation_psi=0.0)
   np.testing.assert_allclose(psi0[0], psi0[1], atol=1e-5)  # every latent collapses to w_avg
 
 
 def test_style_mixing_grid_layout():
   models, g_ema, stats = _random_generator()
   num_ws = models.generator.num_ws
-  plain = gan.images_from_seeds(models, g_ema, stats, [1, 2, 5, 6, 7])
-  grid = gan.style_mixing_grid(models, g_ema, stats, [1, 2], [5, 6, 7], range(num_ws))
+  plain = gan_stage.images_from_seeds(models.generator, g_ema, stats, [1, 2, 5, 6, 7])
+  grid = gan_stage.style_mixing_grid(models.generator, g_ema, stats, [1, 2], [5, 6, 7], range(num_ws))
   assert grid.shape == (3, 4, 16, 16, 1)
   np.testing.assert_array_equal(grid[0, 0], -1.0)
   np.testing.assert_allclose(grid[0, 1:], plain[2:], atol=1e-5)
   np.testing.assert_allclose(grid[1:, 0], plain[:2], atol=1e-5)
   np.testing.assert_allclose(grid[1, 2], plain[3], atol=1e-5)  # all layers from the column seed
-  partial = gan.style_mixing_grid(models, g_ema, stats, [1], [5], [0])
+  partial = gan_stage.style_mixing_grid(models.generator, g_ema, stats, [1], [5], [0])
   assert not np.allclose(partial[1, 1], plain[0], atol=1e-5) and not np.allclose(partial[1, 1], plain[2], atol=1e-5)
   with pytest.raises(ValueError, match='mix_layers'):
-    gan.style_mixing_grid(models, g_ema, stats, [1], [2], [num_ws])
+    gan_stage.style_mixing_grid(models.generator, g_ema, stats, [1], [2], [num_ws])
 
 
 def test_load_generator_without_checkpoint_names_the_stage(tmp_path):
   with pytest.raises(FileNotFoundError, match='run the gan stage'):
-    gan.load_generator(_tiny_config(), str(tmp_path))
+    gan_stage.load_generator(str(tmp_path), _tiny_config())
 
 
 def test_regularisation_steps_agree_with_native_and_im2col_convolutions(one_device):

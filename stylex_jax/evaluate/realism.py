@@ -3,8 +3,9 @@ phantom oracles (does a generated knee have a measurable joint space, and is the
 distribution of samples the real one?).
 
 Feature extractors, in order of preference:
-  * the trained classifier's penultimate features, when `<workdir>/classifier/checkpoints` exists — the
-    features that matter for explaining that classifier (reported as `fid_classifier`, `kid_classifier`);
+  * the trained classifier's penultimate features, passed in as `features` (the gan stage does when the
+    classifier stage has run) — the features that matter for explaining that classifier (reported as
+    `fid_classifier`, `kid_classifier`);
   * the FID InceptionV3 (`models/inception.py`) when `config.gan.inception_weights` names its .npz weights
     (reported as `fid_inception`, `kid_inception`; comparable with published FIDs up to the caveats there);
   * none otherwise (FID/KID are skipped; the oracle metrics still run for phantom datasets).
@@ -12,7 +13,6 @@ The maths (Fréchet distance, unbiased KID) is `evaluate.metrics`; this module g
 """
 from __future__ import annotations
 
-import os
 from typing import Callable
 
 import jax
@@ -21,7 +21,9 @@ import ml_collections
 import numpy as np
 import scipy.stats
 
+from stylex_jax.data import measure
 from stylex_jax.evaluate import metrics
+from stylex_jax.models import inception
 
 
 def knee_oracle_metrics(real: np.ndarray, fake: np.ndarray) -> dict[str, float]:
@@ -30,7 +32,6 @@ def knee_oracle_metrics(real: np.ndarray, fake: np.ndarray) -> dict[str, float]:
   joint_found_rate: share of fakes where `measure_knee` finds a joint space; jsw_wasserstein: 1-D Wasserstein
   distance (px) between the joint-space widths of reals and fakes (NaN when fewer than 2 fakes have a joint).
   """
-  from stylex_jax.data import measure
   r = measure.measure_knee_batch(real)
   f = measure.measure_knee_batch(fake)
   rw = r['joint_space_width'][r['joint_found'] > 0]
@@ -47,10 +48,13 @@ def knee_oracle_metrics(real: np.ndarray, fake: np.ndarray) -> dict[str, float]:
 class RealismEvaluator:
   """Computes realism metrics of a generator against `num_images` real images of `data`.
 
-  Call with `generate(z [B, z_dim]) -> images [B, H, W, C] in [-1, 1]` and a key; returns a dict of floats.
+  features: images [B, H, W, C] in [-1, 1] -> features [B, F] (numpy) for `fid_classifier` / `kid_classifier`,
+  or None to skip them. Call with `generate(z [B, z_dim]) -> images [B, H, W, C] in [-1, 1]` and a key; returns
+  a dict of floats.
   """
 
-  def __init__(self, config: ml_collections.ConfigDict, workdir: str, data, num_images: int = 256):
+  def __init__(self, config: ml_collections.ConfigDict, data, num_images: int = 256,
+               features: Callable[[np.ndarray], np.ndarray] | None = None):
     self.num_images = int(num_images)
     self.batch = data.local_batch_size
     self.z_dim = config.gan.generator.get('z_dim', 512)
@@ -58,22 +62,12 @@ class RealismEvaluator:
     self.is_knee = config.data.dataset == 'synthetic_knee' and config.data.image_size >= 32
     self._real = None
     self._data = data
-    self._features = None
+    self._features = features if self.num_images > 0 else None
     self._inception = None
     weights = config.gan.get('inception_weights', '')
     if weights and self.num_images > 0:
-      from stylex_jax.models import inception
       self._inception = inception.inception_feature_fn(weights)
     self._real_stats = None
-    if os.path.isdir(os.path.join(workdir, 'classifier', 'checkpoints')) and self.num_images > 0:
-      from stylex_jax.train import classifier as classifier_stage
-      try:
-        model, variables = classifier_stage.load_classifier(config, workdir)
-      except (FileNotFoundError, ValueError):
-        model = None
-      if model is not None:
-        apply = jax.jit(lambda x: model.apply(variables, x, train=False, return_features=True)[1])
-        self._features = lambda x: np.asarray(apply(jnp.asarray(x)), np.float64)
 
   def _reals(self) -> np.ndarray:
     if self._real is None:

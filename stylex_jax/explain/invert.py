@@ -325,28 +325,6 @@ class Inverter:
       result['ids'] = np.asarray(ids)
     return result
 
-  # ------------------------------------------------------------------ from a workdir
-  @classmethod
-  def from_workdir(cls, config: ml_collections.ConfigDict, workdir: str, mesh=None,
-                   invert_config: ml_collections.ConfigDict | None = None) -> 'Inverter':
-    """G_ema, the classifier and (when its checkpoint exists) the encoder of `workdir`; `config.invert` options
-    unless `invert_config` is given. Missing G or classifier -> FileNotFoundError naming the stage to run."""
-    from stylex_jax.train import classifier as classifier_stage
-    from stylex_jax.train import encoder as encoder_stage
-    from stylex_jax.train import gan
-    mesh = mesh or sharding.make_mesh(config.num_devices or None)
-    models, g_ema, g_stats = gan.load_generator(config, workdir, mesh)
-    model, variables = classifier_stage.load_classifier(config, workdir, mesh)
-    invert_config = invert_config or config.invert
-    enc = enc_params = None
-    if invert_config.start == 'encoder':
-      try:
-        enc, enc_params = encoder_stage.load_encoder(config, workdir, mesh)
-      except FileNotFoundError:
-        pass
-    return cls(models.generator, g_ema, g_stats, model, variables, invert_config, encoder=enc,
-               encoder_params=enc_params, mesh=mesh)
-
 
 def summarize(result: dict) -> dict:
   """Held-out metrics of an inversion result: means of ssim, psnr, mse, prob_delta (mean |Δp|), w_distance and

@@ -1,35 +1,30 @@
-"""The `gan` stage: StyleGAN2 trained as NVIDIA trains it, sharded over the 'data' mesh axis.
+"""Training math of StyleGAN2 as NVIDIA trains it, sharded over the 'data' mesh axis (the `gan` stage's steps).
 
 One iteration = G main step, G path-length step (every `pl_interval`), D main step, D R1 step (every
 `r1_interval`) — four undecorated pure functions, jitted at the call site with donation and shardings, chosen
 by step count (lazy regularisation with the Adam correction). ADA augments every image D sees and adapts its
 strength p from E[sign(D(real))]. G_ema follows G with a half-life in kimg and a ramp-up.
 
-Outputs in `<workdir>/gan/`: `checkpoints/` (step, params, G_ema, both optimiser states, w_avg, ADA p and
-its accumulators, pl_mean; the data position is the step), `metrics.jsonl` (losses, R1, path-length penalty,
-ADA p, r_t, kimg, images/s; realism metrics at eval steps), `samples/` (G_ema grids at fixed latents) and
-`summary.json`.
+`GanState` holds everything a resume needs (step, params, G_ema, both optimiser states, w_avg, ADA p and its
+accumulators, pl_mean; the data position is the step). The loop, checkpoints and outputs are
+`stages/gan.py`'s.
 """
 from __future__ import annotations
 
 import functools
-import os
-import time
 from typing import Any
 
 import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import optax
 
-from stylex_jax import checkpointing, sharding, writers
+from stylex_jax import sharding
 from stylex_jax.models import layers, stylegan2
 from stylex_jax.train import augment as augment_lib
-from stylex_jax.train import losses, stages
+from stylex_jax.train import losses
 
-STAGE = 'gan'
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 
 
@@ -84,11 +79,17 @@ def r1_gamma(config: ml_collections.ConfigDict) -> float:
   return losses.r1_gamma_auto(config.data.image_size, config.gan.batch_size) if g < 0 else float(g)
 
 
+def build_generator(config: ml_collections.ConfigDict) -> stylegan2.Generator:
+  """The Generator of `config.gan.generator` for `config.data`'s resolution and channels."""
+  return stylegan2.Generator(**dict(config.gan.generator), resolution=config.data.image_size,
+                             channels=config.data.channels, dtype=DTYPES[config.gan.compute_dtype])
+
+
 def build_models(config: ml_collections.ConfigDict, mesh=None) -> Models:
+  """G, D, their lazy-regularisation Adam optimisers and the ADA config of `config.gan`."""
   gc = config.gan
   dtype = DTYPES[gc.compute_dtype]
-  generator = stylegan2.Generator(**dict(gc.generator), resolution=config.data.image_size,
-                                  channels=config.data.channels, dtype=dtype)
+  generator = build_generator(config)
   discriminator = stylegan2.Discriminator(**dict(gc.discriminator), resolution=config.data.image_size,
                                           channels=config.data.channels, dtype=dtype)
 
@@ -248,19 +249,6 @@ def generate(models: Models, g_ema, g_stats, z: jax.Array, truncation_psi: float
   return jnp.clip(g.apply({'params': g_ema}, ws, method='synthesis', noise_mode=noise_mode), -1.0, 1.0)
 
 
-def config_fingerprint(config: ml_collections.ConfigDict) -> dict:
-  """The effective G/D fields that fix the checkpoint's arrays and their meaning (defaults included, so a
-  config that spells out a default matches one that omits it); compute-only fields (fused_modconv, dtype,
-  conv_clamp, mbstd group size) may change between runs."""
-  models = build_models(config)
-  g, d = models.generator, models.discriminator
-  return dict(
-      generator={k: getattr(g, k) for k in ('z_dim', 'c_dim', 'w_dim', 'resolution', 'channels', 'mapping_layers',
-                                            'channel_base', 'channel_max', 'mapping_lr_multiplier')},
-      discriminator={k: getattr(d, k) for k in ('c_dim', 'channel_base', 'channel_max', 'mbstd_num_features',
-                                                'mapping_layers')})
-
-
 REG_CONVOLUTIONS = ('auto', 'native', 'im2col')
 
 
@@ -316,143 +304,3 @@ class StepFunctions:
     if self.d_reg is not None and step % self.r1_interval == 0:
       state, m = self.d_reg(state, reals, key); metrics.update(m)
     return state, metrics
-
-
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
-                       max_steps_this_run: int | None = None) -> dict:
-  """Trains (or resumes) the GAN in `<workdir>/gan/`; a finished stage is not retrained. Returns its summary."""
-  from stylex_jax.data import pipeline as pipeline_lib  # TF lives in data/; imported only when training
-  from stylex_jax.evaluate import realism
-
-  gc = config.gan
-  mesh = sharding.make_mesh(config.num_devices or None)
-  check_config(config, mesh)
-  stage = stages.open_stage(STAGE, workdir, gc, config_fingerprint(config))
-  if stage.completed is not None:
-    return stage.completed
-  stage_dir, summary_path, ckpt = stage.directory, stage.summary_path, stage.ckpt
-
-  data = pipeline_lib.Pipeline(config.data, config.data.train_split, global_batch_size=gc.batch_size,
-                               seed=config.seed, train=True)
-  if data.image_shape != (config.data.image_size, config.data.image_size, config.data.channels):
-    raise ValueError(f'the data gives images of shape {data.image_shape} but the GAN is configured for '
-                     f'{(config.data.image_size, config.data.image_size, config.data.channels)}; set '
-                     f'--config.data.channels={data.image_shape[-1]}')
-  models = build_models(config, mesh)
-  rep = sharding.replicated(mesh)
-  init_fn = jax.jit(functools.partial(create_state, models, initial_p=gc.augment_p), out_shardings=rep)
-  key = jax.random.key(config.seed)
-  init_key, train_key, sample_key = jax.random.split(jax.random.fold_in(key, 1), 3)
-  state = stage.restore_or_init(init_fn, init_key, rep)
-
-  steps = StepFunctions(config, models, mesh)
-  gen_fn = jax.jit(functools.partial(generate, models, noise_mode='const'), out_shardings=rep)
-  sample_z = jax.random.normal(sample_key, (gc.num_samples, models.generator.z_dim), jnp.float32)
-  evaluator = realism.RealismEvaluator(config, workdir, data, num_images=gc.eval_images)
-
-  writer = writers.MetricWriter(stage_dir)
-  checkpointing.install_preemption_handler()
-  start = int(state.step)
-  stop = gc.num_steps if max_steps_this_run is None else min(gc.num_steps, start + max_steps_this_run)
-  progress = writers.Progress(gc.num_steps, start, gc.batch_size, every=gc.log_every, name=STAGE)
-  t_log, n_log, last_eval = time.perf_counter(), 0, {}
-  for step, batch in zip(range(start + 1, stop + 1), data.iterate(start)):
-    reals = sharding.shard_batch({'image': batch['image']}, mesh)['image']
-    state, metrics = steps.iteration(state, reals, train_key, step)
-    n_log += 1
-    if step % gc.log_every == 0 or step == stop:
-      scalars = {k: float(v) for k, v in jax.device_get(metrics).items()}
-      dt = time.perf_counter() - t_log
-      scalars.update(ada_p=float(state.ada_p), pl_mean=float(state.pl_mean), kimg=step * gc.batch_size / 1000,
-                     images_per_sec=n_log * gc.batch_size / dt)
-      writer.write_scalars(step, scalars)
-      progress.update(step, dict(g=scalars['g_loss'], d=scalars['d_loss'], p=scalars['ada_p']))
-      t_log, n_log = time.perf_counter(), 0
-    if step % gc.sample_every == 0 or step == stop:
-      writer.write_images(step, {'samples': np.asarray(gen_fn(state.g_ema, state.g_stats, sample_z))})
-    if step % gc.eval_every == 0 or step == gc.num_steps:
-      last_eval = evaluator(lambda z: gen_fn(state.g_ema, state.g_stats, z), jax.random.fold_in(key, 7))
-      writer.write_scalars(step, last_eval)
-    if stage.save(step, state, last=step == stop):
-      break
-  ckpt.wait_until_finished()
-  step = int(state.step)
-  writer.close()
-  ckpt.close()
-  if step < gc.num_steps:
-    return dict(stage=STAGE, step=step, complete=False)
-  summary = dict(stage=STAGE, step=step, kimg=step * gc.batch_size / 1000, ada_p=float(state.ada_p),
-                 **last_eval, checkpoints=ckpt.directory, metrics=os.path.join(stage_dir, 'metrics.jsonl'),
-                 samples=os.path.join(stage_dir, 'samples'))
-  summary = writers.write_json(summary_path, summary)
-  print(f'[gan] done at step {step} ({summary["kimg"]:.1f} kimg): ' +
-        ' '.join(f'{k}={v:.3g}' for k, v in last_eval.items() if isinstance(v, float)) +
-        f'\n  samples: {summary["samples"]}\n  checkpoints: {ckpt.directory}\n  summary: {summary_path}')
-  return summary
-
-
-def load_generator(config: ml_collections.ConfigDict, workdir: str, mesh=None):
-  """Restores the latest G_ema from `<workdir>/gan/checkpoints`: returns (models, g_ema params, g_stats)."""
-  mesh = mesh or sharding.make_mesh(config.num_devices or None)
-  models = build_models(config, mesh)
-  abstract = jax.eval_shape(functools.partial(create_state, models), jax.random.key(0))
-  state = stages.restore_latest(STAGE, workdir, config_fingerprint(config),
-                                checkpointing.abstract_like(abstract, sharding.replicated(mesh)),
-                                'with the same --config and --workdir')
-  return models, state.g_ema, state.g_stats
-
-
-# ------------------------------------------------------------------------------------------------------------
-# Sampling from a trained generator (launch/generate.py)
-# ------------------------------------------------------------------------------------------------------------
-
-def seed_latents(seeds, z_dim: int) -> jax.Array:
-  """z [len(seeds), z_dim]: one standard-normal latent per integer seed, independent of the other seeds."""
-  return jnp.stack([jax.random.normal(jax.random.key(int(s)), (z_dim,), jnp.float32) for s in seeds])
-
-
-def images_from_seeds(models: Models, g_ema, g_stats, seeds, truncation_psi: float = 1.0,
-                      truncation_cutoff: int | None = None, batch_size: int = 32) -> np.ndarray:
-  """G_ema images [len(seeds), R, R, C] in [-1, 1] with 'const' noise: the same seed gives the same image."""
-  g = models.generator
-  fn = jax.jit(lambda z: jnp.clip(g.apply(
-      {'params': g_ema, 'stats': g_stats}, z, truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff,
-      noise_mode='const'), -1.0, 1.0))
-  z = seed_latents(seeds, g.z_dim)
-  return np.concatenate([np.asarray(fn(z[i:i + batch_size])) for i in range(0, len(z), batch_size)])
-
-
-def style_mixing_grid(models: Models, g_ema, g_stats, row_seeds, col_seeds, mix_layers,
-                      truncation_psi: float = 1.0) -> np.ndarray:
-  """Style-mixing grid [1 + rows, 1 + cols, R, R, C] in [-1, 1] (NVIDIA's layout).
-
-  Cell (0, 0) is blank (-1); row 0 holds the column seeds' images, column 0 the row seeds' images; cell
-  (i, j) is row seed i's W+ with the layers in `mix_layers` (e.g. range(0, 4) = coarse styles) taken from
-  column seed j.
-  """
-  g = models.generator
-  layers = np.asarray(sorted(set(int(i) for i in mix_layers)))
-  if layers.size == 0 or layers.min() < 0 or layers.max() >= g.num_ws:
-    raise ValueError(f'mix_layers must be in [0, {g.num_ws}) for this generator (num_ws={g.num_ws}), '
-                     f'got {list(mix_layers)}')
-  variables = {'params': g_ema, 'stats': g_stats}
-  mapping = jax.jit(lambda z: g.apply(variables, z, method='mapping', truncation_psi=truncation_psi))
-  synth = jax.jit(lambda ws: jnp.clip(g.apply({'params': g_ema}, ws, method='synthesis', noise_mode='const'),
-                                      -1.0, 1.0))
-  w_rows = mapping(seed_latents(row_seeds, g.z_dim))
-  w_cols = mapping(seed_latents(col_seeds, g.z_dim))
-  take = np.zeros(g.num_ws, bool)
-  take[layers] = True
-  mixed = jnp.where(take[None, None, :, None], w_cols[None, :], w_rows[:, None])  # [rows, cols, num_ws, w]
-  r, c = len(row_seeds), len(col_seeds)
-  cells = np.asarray(synth(mixed.reshape(r * c, *mixed.shape[2:]))).reshape(r, c, *g_shape(models))
-  grid = np.full((r + 1, c + 1, *g_shape(models)), -1.0, np.float32)
-  grid[0, 1:] = np.asarray(synth(w_cols))
-  grid[1:, 0] = np.asarray(synth(w_rows))
-  grid[1:, 1:] = cells
-  return grid
-
-
-def g_shape(models: Models) -> tuple[int, int, int]:
-  g = models.generator
-  return (g.resolution, g.resolution, g.channels)

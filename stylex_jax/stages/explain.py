@@ -25,7 +25,6 @@ Shift units: config.explain.step_size and max_shift are multiples of the latent 
 """
 from __future__ import annotations
 
-import json
 import os
 import time
 from typing import Any, Sequence
@@ -41,8 +40,9 @@ from stylex_jax.explain import direction as direction_lib
 from stylex_jax.explain import export as export_lib
 from stylex_jax.explain import gradcam as gradcam_lib
 from stylex_jax.explain import image_files
-from stylex_jax.explain import invert as invert_lib
 from stylex_jax.explain import series as series_lib
+from stylex_jax.stages import common
+from stylex_jax.stages import encoder as encoder_stage
 
 STAGE = 'explain'
 MODES = ('gradient', 'blackbox')
@@ -89,7 +89,7 @@ class Explainer:
     self.config, self.ec = config, ec
     self.mesh = mesh or sharding.make_mesh(config.num_devices or None)
     if inverter is None:
-      inverter = invert_lib.Inverter.from_workdir(config, workdir, self.mesh)
+      inverter = encoder_stage.load_inverter(workdir, config, self.mesh)
     self.inverter = inverter
     # the inverter already holds the classifier it checks reconstructions with: no second restore
     self.model, self.variables = classifier or (inverter.classifier, inverter.classifier_vars)
@@ -360,14 +360,7 @@ def _describe_target(target, class_names, ec) -> str:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Stage entry point for launch/train.py: explains config.explain.split unless a complete export of the same
   config exists (rerun with launch/explain.py to explain other images)."""
-  summary_path = os.path.join(workdir, STAGE, 'summary.json')
-  schema_path = os.path.join(workdir, STAGE, 'schema.json')
-  if os.path.exists(summary_path) and os.path.exists(schema_path):
-    with open(schema_path) as f:
-      previous = json.load(f).get('config')
-    if previous == json.loads(json.dumps(config.to_dict(), default=str)):
-      print(f'[explain] already explained with this config ({summary_path}); not recomputing. Report: '
-            f'{os.path.join(workdir, STAGE, "report.html")}')
-      with open(summary_path) as f:
-        return json.load(f)
+  stage = common.open_export_stage(STAGE, workdir, config)
+  if stage.completed is not None:
+    return stage.completed
   return run(config, workdir)

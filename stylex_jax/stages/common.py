@@ -1,17 +1,11 @@
-"""Runs the stages named in `config.stages` in order, each resumable; the one function launch/train.py calls.
-
-Stages read earlier stages' checkpoints from the same workdir (`<workdir>/<stage>/`): `classifier` (the model
-to explain), `gan` (StyleGAN2-ADA), `encoder` (image -> W+ for inversion; needs classifier and gan) and
-`explain` (inversion, directions, series, GradCAM, export and report; needs all three).
-
-Also what every training stage does the same way: `open_stage` (its folder, Checkpointer and "already complete"
-check), `Stage.restore_or_init` (resume), `Stage.save` (periodic / final / preemption checkpoints) and
-`restore_latest` (loading a finished stage's state for a later stage).
+"""What every stage does the same way: its folder `<workdir>/<name>/`, checkpointer and "already complete" check
+(`open_stage`), resume (`Stage.restore_or_init`), periodic / final / preemption checkpoints (`Stage.save`) and
+loading a finished stage's parameters for a later stage (`restore_latest`, a partial restore that never reads
+optimiser or augmentation state).
 """
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import json
 import os
 from typing import Any, Callable
@@ -20,39 +14,6 @@ import jax
 import ml_collections
 
 from stylex_jax import checkpointing
-
-# stage name -> module with `train_and_evaluate(config, workdir) -> dict`
-STAGES = {
-    'classifier': 'stylex_jax.train.classifier',
-    'gan': 'stylex_jax.train.gan',
-    'encoder': 'stylex_jax.train.encoder',
-    'explain': 'stylex_jax.explain.stage',
-}
-
-
-def parse_stages(stages: str) -> list[str]:
-  """'classifier, gan' -> ['classifier', 'gan']; unknown or repeated names -> ValueError."""
-  names = [s.strip() for s in stages.split(',') if s.strip()]
-  if not names:
-    raise ValueError(f'config.stages is empty; set e.g. --config.stages={",".join(STAGES)}')
-  unknown = [n for n in names if n not in STAGES]
-  if unknown:
-    raise ValueError(f'unknown stage(s) {unknown} in config.stages={stages!r}; available: {", ".join(STAGES)}')
-  if len(set(names)) != len(names):
-    raise ValueError(f'config.stages={stages!r} names a stage twice')
-  return names
-
-
-def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, dict]:
-  """Runs every stage of `config.stages` in order in `workdir`; returns {stage: summary}."""
-  names = parse_stages(config.stages)
-  os.makedirs(workdir, exist_ok=True)
-  results = {}
-  for name in names:
-    module = importlib.import_module(STAGES[name])
-    results[name] = module.train_and_evaluate(config, workdir)
-  return results
-
 
 def completed_summary(stage: str, ckpt, num_steps: int, summary_path: str) -> dict | None:
   """The saved summary of a stage whose latest checkpoint is at `num_steps` (so it is not retrained), else None.
@@ -71,15 +32,17 @@ def completed_summary(stage: str, ckpt, num_steps: int, summary_path: str) -> di
 
 @dataclasses.dataclass
 class Stage:
-  """A training stage's folder `<workdir>/<name>/` and its checkpointer: what every stage opens the same way.
+  """A stage's folder `<workdir>/<name>/` and (training stages) its checkpointer: what every stage opens the
+  same way.
 
-  completed: the saved summary when the stage is already trained to `num_steps` (then nothing is to be done and
-  the checkpointer is closed), else None.
+  completed: the saved summary when the stage is already complete (trained to `num_steps`, or an export of the
+  same config exists; then nothing is to be done and the checkpointer is closed), else None.
+  ckpt: None for a stage that exports instead of checkpointing (explain).
   """
   name: str
   directory: str
   summary_path: str
-  ckpt: checkpointing.Checkpointer
+  ckpt: checkpointing.Checkpointer | None
   completed: dict | None
 
   def restore_or_init(self, init_fn: Callable[[jax.Array], Any], key: jax.Array, shardings) -> Any:
@@ -113,17 +76,39 @@ def open_stage(name: str, workdir: str, stage_config: ml_collections.ConfigDict,
                completed_summary(name, ckpt, stage_config.num_steps, summary_path))
 
 
-def restore_latest(name: str, workdir: str, fingerprint: dict, abstract_state: Any, how: str) -> Any:
-  """The latest checkpoint of stage `name` in `<workdir>/<name>/checkpoints`, laid out as `abstract_state`
-  (jax.ShapeDtypeStructs with shardings). No checkpoint -> FileNotFoundError saying which stage to run.
-  how: the end of that message, how to run the stage (e.g. 'with the same --config and --workdir')."""
+def open_export_stage(name: str, workdir: str, config: ml_collections.ConfigDict) -> Stage:
+  """`<workdir>/<name>/` of a stage whose output is an export (summary.json + schema.json holding the config it
+  was made with) rather than checkpoints: complete when both exist and the schema's config equals `config`."""
+  directory = os.path.join(workdir, name)
+  summary_path = os.path.join(directory, 'summary.json')
+  schema_path = os.path.join(directory, 'schema.json')
+  completed = None
+  if os.path.exists(summary_path) and os.path.exists(schema_path):
+    with open(schema_path) as f:
+      previous = json.load(f).get('config')
+    if previous == json.loads(json.dumps(config.to_dict(), default=str)):
+      print(f'[{name}] already explained with this config ({summary_path}); not recomputing. Report: '
+            f'{os.path.join(directory, "report.html")}')
+      with open(summary_path) as f:
+        completed = json.load(f)
+  return Stage(name, directory, summary_path, None, completed)
+
+
+def restore_latest(name: str, workdir: str, fingerprint: dict, abstract_fields: dict[str, Any], how: str) -> dict:
+  """Some fields of the latest checkpoint of stage `name` (`<workdir>/<name>/checkpoints`): a partial restore of
+  what a later stage needs, e.g. {'g_ema': ..., 'g_stats': ...}, never the optimiser or augmentation state.
+
+  abstract_fields: {state field: pytree of jax.ShapeDtypeStructs with shardings (checkpointing.abstract_like)}.
+  how: the end of the missing-checkpoint message, how to run the stage (e.g. 'with the same --workdir').
+  Returns {field: restored pytree}. No checkpoint -> FileNotFoundError saying which stage to run first.
+  """
   directory = os.path.join(workdir, name, 'checkpoints')
   ckpt = checkpointing.Checkpointer(directory, config_fingerprint=fingerprint)
   try:
     if ckpt.latest_step() is None:
       raise FileNotFoundError(f'no {name} checkpoint in {directory}; run the {name} stage first '
                               f'(--config.stages={name}) {how}')
-    state, _ = ckpt.restore(abstract_state)
+    fields, _ = ckpt.restore_fields(abstract_fields)
   finally:
     ckpt.close()
-  return state
+  return fields

@@ -1,0 +1,52 @@
+"""The pipeline's stages and the one function launch/train.py calls: `run(config, workdir)`.
+
+Each stage is a module of this package with `train_and_evaluate(config, workdir) -> summary` and a
+`load_<stage>(workdir, config)` that restores only what a later stage needs:
+
+  classifier  the model to explain                        -> <workdir>/classifier/
+  gan         StyleGAN2-ADA on the same images             -> <workdir>/gan/
+  encoder     image -> W+ for inversion (needs classifier, gan)
+  explain     inversion, directions, series, GradCAM, export and report (needs all three)
+
+This package is the composition root: the only code that knows the `<workdir>/<stage>/` layout. It wires the
+training math (`train/`), the explanation pieces (`explain/`) and the metrics (`evaluate/`) to data, checkpoints
+and writers.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+
+import ml_collections
+
+# stage name -> module with `train_and_evaluate(config, workdir) -> dict`, in pipeline order
+STAGES = {
+    'classifier': 'stylex_jax.stages.classifier',
+    'gan': 'stylex_jax.stages.gan',
+    'encoder': 'stylex_jax.stages.encoder',
+    'explain': 'stylex_jax.stages.explain',
+}
+
+
+def parse_stages(stages: str) -> list[str]:
+  """'classifier, gan' -> ['classifier', 'gan']; unknown or repeated names -> ValueError."""
+  names = [s.strip() for s in stages.split(',') if s.strip()]
+  if not names:
+    raise ValueError(f'config.stages is empty; set e.g. --config.stages={",".join(STAGES)}')
+  unknown = [n for n in names if n not in STAGES]
+  if unknown:
+    raise ValueError(f'unknown stage(s) {unknown} in config.stages={stages!r}; available: {", ".join(STAGES)}')
+  if len(set(names)) != len(names):
+    raise ValueError(f'config.stages={stages!r} names a stage twice')
+  return names
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, dict]:
+  """Runs every stage of `config.stages` in order in `workdir`; returns {stage: summary}."""
+  names = parse_stages(config.stages)
+  os.makedirs(workdir, exist_ok=True)
+  results = {}
+  for name in names:
+    module = importlib.import_module(STAGES[name])
+    results[name] = module.train_and_evaluate(config, workdir)
+  return results
