@@ -1,7 +1,7 @@
 """Batch export of explanations: sharded TFRecords + schema.json, PNG strips, GIFs and one HTML report.
 
-Written without TensorFlow (the records are hand-encoded `tf.train.Example` protobufs framed with
-`writers.tfrecord_frame`), so exporting works on accelerator machines where TF is not installed.
+Written without TensorFlow (the records are `tf.train.Example` protobufs encoded and framed by
+`stylex_jax.tfrecord`), so exporting works on accelerator machines where TF is not installed.
 
 Layout of an export directory (e.g. `<workdir>/explain/`):
 
@@ -72,14 +72,13 @@ import math
 import os
 import re
 import shutil
-import struct
 import uuid
 from typing import Any, Iterator, Mapping
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from stylex_jax import writers
+from stylex_jax import tfrecord, writers
 from stylex_jax.explain import gradcam as gradcam_lib
 
 SCHEMA_FORMAT = 'stylex_jax.explanations'
@@ -138,147 +137,6 @@ def check_writable(directory) -> None:
     if e.filename and os.path.abspath(str(e.filename)) not in (path, probe):
       reason += f' ({e.filename})'
     fail(reason)
-
-
-# ---------------------------------------------------------------------------------------------
-# tf.train.Example encoding (protobuf by hand)
-# ---------------------------------------------------------------------------------------------
-
-def _ld(field: int, payload: bytes) -> bytes:
-  """Length-delimited field (wire type 2)."""
-  return writers.protobuf_varint((field << 3) | 2) + writers.protobuf_varint(len(payload)) + payload
-
-
-def _feature_bytes(values: list[bytes]) -> bytes:
-  """Feature{bytes_list=1: BytesList{value=1 (repeated bytes)}}."""
-  return _ld(1, b''.join(_ld(1, v) for v in values))
-
-
-def _feature_floats(values: np.ndarray) -> bytes:
-  """Feature{float_list=2: FloatList{value=1 (packed little-endian float32)}}."""
-  return _ld(2, _ld(1, np.ascontiguousarray(values, dtype='<f4').tobytes()))
-
-
-def _feature_int64(values) -> bytes:
-  """Feature{int64_list=3: Int64List{value=1 (packed varints)}}."""
-  return _ld(3, _ld(1, b''.join(writers.protobuf_varint(int(v)) for v in values)))
-
-
-def encode_example(features: Mapping[str, bytes]) -> bytes:
-  """Example{features=1: Features{feature=1: map<string, Feature>}} from key -> encoded Feature bytes."""
-  entries = b''.join(_ld(1, _ld(1, k.encode()) + _ld(2, v)) for k, v in features.items())
-  return _ld(1, entries)
-
-
-# ---------------------------------------------------------------------------------------------
-# Decoding (no TensorFlow)
-# ---------------------------------------------------------------------------------------------
-
-def _read_varint(buf, pos: int) -> tuple[int, int]:
-  result = shift = 0
-  while True:
-    if pos >= len(buf):
-      raise ValueError('truncated varint')
-    b = buf[pos]
-    pos += 1
-    result |= (b & 0x7F) << shift
-    if not b & 0x80:
-      return result, pos
-    shift += 7
-    if shift >= 70:
-      raise ValueError('malformed varint')
-
-
-def _fields(buf) -> Iterator[tuple[int, int, Any]]:
-  """(field number, wire type, value) of a serialized message; value: int (varint) or memoryview."""
-  buf = memoryview(buf)
-  pos, n = 0, len(buf)
-  while pos < n:
-    key, pos = _read_varint(buf, pos)
-    field, wire = key >> 3, key & 7
-    if wire == 0:
-      value, pos = _read_varint(buf, pos)
-    elif wire == 1:
-      value, pos = buf[pos:pos + 8], pos + 8
-    elif wire == 2:
-      length, pos = _read_varint(buf, pos)
-      value, pos = buf[pos:pos + length], pos + length
-    elif wire == 5:
-      value, pos = buf[pos:pos + 4], pos + 4
-    else:
-      raise ValueError(f'unsupported protobuf wire type {wire}')
-    if pos > n:
-      raise ValueError('truncated protobuf message')
-    yield field, wire, value
-
-
-def _decode_feature(buf) -> tuple[str, Any]:
-  for kind, _, lst in _fields(buf):
-    if kind == 1:
-      return 'bytes', [bytes(v) for f, w, v in _fields(lst) if f == 1]
-    if kind == 2:
-      parts = []
-      for f, w, v in _fields(lst):
-        if f == 1:
-          parts.append(np.frombuffer(v, '<f4'))
-      return 'float', (np.concatenate(parts) if parts else np.zeros(0, '<f4')).astype(np.float32)
-    if kind == 3:
-      values = []
-      for f, w, v in _fields(lst):
-        if f != 1:
-          continue
-        if w == 0:
-          values.append(v)
-        else:
-          pos = 0
-          while pos < len(v):
-            x, pos = _read_varint(v, pos)
-            values.append(x)
-      return 'int64', np.asarray([x - (1 << 64) if x >= 1 << 63 else x for x in values], np.int64)
-  return 'empty', None
-
-
-def decode_example(payload: bytes) -> dict[str, tuple[str, Any]]:
-  """Serialized tf.train.Example -> {key: (kind, values)} with kind in bytes/float/int64 (raw, not reshaped)."""
-  out = {}
-  for f, _, features in _fields(payload):
-    if f != 1:
-      continue
-    for g, _, entry in _fields(features):
-      if g != 1:
-        continue
-      key, value = None, b''
-      for h, _, v in _fields(entry):
-        if h == 1:
-          key = bytes(v).decode()
-        elif h == 2:
-          value = v
-      if key is not None:
-        out[key] = _decode_feature(value)
-  return out
-
-
-def iter_tfrecord(path: str) -> Iterator[bytes]:
-  """Payloads of a TFRecord file; verifies both masked CRC32Cs. Corruption -> ValueError naming file and offset."""
-  with open(path, 'rb') as f:
-    offset = 0
-    while True:
-      header = f.read(12)
-      if not header:
-        return
-      if len(header) < 12:
-        raise ValueError(f'{path}: truncated record header at byte {offset}; the file is incomplete')
-      length, length_crc = struct.unpack('<QI', header)
-      if writers.masked_crc32c(header[:8]) != length_crc:
-        raise ValueError(f'{path}: corrupt record length at byte {offset} (CRC mismatch)')
-      payload = f.read(length)
-      crc = f.read(4)
-      if len(payload) < length or len(crc) < 4:
-        raise ValueError(f'{path}: truncated record at byte {offset}; the file is incomplete')
-      if writers.masked_crc32c(payload) != struct.unpack('<I', crc)[0]:
-        raise ValueError(f'{path}: corrupt record data at byte {offset} (CRC mismatch)')
-      yield payload
-      offset += 16 + length
 
 
 def _find_schema(path: str) -> str:
@@ -354,8 +212,8 @@ def read_explanations(path_or_dir, *, decode_images: bool = True) -> Iterator[di
   shapes = {'alphas': (s,), 'probs': (s, k), 'original_probs': (k,),
             'latent': (int(schema['num_ws']), int(schema['w_dim']))}
   for file in files:
-    for payload in iter_tfrecord(file):
-      raw = decode_example(payload)
+    for payload in tfrecord.read_records(file):
+      raw = tfrecord.decode_example(payload)
       missing = [key for key in FEATURE_KEYS if key not in raw]
       if missing:
         raise ValueError(f'{file}: a record lacks feature(s) {missing}; not an explanation record')
@@ -702,7 +560,7 @@ class ExplanationWriter:
       index = len(self._shard_counts)
       self._shard_file = open(os.path.join(self._staging, SHARD_DIR, f'.shard-{index:05d}.tmp'), 'wb')
       self._shard_counts.append(0)
-    self._shard_file.write(writers.tfrecord_frame(payload))
+    self._shard_file.write(tfrecord.frame_record(payload))
     self._shard_counts[-1] += 1
     shard = len(self._shard_counts) - 1
     if self._shard_counts[-1] >= self.examples_per_shard:
@@ -741,18 +599,18 @@ class ExplanationWriter:
     pngs = {'image': _png(image_u8), 'reconstruction': _png(recon_u8), 'gradcam': _png(heat_u8)}
     series_pngs = [_png(f) for f in series_u8]
     features = {
-      'id': _feature_bytes([id_.encode('utf-8')]),
-      'image': _feature_bytes([pngs['image']]),
-      'reconstruction': _feature_bytes([pngs['reconstruction']]),
-      'series': _feature_bytes(series_pngs),
-      'alphas': _feature_floats(alphas),
-      'probs': _feature_floats(probs.reshape(-1)),
-      'original_probs': _feature_floats(x['original_probs'][i]),
-      'latent': _feature_floats(x['latent'][i].reshape(-1)),
-      'gradcam': _feature_bytes([pngs['gradcam']]),
-      'label': _feature_int64([label]),
+      'id': tfrecord.bytes_feature([id_.encode('utf-8')]),
+      'image': tfrecord.bytes_feature([pngs['image']]),
+      'reconstruction': tfrecord.bytes_feature([pngs['reconstruction']]),
+      'series': tfrecord.bytes_feature(series_pngs),
+      'alphas': tfrecord.float_feature(alphas),
+      'probs': tfrecord.float_feature(probs.reshape(-1)),
+      'original_probs': tfrecord.float_feature(x['original_probs'][i]),
+      'latent': tfrecord.float_feature(x['latent'][i].reshape(-1)),
+      'gradcam': tfrecord.bytes_feature([pngs['gradcam']]),
+      'label': tfrecord.int64_feature([label]),
     }
-    shard = self._write_record(encode_example(features))
+    shard = self._write_record(tfrecord.encode_example(features))
 
     if 'target' in x:
       target = int(x['target'][i])
