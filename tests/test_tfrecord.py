@@ -149,7 +149,7 @@ def test_tensorflow_rejects_corrupted_record(tmp_path):
     list(tf.data.TFRecordDataset(path))
 
 
-def test_codec_imports_without_tensorflow():
-  code = ('import sys; import stylex_jax.tfrecord; '
+def test_codec_and_report_import_without_tensorflow():
+  code = ('import sys; import stylex_jax.tfrecord, stylex_jax.explain.report; '
           'assert "tensorflow" not in sys.modules, sorted(m for m in sys.modules if "tensorflow" in m)')
   subprocess.run([sys.executable, '-c', code], check=True, cwd=os.path.dirname(os.path.dirname(__file__)))
