@@ -6,9 +6,8 @@
   "confusion": [[5, 1], [0, 6]]}``.  Non-finite numbers (NaN, +-Inf) are written as ``null`` so every
   line parses with any JSON reader (TensorBoard keeps the true non-finite value).
 * ``tensorboard/events.out.tfevents.*``: TensorBoard event files written without TensorFlow or
-  the tensorboard package: a TFRecord stream (little-endian uint64 length, masked CRC32C of the
-  length, payload, masked CRC32C of the payload) of hand-encoded ``tensorflow.Event`` protobufs
-  (scalars as ``simple_value``, images as PNG ``Summary.Image``).
+  the tensorboard package: a TFRecord stream of ``tensorflow.Event`` protobufs (scalars as
+  ``simple_value``, images as PNG ``Summary.Image``), encoded and framed by ``stylex_jax.tfrecord``.
 * ``samples/<name>_<step:08d>.png``: image grids.
 
 Only the chief process (``jax.process_index() == 0``) writes; the others validate and do nothing.
@@ -17,7 +16,6 @@ and a console ``Progress`` line for training loops.
 """
 from __future__ import annotations
 
-import functools
 import io
 import json
 import logging
@@ -25,7 +23,6 @@ import math
 import os
 import re
 import socket
-import struct
 import sys
 import time
 import uuid
@@ -35,152 +32,11 @@ import jax
 import numpy as np
 from PIL import Image
 
+from stylex_jax import tfrecord
+
 _log = logging.getLogger(__name__)
 
 _MAX_LIST_ELEMENTS = 65536  # larger arrays belong in an image or a separate file, not in metrics.jsonl
-
-# ---------------------------------------------------------------------------------------------
-# CRC32C (Castagnoli), for TFRecord framing
-# ---------------------------------------------------------------------------------------------
-
-_CRC32C_POLY = 0x82F63B78  # reflected 0x1EDC6F41
-
-
-def _make_crc_table() -> list[int]:
-    table = []
-    for i in range(256):
-        c = i
-        for _ in range(8):
-            c = (c >> 1) ^ (_CRC32C_POLY if c & 1 else 0)
-        table.append(c)
-    return table
-
-
-_CRC_TABLE = _make_crc_table()
-_CRC_TABLE_NP = np.asarray(_CRC_TABLE, dtype=np.uint32)
-_CHUNK = 1024            # bytes per chunk in the vectorised path
-_VECTOR_THRESHOLD = 16384
-
-
-def _crc_update_scalar(register: int, data: bytes | memoryview) -> int:
-    table = _CRC_TABLE
-    for b in data:
-        register = table[(register ^ b) & 0xFF] ^ (register >> 8)
-    return register
-
-
-@functools.lru_cache(maxsize=4)
-def _advance_tables(length: int) -> np.ndarray:
-    """[4, 256] uint32 tables of the linear map "run the raw register through ``length`` zero bytes"."""
-    basis = (np.uint32(1) << np.arange(32, dtype=np.uint32)).astype(np.uint32)
-    for _ in range(length):
-        basis = _CRC_TABLE_NP[basis & 0xFF] ^ (basis >> np.uint32(8))
-    bits = ((np.arange(256)[:, None] >> np.arange(8)[None, :]) & 1).astype(bool)  # [256, 8]
-    tables = np.zeros((4, 256), np.uint32)
-    for k in range(4):
-        images = basis[8 * k: 8 * k + 8]
-        tables[k] = np.bitwise_xor.reduce(np.where(bits, images[None, :], np.uint32(0)), axis=1)
-    return tables
-
-
-def crc32c(data: bytes, value: int = 0) -> int:
-    """CRC-32C (Castagnoli) of ``data``, continuing from a previous ``value`` (0 for a fresh CRC).
-
-    Table-driven; inputs >= 16 KiB are split into 1 KiB chunks whose raw CRC registers are
-    computed in parallel with numpy and combined with the linear "advance by 1 KiB of zeros" map.
-    Returns an int in [0, 2**32).  ``crc32c(b'123456789') == 0xE3069283``.
-    """
-    view = memoryview(data).cast("B")
-    register = (value ^ 0xFFFFFFFF) & 0xFFFFFFFF
-    n = len(view)
-    if n < _VECTOR_THRESHOLD:
-        return _crc_update_scalar(register, view) ^ 0xFFFFFFFF
-    chunks = n // _CHUNK
-    arr = np.frombuffer(view, dtype=np.uint8, count=chunks * _CHUNK).reshape(chunks, _CHUNK).T.copy()
-    regs = np.zeros(chunks, np.uint32)  # raw register of each chunk started from 0 (linear part)
-    for row in arr:
-        regs = _CRC_TABLE_NP[(regs ^ row) & 0xFF] ^ (regs >> np.uint32(8))
-    t0, t1, t2, t3 = (t.tolist() for t in _advance_tables(_CHUNK))
-    for r in regs.tolist():
-        register = (t0[register & 0xFF] ^ t1[(register >> 8) & 0xFF] ^ t2[(register >> 16) & 0xFF]
-                    ^ t3[register >> 24] ^ r)
-    register = _crc_update_scalar(register, view[chunks * _CHUNK:])
-    return register ^ 0xFFFFFFFF
-
-
-def masked_crc32c(data: bytes) -> int:
-    """TFRecord's masked CRC: rotate right by 15 and add 0xA282EAD8 (mod 2**32)."""
-    crc = crc32c(data)
-    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
-
-
-def tfrecord_frame(payload: bytes) -> bytes:
-    """One TFRecord: uint64 length, masked CRC of the length bytes, payload, masked CRC of the payload."""
-    header = struct.pack("<Q", len(payload))
-    return header + struct.pack("<I", masked_crc32c(header)) + payload + struct.pack("<I", masked_crc32c(payload))
-
-
-# ---------------------------------------------------------------------------------------------
-# Minimal protobuf encoding of tensorflow.Event / Summary
-# ---------------------------------------------------------------------------------------------
-
-def protobuf_varint(n: int) -> bytes:
-    """Protobuf base-128 varint of an int (negative int64 as 10-byte two's complement)."""
-    if n < 0:
-        n += 1 << 64  # int64 two's complement, 10 bytes
-    out = bytearray()
-    while True:
-        byte = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
-def _key(field: int, wire_type: int) -> bytes:
-    return protobuf_varint((field << 3) | wire_type)
-
-
-def _pb_bytes(field: int, value: bytes) -> bytes:
-    return _key(field, 2) + protobuf_varint(len(value)) + value
-
-
-def _pb_int(field: int, value: int) -> bytes:
-    return _key(field, 0) + protobuf_varint(int(value))
-
-
-def _pb_double(field: int, value: float) -> bytes:
-    return _key(field, 1) + struct.pack("<d", value)
-
-
-def _pb_float(field: int, value: float) -> bytes:
-    return _key(field, 5) + struct.pack("<f", value)
-
-
-def _scalar_value(tag: str, value: float) -> bytes:
-    """Summary.Value{tag=1, simple_value=2}."""
-    return _pb_bytes(1, tag.encode()) + _pb_float(2, value)
-
-
-def _image_value(tag: str, png: bytes, height: int, width: int, channels: int) -> bytes:
-    """Summary.Value{tag=1, image=4: Image{height=1, width=2, colorspace=3, encoded_image_string=4}}."""
-    image = _pb_int(1, height) + _pb_int(2, width) + _pb_int(3, channels) + _pb_bytes(4, png)
-    return _pb_bytes(1, tag.encode()) + _pb_bytes(4, image)
-
-
-def _event(wall_time: float, step: int | None = None, *, file_version: str | None = None,
-           values: list[bytes] | None = None) -> bytes:
-    """Event{wall_time=1, step=2, file_version=3, summary=5: Summary{value=1 (repeated)}}."""
-    out = _pb_double(1, wall_time)
-    if step is not None:
-        out += _pb_int(2, step)
-    if file_version is not None:
-        out += _pb_bytes(3, file_version.encode())
-    if values is not None:
-        out += _pb_bytes(5, b"".join(_pb_bytes(1, v) for v in values))
-    return out
 
 
 class _EventFile:
@@ -195,11 +51,11 @@ class _EventFile:
                 f"{os.getpid()}.{_EventFile._counter}")
         self.path = os.path.join(logdir, name)
         self._file = open(self.path, "ab")
-        self.write(_event(time.time(), file_version="brain.Event:2"))
+        self.write(tfrecord.event(time.time(), file_version="brain.Event:2"))
         self._file.flush()
 
     def write(self, event: bytes) -> None:
-        self._file.write(tfrecord_frame(event))
+        self._file.write(tfrecord.frame_record(event))
 
     def flush(self) -> None:
         self._file.flush()
@@ -464,7 +320,8 @@ class MetricWriter:
         self._jsonl.flush()
         events = self._event_file()
         if events is not None and tb:
-            events.write(_event(time.time(), step, values=[_scalar_value(k, v) for k, v in tb.items()]))
+            values = [tfrecord.scalar_value(k, v) for k, v in tb.items()]
+            events.write(tfrecord.event(time.time(), step, values=values))
             events.flush()  # TensorBoard reads the file live
 
     def write_images(self, step: int, images: dict[str, Any]) -> list[str]:
@@ -491,10 +348,10 @@ class MetricWriter:
             path = os.path.join(self.samples_dir, f"{_safe_filename(name)}_{step:08d}.png")
             _write_atomic(path, png)
             paths.append(path)
-            values.append(_image_value(name, png, grid.shape[0], grid.shape[1], grid.shape[2]))
+            values.append(tfrecord.image_value(name, png, grid.shape[0], grid.shape[1], grid.shape[2]))
         events = self._event_file()
         if events is not None and values:
-            events.write(_event(time.time(), step, values=values))
+            events.write(tfrecord.event(time.time(), step, values=values))
             events.flush()
         return paths
 

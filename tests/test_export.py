@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from stylex_jax.explain import export
+from stylex_jax.explain import export, media
 
 H, W, C, S, K, NUM_WS, W_DIM = 16, 16, 1, 5, 3, 4, 8
 CLASSES = ['none', 'mild', 'severe <&>']
@@ -200,10 +200,10 @@ def test_report_strips_and_gifs(exported):
 def test_diff_map_colours():
     recon = np.zeros((1, 4, 1), np.float32)
     last = np.array([0.5, -0.5, 0.25, 0.0], np.float32).reshape(1, 4, 1)
-    rgb, scale = export.diff_map(last, recon)
+    rgb, scale = media.diff_map(last, recon)
     assert scale == pytest.approx(0.5)
     np.testing.assert_array_equal(rgb[0], [[255, 0, 0], [0, 0, 255], [255, 128, 128], [255, 255, 255]])
-    _, scale = export.diff_map(recon, recon)
+    _, scale = media.diff_map(recon, recon)
     assert scale == pytest.approx(1 / 127.5)  # no change: not blown up to full colour
 
 

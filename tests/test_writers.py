@@ -1,5 +1,5 @@
-"""Tests for stylex_jax.writers: CRC32C, TensorBoard event files read back with TensorFlow,
-metrics.jsonl, image grids, PNG I/O and the progress line."""
+"""Tests for stylex_jax.writers: TensorBoard event files read back with TensorFlow, metrics.jsonl,
+image grids, PNG I/O and the progress line (the CRC-32C / TFRecord codec is tested in test_tfrecord.py)."""
 import io
 import json
 import math
@@ -11,42 +11,7 @@ import pytest
 from PIL import Image
 
 from stylex_jax import writers
-from stylex_jax.writers import MetricWriter, Progress, crc32c, image_grid, read_metrics, save_png, to_uint8
-
-
-def _crc32c_bitwise(data: bytes) -> int:
-    """Independent reference: bit-at-a-time CRC-32C, no tables."""
-    crc = 0xFFFFFFFF
-    for byte in data:
-        crc ^= byte
-        for _ in range(8):
-            crc = (crc >> 1) ^ (0x82F63B78 & -(crc & 1))
-    return crc ^ 0xFFFFFFFF
-
-
-def test_crc32c_known_vectors():
-    assert crc32c(b"123456789") == 0xE3069283
-    assert crc32c(b"") == 0
-    # RFC 3720 (iSCSI) appendix B.4
-    assert crc32c(bytes(32)) == 0x8A9136AA
-    assert crc32c(b"\xff" * 32) == 0x62A8AB43
-    assert crc32c(bytes(range(32))) == 0x46DD794E
-    assert crc32c(bytes(range(31, -1, -1))) == 0x113FDB5C
-
-
-@pytest.mark.parametrize("n", [1, 7, 1000, 16383, 16384, 16385, 3 * 16384 + 1029])
-def test_crc32c_matches_bitwise_reference(n):
-    data = np.random.default_rng(n).integers(0, 256, n, dtype=np.uint8).tobytes()
-    assert crc32c(data) == _crc32c_bitwise(data)
-    # continuation: crc of a concatenation from the crc of the prefix
-    k = n // 3
-    assert crc32c(data[k:], crc32c(data[:k])) == crc32c(data)
-
-
-def test_masked_crc_definition():
-    crc = 0xE3069283
-    rotated = ((crc >> 15) | (crc << 17)) & 0xFFFFFFFF
-    assert writers.masked_crc32c(b"123456789") == (rotated + 0xA282EAD8) % 2**32
+from stylex_jax.writers import MetricWriter, Progress, image_grid, read_metrics, save_png, to_uint8
 
 
 def _tf_events(path):
@@ -81,19 +46,6 @@ def test_tensorboard_events_read_back_with_tensorflow(tmp_path):
         with open(path, "rb") as f:
             assert f.read() == img.encoded_image_string
     assert [os.path.basename(p) for p in paths] == ["fake_00000010.png", "real_rgb_00000010.png"]
-
-
-def test_tensorflow_rejects_corrupted_record(tmp_path):
-    """TFRecordDataset checks the CRCs: a flipped payload byte must be detected."""
-    tf = pytest.importorskip("tensorflow")
-    with MetricWriter(str(tmp_path), is_chief=True) as w:
-        w.write_scalars(1, {"x": 1.0})
-    path = str(tmp_path / "tensorboard" / os.listdir(tmp_path / "tensorboard")[0])
-    data = bytearray(open(path, "rb").read())
-    data[-6] ^= 0x01  # inside the last record's payload
-    open(path, "wb").write(bytes(data))
-    with pytest.raises(tf.errors.DataLossError):
-        list(tf.data.TFRecordDataset(path))
 
 
 def test_metrics_jsonl_round_trip(tmp_path):

@@ -1,7 +1,7 @@
 """Batch export of explanations: sharded TFRecords + schema.json, PNG strips, GIFs and one HTML report.
 
-Written without TensorFlow (the records are hand-encoded `tf.train.Example` protobufs framed with
-`writers.tfrecord_frame`), so exporting works on accelerator machines where TF is not installed.
+Written without TensorFlow (the records are `tf.train.Example` protobufs encoded and framed by
+`stylex_jax.tfrecord`), so exporting works on accelerator machines where TF is not installed.
 
 Layout of an export directory (e.g. `<workdir>/explain/`):
 
@@ -13,40 +13,23 @@ Layout of an export directory (e.g. `<workdir>/explain/`):
   gifs/<safe_id>.gif     the series as an endless animation with shift and p(target) under each frame
   report.html     self-contained (base64 images, inline CSS/JS, no external URL): opens offline
 
-TFRecord features (DESIGN.md "Explanation TFRecord schema"); S = series length, K = classes:
+TFRecord features: `FEATURES` below (type in the record, meaning); schema.json repeats them with the decoded
+shapes and dtypes, and `feature_spec` gives the parsing spec. Parsing with plain tf.data (copy-paste):
 
-  id              bytes          source id (utf-8)
-  image           bytes (PNG)    original, uint8 = round((x + 1) * 127.5) clipped (`writers.to_uint8`)
-  reconstruction  bytes (PNG)    G(invert(image)), same encoding
-  series          bytes_list [S] PNG each, ordered by `alphas`
-  alphas          float_list [S]       shift of each series image
-  probs           float_list [S * K]   classifier probabilities, [S, K] row-major
-  original_probs  float_list [K]       classifier probabilities on the original image
-  latent          float_list [num_ws * w_dim]  inverted latent, [num_ws, w_dim] row-major
-  gradcam         bytes (PNG)    GradCAM heatmap [H, W] of the original, 1-channel uint8 = round(255 * heat)
-  label           int64          ground-truth label, -1 when unknown
-
-Parsing with plain tf.data (no stylex_jax needed; copy-paste):
-
-  import glob, json, os, tensorflow as tf
+  import json, os, tensorflow as tf
   export = '<workdir>/explain'
   schema = json.load(open(os.path.join(export, 'schema.json')))
   spec = {k: tf.io.FixedLenFeature(v['shape'], getattr(tf, v['dtype']))
           for k, v in schema['tf_feature_spec'].items()}
   files = [os.path.join(export, f) for f in schema['shards']]
+  png = tf.io.decode_png                      # -> uint8 [H, W, C]; id, alphas, original_probs, label as parsed
   def parse(record):
     ex = tf.io.parse_single_example(record, spec)
-    S, K = schema['num_series'], schema['num_classes']
-    return {'id': ex['id'],
-            'image': tf.io.decode_png(ex['image']),                       # uint8 [H, W, C]
-            'reconstruction': tf.io.decode_png(ex['reconstruction']),
-            'series': tf.map_fn(tf.io.decode_png, ex['series'], fn_output_signature=tf.uint8),  # [S, H, W, C]
-            'alphas': ex['alphas'],                                       # float32 [S]
-            'probs': tf.reshape(ex['probs'], [S, K]),
-            'original_probs': ex['original_probs'],                       # float32 [K]
+    return {**ex, 'image': png(ex['image']), 'reconstruction': png(ex['reconstruction']),
+            'series': tf.map_fn(png, ex['series'], fn_output_signature=tf.uint8),        # [S, H, W, C]
+            'probs': tf.reshape(ex['probs'], [schema['num_series'], schema['num_classes']]),
             'latent': tf.reshape(ex['latent'], [schema['num_ws'], schema['w_dim']]),
-            'gradcam': tf.io.decode_png(ex['gradcam'])[..., 0],           # uint8 [H, W]; / 255 -> [0, 1]
-            'label': ex['label']}
+            'gradcam': png(ex['gradcam'])[..., 0]}                 # uint8 [H, W]; / 255 -> heat in [0, 1]
   ds = tf.data.TFRecordDataset(files).map(parse)
 
 Without TensorFlow: `read_explanations(export)` yields the same as numpy dicts (CRCs verified).
@@ -63,24 +46,20 @@ A complete export always has a schema.json; a directory without one holds no fin
 """
 from __future__ import annotations
 
-import base64
 import datetime
-import html
-import io
 import json
 import math
 import os
-import re
 import shutil
-import struct
 import uuid
 from typing import Any, Iterator, Mapping
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
-
-from stylex_jax import writers
+from stylex_jax import tfrecord, writers
+from stylex_jax.explain import batch as batch_lib
 from stylex_jax.explain import gradcam as gradcam_lib
+from stylex_jax.explain import media
+from stylex_jax.explain import report as report_lib
 
 SCHEMA_FORMAT = 'stylex_jax.explanations'
 SCHEMA_VERSION = 1
@@ -89,25 +68,22 @@ SHARD_PREFIX = 'explanations'
 # Everything an export owns inside its directory (moved/replaced as a unit; nothing else is touched).
 EXPORT_ENTRIES = ('schema.json', SHARD_DIR, 'strips', 'gifs', 'index.jsonl', 'report.html')
 
-FEATURE_MEANINGS = {
-  'id': 'source id (file name or TFDS key), utf-8',
-  'image': 'original image, PNG, uint8 = round((x + 1) * 127.5) clipped to [0, 255]',
-  'reconstruction': 'G(invert(image)), PNG, same encoding as image',
-  'series': 'images along the direction, one PNG each, ordered by alphas',
-  'alphas': 'shift of each series image along the direction',
-  'probs': 'classifier probabilities of each series image, [num_series, num_classes] row-major',
-  'original_probs': 'classifier probabilities on the original image',
-  'latent': 'inverted latent (W+), [num_ws, w_dim] row-major',
-  'gradcam': 'GradCAM heatmap of the original, 1-channel PNG, uint8 = round(255 * heat), heat in [0, 1]',
-  'label': 'ground-truth label where known, else -1',
+# key -> (type in the record, meaning); S = series length, K = classes (DESIGN.md "Explanation TFRecord schema").
+FEATURES = {
+  'id': ('bytes', 'source id (file name or TFDS key), utf-8'),
+  'image': ('bytes (PNG)', 'original image, PNG, uint8 = round((x + 1) * 127.5) clipped to [0, 255]'),
+  'reconstruction': ('bytes (PNG)', 'G(invert(image)), PNG, same encoding as image'),
+  'series': ('bytes_list (PNG each)', 'images along the direction, one PNG each, ordered by alphas'),
+  'alphas': ('float_list', 'shift of each series image along the direction'),
+  'probs': ('float_list', 'classifier probabilities of each series image, [num_series, num_classes] row-major'),
+  'original_probs': ('float_list', 'classifier probabilities on the original image'),
+  'latent': ('float_list', 'inverted latent (W+), [num_ws, w_dim] row-major'),
+  'gradcam': ('bytes (PNG)',
+              'GradCAM heatmap of the original, 1-channel PNG, uint8 = round(255 * heat), heat in [0, 1]'),
+  'label': ('int64', 'ground-truth label where known, else -1'),
 }
+FEATURE_MEANINGS = {key: meaning for key, (_, meaning) in FEATURES.items()}
 FEATURE_KEYS = tuple(FEATURE_MEANINGS)
-_OPTIONAL_KEYS = ('reconstruction_probs', 'metrics', 'target')
-
-_CLASS_COLOURS = ('#1f77b4', '#d62728', '#2ca02c', '#ff7f0e', '#9467bd', '#8c564b', '#e377c2', '#7f7f7f',
-                  '#bcbd22', '#17becf')
-_MIN_TILE = 128           # strip/GIF tiles are upscaled (nearest) to at least this many pixels
-_DIFF_MIN_SCALE = 1 / 127.5  # one grey level: differences below it are not blown up to full colour
 
 
 # ---------------------------------------------------------------------------------------------
@@ -138,147 +114,6 @@ def check_writable(directory) -> None:
     if e.filename and os.path.abspath(str(e.filename)) not in (path, probe):
       reason += f' ({e.filename})'
     fail(reason)
-
-
-# ---------------------------------------------------------------------------------------------
-# tf.train.Example encoding (protobuf by hand)
-# ---------------------------------------------------------------------------------------------
-
-def _ld(field: int, payload: bytes) -> bytes:
-  """Length-delimited field (wire type 2)."""
-  return writers.protobuf_varint((field << 3) | 2) + writers.protobuf_varint(len(payload)) + payload
-
-
-def _feature_bytes(values: list[bytes]) -> bytes:
-  """Feature{bytes_list=1: BytesList{value=1 (repeated bytes)}}."""
-  return _ld(1, b''.join(_ld(1, v) for v in values))
-
-
-def _feature_floats(values: np.ndarray) -> bytes:
-  """Feature{float_list=2: FloatList{value=1 (packed little-endian float32)}}."""
-  return _ld(2, _ld(1, np.ascontiguousarray(values, dtype='<f4').tobytes()))
-
-
-def _feature_int64(values) -> bytes:
-  """Feature{int64_list=3: Int64List{value=1 (packed varints)}}."""
-  return _ld(3, _ld(1, b''.join(writers.protobuf_varint(int(v)) for v in values)))
-
-
-def encode_example(features: Mapping[str, bytes]) -> bytes:
-  """Example{features=1: Features{feature=1: map<string, Feature>}} from key -> encoded Feature bytes."""
-  entries = b''.join(_ld(1, _ld(1, k.encode()) + _ld(2, v)) for k, v in features.items())
-  return _ld(1, entries)
-
-
-# ---------------------------------------------------------------------------------------------
-# Decoding (no TensorFlow)
-# ---------------------------------------------------------------------------------------------
-
-def _read_varint(buf, pos: int) -> tuple[int, int]:
-  result = shift = 0
-  while True:
-    if pos >= len(buf):
-      raise ValueError('truncated varint')
-    b = buf[pos]
-    pos += 1
-    result |= (b & 0x7F) << shift
-    if not b & 0x80:
-      return result, pos
-    shift += 7
-    if shift >= 70:
-      raise ValueError('malformed varint')
-
-
-def _fields(buf) -> Iterator[tuple[int, int, Any]]:
-  """(field number, wire type, value) of a serialized message; value: int (varint) or memoryview."""
-  buf = memoryview(buf)
-  pos, n = 0, len(buf)
-  while pos < n:
-    key, pos = _read_varint(buf, pos)
-    field, wire = key >> 3, key & 7
-    if wire == 0:
-      value, pos = _read_varint(buf, pos)
-    elif wire == 1:
-      value, pos = buf[pos:pos + 8], pos + 8
-    elif wire == 2:
-      length, pos = _read_varint(buf, pos)
-      value, pos = buf[pos:pos + length], pos + length
-    elif wire == 5:
-      value, pos = buf[pos:pos + 4], pos + 4
-    else:
-      raise ValueError(f'unsupported protobuf wire type {wire}')
-    if pos > n:
-      raise ValueError('truncated protobuf message')
-    yield field, wire, value
-
-
-def _decode_feature(buf) -> tuple[str, Any]:
-  for kind, _, lst in _fields(buf):
-    if kind == 1:
-      return 'bytes', [bytes(v) for f, w, v in _fields(lst) if f == 1]
-    if kind == 2:
-      parts = []
-      for f, w, v in _fields(lst):
-        if f == 1:
-          parts.append(np.frombuffer(v, '<f4'))
-      return 'float', (np.concatenate(parts) if parts else np.zeros(0, '<f4')).astype(np.float32)
-    if kind == 3:
-      values = []
-      for f, w, v in _fields(lst):
-        if f != 1:
-          continue
-        if w == 0:
-          values.append(v)
-        else:
-          pos = 0
-          while pos < len(v):
-            x, pos = _read_varint(v, pos)
-            values.append(x)
-      return 'int64', np.asarray([x - (1 << 64) if x >= 1 << 63 else x for x in values], np.int64)
-  return 'empty', None
-
-
-def decode_example(payload: bytes) -> dict[str, tuple[str, Any]]:
-  """Serialized tf.train.Example -> {key: (kind, values)} with kind in bytes/float/int64 (raw, not reshaped)."""
-  out = {}
-  for f, _, features in _fields(payload):
-    if f != 1:
-      continue
-    for g, _, entry in _fields(features):
-      if g != 1:
-        continue
-      key, value = None, b''
-      for h, _, v in _fields(entry):
-        if h == 1:
-          key = bytes(v).decode()
-        elif h == 2:
-          value = v
-      if key is not None:
-        out[key] = _decode_feature(value)
-  return out
-
-
-def iter_tfrecord(path: str) -> Iterator[bytes]:
-  """Payloads of a TFRecord file; verifies both masked CRC32Cs. Corruption -> ValueError naming file and offset."""
-  with open(path, 'rb') as f:
-    offset = 0
-    while True:
-      header = f.read(12)
-      if not header:
-        return
-      if len(header) < 12:
-        raise ValueError(f'{path}: truncated record header at byte {offset}; the file is incomplete')
-      length, length_crc = struct.unpack('<QI', header)
-      if writers.masked_crc32c(header[:8]) != length_crc:
-        raise ValueError(f'{path}: corrupt record length at byte {offset} (CRC mismatch)')
-      payload = f.read(length)
-      crc = f.read(4)
-      if len(payload) < length or len(crc) < 4:
-        raise ValueError(f'{path}: truncated record at byte {offset}; the file is incomplete')
-      if writers.masked_crc32c(payload) != struct.unpack('<I', crc)[0]:
-        raise ValueError(f'{path}: corrupt record data at byte {offset} (CRC mismatch)')
-      yield payload
-      offset += 16 + length
 
 
 def _find_schema(path: str) -> str:
@@ -325,13 +160,6 @@ def feature_spec(schema: Mapping | str) -> dict[str, dict]:
   return {key: {'kind': 'FixedLenFeature', 'shape': shape, 'dtype': dtype} for key, (shape, dtype) in shapes.items()}
 
 
-def decode_png(data: bytes) -> np.ndarray:
-  """PNG bytes -> uint8 [H, W, C] (grey -> C = 1), like tf.io.decode_png."""
-  with Image.open(io.BytesIO(data)) as im:
-    x = np.asarray(im)
-  return x[..., None] if x.ndim == 2 else x
-
-
 def read_explanations(path_or_dir, *, decode_images: bool = True) -> Iterator[dict[str, Any]]:
   """Reads an export back without TensorFlow, one dict per image, in the order written.
 
@@ -354,174 +182,24 @@ def read_explanations(path_or_dir, *, decode_images: bool = True) -> Iterator[di
   shapes = {'alphas': (s,), 'probs': (s, k), 'original_probs': (k,),
             'latent': (int(schema['num_ws']), int(schema['w_dim']))}
   for file in files:
-    for payload in iter_tfrecord(file):
-      raw = decode_example(payload)
+    for payload in tfrecord.read_records(file):
+      raw = tfrecord.decode_example(payload)
       missing = [key for key in FEATURE_KEYS if key not in raw]
       if missing:
         raise ValueError(f'{file}: a record lacks feature(s) {missing}; not an explanation record')
       out: dict[str, Any] = {'id': raw['id'][1][0].decode('utf-8')}
       for key in ('image', 'reconstruction', 'gradcam'):
         data = raw[key][1][0]
-        out[key] = decode_png(data) if decode_images else data
+        out[key] = media.decode_png(data) if decode_images else data
       if decode_images:
         out['gradcam'] = out['gradcam'][..., 0]
-        out['series'] = np.stack([decode_png(b) for b in raw['series'][1]])
+        out['series'] = np.stack([media.decode_png(b) for b in raw['series'][1]])
       else:
         out['series'] = list(raw['series'][1])
       for key, shape in shapes.items():
         out[key] = raw[key][1].reshape(shape)
       out['label'] = int(raw['label'][1][0])
       yield out
-
-
-# ---------------------------------------------------------------------------------------------
-# Pixels
-# ---------------------------------------------------------------------------------------------
-
-def _png(image: np.ndarray) -> bytes:
-  """uint8 [H, W] / [H, W, 1] (grey) or [H, W, 3] -> PNG bytes."""
-  x = np.ascontiguousarray(image)
-  if x.ndim == 3 and x.shape[-1] == 1:
-    x = x[..., 0]
-  buffer = io.BytesIO()
-  Image.fromarray(x).save(buffer, format='PNG')
-  return buffer.getvalue()
-
-
-def _heat_uint8(heat: np.ndarray) -> np.ndarray:
-  """Heatmap float in [0, 1] -> uint8 round(255 * heat) clipped; uint8 passes through."""
-  if heat.dtype == np.uint8:
-    return heat
-  return np.clip(np.rint(heat.astype(np.float32) * 255.0), 0, 255).astype(np.uint8)
-
-
-def _as_float_image(x: np.ndarray) -> np.ndarray:
-  """Image float (any range) or uint8 -> float32 in [-1, 1]."""
-  if x.dtype == np.uint8:
-    return x.astype(np.float32) / 127.5 - 1.0
-  return np.clip(x.astype(np.float32), -1.0, 1.0)
-
-
-def _rgb(u8: np.ndarray) -> np.ndarray:
-  """uint8 [H, W, C] with C in {1, 3, 4} -> uint8 [H, W, 3]."""
-  if u8.shape[-1] == 1:
-    return np.repeat(u8, 3, axis=-1)
-  return u8[..., :3]
-
-
-def diff_map(last: np.ndarray, reconstruction: np.ndarray) -> tuple[np.ndarray, float]:
-  """Signed difference (last frame - reconstruction) as a blue-white-red picture.
-
-  last, reconstruction: [H, W, C] float in [-1, 1] (or uint8). The channel mean d [H, W] is divided by
-  scale = max(max |d|, 1/127.5): -scale -> blue (0, 0, 255), 0 -> white, +scale -> red (255, 0, 0).
-  Returns (uint8 [H, W, 3], scale).
-  """
-  d = np.mean(_as_float_image(last) - _as_float_image(reconstruction), axis=-1)
-  scale = float(max(np.max(np.abs(d)) if d.size else 0.0, _DIFF_MIN_SCALE))
-  t = np.clip(d / scale, -1.0, 1.0)
-  neg, pos = np.clip(-t, 0, 1), np.clip(t, 0, 1)
-  rgb = np.stack([1.0 - neg, 1.0 - neg - pos, 1.0 - pos], axis=-1)
-  return np.clip(np.rint(rgb * 255.0), 0, 255).astype(np.uint8), scale
-
-
-def _font(size: int):
-  try:
-    return ImageFont.load_default(size=size)
-  except (TypeError, AttributeError, OSError):  # Pillow without FreeType: the bitmap font
-    return ImageFont.load_default()
-
-
-_FONTS: dict[int, Any] = {}
-
-
-def _get_font(size: int):
-  if size not in _FONTS:
-    _FONTS[size] = _font(size)
-  return _FONTS[size]
-
-
-def _grey_palette() -> Image.Image:
-  """GIF palette for grey images: 252 grey levels + the caption colours (no per-frame colour quantisation)."""
-  colours = [(i * 255 // 251,) * 3 for i in range(252)] + [(214, 39, 40), (235, 235, 235), (120, 120, 120),
-                                                            (0, 0, 0)]
-  palette = Image.new('P', (1, 1))
-  palette.putpalette([v for rgb in colours for v in rgb])
-  return palette
-
-
-_GREY_PALETTE = _grey_palette()
-
-
-def _upscale(rgb: np.ndarray, factor: int) -> Image.Image:
-  im = Image.fromarray(rgb)
-  if factor > 1:
-    im = im.resize((rgb.shape[1] * factor, rgb.shape[0] * factor), Image.NEAREST)
-  return im
-
-
-def _captioned(rgb: np.ndarray, factor: int, lines: list[str], bar: float | None) -> Image.Image:
-  """A tile: the upscaled image with a white caption band (two text lines and an optional p-bar) below."""
-  im = _upscale(rgb, factor)
-  w, h = im.size
-  font = _get_font(12)
-  band = 44
-  tile = Image.new('RGB', (w, h + band), 'white')
-  tile.paste(im, (0, 0))
-  draw = ImageDraw.Draw(tile)
-  for i, line in enumerate(lines[:2]):
-    draw.text((3, h + 2 + 14 * i), line, fill=(0, 0, 0), font=font)
-  if bar is not None and math.isfinite(bar):
-    y0 = h + band - 10
-    draw.rectangle([3, y0, w - 4, y0 + 6], outline=(120, 120, 120), fill=(235, 235, 235))
-    filled = 3 + int(round((w - 7) * min(max(bar, 0.0), 1.0)))
-    if filled > 3:
-      draw.rectangle([3, y0, filled, y0 + 6], fill=(214, 39, 40))
-    mid = 3 + (w - 7) // 2
-    draw.line([mid, y0 - 1, mid, y0 + 7], fill=(0, 0, 0))
-  return tile
-
-
-def _strip_image(tiles: list[Image.Image], title: str) -> Image.Image:
-  gap, head = 4, 18
-  width = sum(t.size[0] for t in tiles) + gap * (len(tiles) + 1)
-  height = max(t.size[1] for t in tiles) + head + gap
-  strip = Image.new('RGB', (width, height), 'white')
-  ImageDraw.Draw(strip).text((gap, 2), title, fill=(0, 0, 0), font=_get_font(12))
-  x = gap
-  for t in tiles:
-    strip.paste(t, (x, head))
-    x += t.size[0] + gap
-  return strip
-
-
-def _data_uri(png: bytes) -> str:
-  return 'data:image/png;base64,' + base64.b64encode(png).decode('ascii')
-
-
-def _json_for_script(obj) -> str:
-  """JSON safe inside an HTML <script> element."""
-  return (json.dumps(obj, allow_nan=False).replace('<', '\\u003c').replace('>', '\\u003e')
-          .replace('&', '\\u0026'))
-
-
-def _fmt(v) -> str:
-  if isinstance(v, (bool, np.bool_)):
-    return str(bool(v))
-  if isinstance(v, (int, np.integer)):
-    return str(int(v))
-  try:
-    f = float(v)
-  except (TypeError, ValueError):
-    return str(v)
-  return 'n/a' if not math.isfinite(f) else f'{f:.4g}'
-
-
-_IMAGE_SUFFIX = re.compile(r'\.(png|jpe?g|tiff?|bmp|gif|dcm|dicom|nii(\.gz)?)$', re.IGNORECASE)
-
-
-def _safe_stem(name: str) -> str:
-  """File-system-safe stem of an id: image suffix dropped, runs of other characters -> '_', <= 96 chars."""
-  return re.sub(r'[^A-Za-z0-9_.-]+', '_', _IMAGE_SUFFIX.sub('', name)).strip('._')[:96] or 'image'
 
 
 # ---------------------------------------------------------------------------------------------
@@ -579,9 +257,6 @@ class ExplanationWriter:
     self.report_max_images = positive_int('report_max_images', report_max_images)
     if not report_max_mib > 0:
       raise ValueError(f'report_max_mib={report_max_mib!r} must be > 0')
-    self._report_budget = int(report_max_mib * 2 ** 20)
-    self._report_rows = 0
-    self._report_full = False
     self.target_description = str(target_description)
     self.title = str(title)
     try:
@@ -598,111 +273,25 @@ class ExplanationWriter:
     for sub in (SHARD_DIR, 'strips', 'gifs'):
       os.makedirs(os.path.join(self._staging, sub))
     self._index = open(os.path.join(self._staging, 'index.jsonl'), 'w', encoding='utf-8')
-    self._rows = open(os.path.join(self._staging, '.report_rows.html'), 'w', encoding='utf-8')
+    self._report = report_lib.Report(os.path.join(self._staging, '.report_rows.html'), class_names=self.class_names,
+                                     max_images=self.report_max_images, max_bytes=int(report_max_mib * 2 ** 20))
     self._shard_file = None
     self._shard_counts: list[int] = []
     self._num_series: int | None = None
     self._metric_names: list[str] | None = None
     self._metric_values: dict[str, list[float]] = {}
-    self._used_names: set[str] = set()
+    self._names = media.UniqueStems()
     self._n = 0
     self._closed = False
 
-  # -- validation ------------------------------------------------------------------------------
-
-  def _validate(self, batch: Mapping[str, Any]) -> dict[str, Any]:
-    if not isinstance(batch, Mapping):
-      raise ValueError(f'batch must be a dict of arrays, got {type(batch).__name__}')
-    unknown = sorted(set(batch) - set(FEATURE_KEYS) - set(_OPTIONAL_KEYS))
-    if unknown:
-      raise ValueError(f'batch has unknown key(s) {unknown}; expected {list(FEATURE_KEYS)} '
-                       f'plus optional {list(_OPTIONAL_KEYS)}')
-    missing = [k for k in FEATURE_KEYS if k not in batch]
-    if missing:
-      raise ValueError(f'batch lacks key(s) {missing}')
-    ids = batch['id']
-    ids = [i.decode('utf-8') if isinstance(i, (bytes, np.bytes_)) else i for i in np.asarray(ids).tolist()] \
-        if np.ndim(ids) == 1 else None
-    if ids is None or not all(isinstance(i, str) for i in ids):
-      raise ValueError(f"batch['id'] must be a 1-D sequence of str (or bytes), got {np.shape(batch['id'])} "
-                       f"{np.asarray(batch['id']).dtype}")
-    b = len(ids)
-    if b == 0:
-      raise ValueError("batch['id'] is empty; add batches of at least one image")
-    h, w, c = self.image_shape
-    k = self.num_classes
-    s = self._num_series
-    if s is None:
-      series_shape = np.shape(batch['series'])
-      s = series_shape[1] if len(series_shape) == 5 and series_shape[1] >= 1 else -1
-    expected = {'image': (b, h, w, c), 'reconstruction': (b, h, w, c), 'series': (b, s, h, w, c),
-                'alphas': (b, s), 'probs': (b, s, k), 'original_probs': (b, k),
-                'latent': (b, self.num_ws, self.w_dim), 'gradcam': (b, h, w), 'label': (b,),
-                'reconstruction_probs': (b, k), 'target': (b,)}
-    out: dict[str, Any] = {'id': ids}
-    for key, shape in expected.items():
-      if key not in batch or batch[key] is None:
-        continue
-      x = np.asarray(batch[key])
-      if x.shape != shape:
-        want = '[' + ', '.join('S>=1' if (key in ('series', 'alphas', 'probs') and i == 1 and d == -1) else str(d)
-                               for i, d in enumerate(shape)) + ']'
-        raise ValueError(f"batch['{key}'] has shape {list(x.shape)}, expected {want} "
-                         f'(B={b}, S={"?" if s == -1 else s}, H, W, C={h, w, c}, K={k}, '
-                         f'num_ws={self.num_ws}, w_dim={self.w_dim})')
-      if key in ('label', 'target'):
-        if x.dtype.kind not in 'iu':
-          raise ValueError(f"batch['{key}'] must be integers, got dtype {x.dtype}")
-        x = x.astype(np.int64)
-        low = -1 if key == 'label' else 0
-        if x.size and (x.min() < low or x.max() >= k):
-          raise ValueError(f"batch['{key}'] must be in [{low}, {k - 1}], got values in [{x.min()}, {x.max()}]")
-      elif key in ('image', 'reconstruction', 'series', 'gradcam') and x.dtype == np.uint8:
-        pass
-      else:
-        if x.dtype.kind != 'f' and x.dtype.name != 'bfloat16':
-          allowed = 'float or uint8' if key in ('image', 'reconstruction', 'series', 'gradcam') else 'float'
-          raise ValueError(f"batch['{key}'] must be {allowed}, got dtype {x.dtype}")
-        x = x.astype(np.float32)
-        if not np.all(np.isfinite(x)):
-          bad = [ids[i] for i in np.nonzero(~np.isfinite(x.reshape(b, -1)).all(axis=1))[0][:5]]
-          raise ValueError(f"batch['{key}'] has non-finite values (NaN/Inf), e.g. for id(s) {bad}")
-        if key in ('probs', 'original_probs', 'reconstruction_probs', 'gradcam') and x.size and \
-            (x.min() < -1e-4 or x.max() > 1 + 1e-4):
-          raise ValueError(f"batch['{key}'] must be in [0, 1], got values in [{x.min():.4g}, {x.max():.4g}]")
-      out[key] = x
-    metrics = batch.get('metrics') or {}
-    if not isinstance(metrics, Mapping):
-      raise ValueError(f"batch['metrics'] must be a dict name -> [B] numbers, got {type(metrics).__name__}")
-    clean = {}
-    for name, v in metrics.items():
-      x = np.asarray(v)
-      if x.shape != (b,) or x.dtype.kind not in 'biuf':
-        raise ValueError(f"batch['metrics']['{name}'] must be [{b}] numbers, got shape {list(x.shape)} {x.dtype}")
-      clean[str(name)] = x.astype(np.float64)
-    if self._metric_names is not None and sorted(clean) != self._metric_names:
-      raise ValueError(f"batch['metrics'] has names {sorted(clean)} but earlier batches had {self._metric_names}; "
-                       'give the same metrics in every batch')
-    out['metrics'] = clean
-    return out
-
   # -- writing ---------------------------------------------------------------------------------
-
-  def _unique_name(self, id_: str) -> str:
-    stem = _safe_stem(id_)
-    name, n = stem, 1
-    while name.lower() in self._used_names:  # case-insensitive: safe on macOS/Windows file systems
-      n += 1
-      name = f'{stem}-{n}'
-    self._used_names.add(name.lower())
-    return name
 
   def _write_record(self, payload: bytes) -> int:
     if self._shard_file is None:
       index = len(self._shard_counts)
       self._shard_file = open(os.path.join(self._staging, SHARD_DIR, f'.shard-{index:05d}.tmp'), 'wb')
       self._shard_counts.append(0)
-    self._shard_file.write(writers.tfrecord_frame(payload))
+    self._shard_file.write(tfrecord.frame_record(payload))
     self._shard_counts[-1] += 1
     shard = len(self._shard_counts) - 1
     if self._shard_counts[-1] >= self.examples_per_shard:
@@ -722,7 +311,9 @@ class ExplanationWriter:
     """
     if self._closed:
       raise ValueError('ExplanationWriter is closed; create a new one')
-    x = self._validate(batch)
+    x = batch_lib.check_batch(batch, required=FEATURE_KEYS, image_shape=self.image_shape,
+                              num_classes=self.num_classes, num_ws=self.num_ws, w_dim=self.w_dim,
+                              num_series=self._num_series, metric_names=self._metric_names)
     if self._num_series is None:
       self._num_series = int(x['series'].shape[1])
       self._metric_names = sorted(x['metrics'])
@@ -735,66 +326,46 @@ class ExplanationWriter:
     image_u8 = writers.to_uint8(x['image'][i])
     recon_u8 = writers.to_uint8(x['reconstruction'][i])
     series_u8 = writers.to_uint8(x['series'][i])
-    heat_u8 = _heat_uint8(x['gradcam'][i])
+    heat_u8 = media.heat_uint8(x['gradcam'][i])
     alphas, probs = x['alphas'][i], x['probs'][i]
     label = int(x['label'][i])
-    pngs = {'image': _png(image_u8), 'reconstruction': _png(recon_u8), 'gradcam': _png(heat_u8)}
-    series_pngs = [_png(f) for f in series_u8]
+    pngs = {'image': media.png_bytes(image_u8), 'reconstruction': media.png_bytes(recon_u8),
+            'gradcam': media.png_bytes(heat_u8)}
+    series_pngs = [media.png_bytes(f) for f in series_u8]
     features = {
-      'id': _feature_bytes([id_.encode('utf-8')]),
-      'image': _feature_bytes([pngs['image']]),
-      'reconstruction': _feature_bytes([pngs['reconstruction']]),
-      'series': _feature_bytes(series_pngs),
-      'alphas': _feature_floats(alphas),
-      'probs': _feature_floats(probs.reshape(-1)),
-      'original_probs': _feature_floats(x['original_probs'][i]),
-      'latent': _feature_floats(x['latent'][i].reshape(-1)),
-      'gradcam': _feature_bytes([pngs['gradcam']]),
-      'label': _feature_int64([label]),
+      'id': tfrecord.bytes_feature([id_.encode('utf-8')]),
+      'image': tfrecord.bytes_feature([pngs['image']]),
+      'reconstruction': tfrecord.bytes_feature([pngs['reconstruction']]),
+      'series': tfrecord.bytes_feature(series_pngs),
+      'alphas': tfrecord.float_feature(alphas),
+      'probs': tfrecord.float_feature(probs.reshape(-1)),
+      'original_probs': tfrecord.float_feature(x['original_probs'][i]),
+      'latent': tfrecord.float_feature(x['latent'][i].reshape(-1)),
+      'gradcam': tfrecord.bytes_feature([pngs['gradcam']]),
+      'label': tfrecord.int64_feature([label]),
     }
-    shard = self._write_record(encode_example(features))
+    shard = self._write_record(tfrecord.encode_example(features))
 
     if 'target' in x:
       target = int(x['target'][i])
     else:
       target = int(np.argmax(probs[-1] - probs[0])) if k > 1 else 0
-    name = self._unique_name(id_)
-    image_f = _as_float_image(x['image'][i])
+    name = self._names(id_)
     heat_f = heat_u8.astype(np.float32) / 255.0 if x['gradcam'].dtype == np.uint8 else x['gradcam'][i]
-    cam_rgb = gradcam_lib.overlay(image_f, np.clip(heat_f, 0.0, 1.0))
+    cam_rgb = gradcam_lib.overlay(media.as_float_image(x['image'][i]), np.clip(heat_f, 0.0, 1.0))
     far = int(np.argmax(np.abs(x['alphas'][i])))   # the end of the series away from alpha = 0 (either side)
-    diff_rgb, diff_scale = diff_map(x['series'][i][far], x['reconstruction'][i])
+    diff_rgb, diff_scale = media.diff_map(x['series'][i][far], x['reconstruction'][i])
     recon_probs = x['reconstruction_probs'][i] if 'reconstruction_probs' in x else None
     metrics = {n: float(v[i]) for n, v in x['metrics'].items()}
     for n, v in metrics.items():
       self._metric_values[n].append(v)
     cname = self.class_names[target]
-
-    # strip + GIF
-    h, w, _ = self.image_shape
-    factor = max(1, math.ceil(_MIN_TILE / max(h, w)))
     label_text = 'unknown' if label < 0 else self.class_names[label]
-    tiles = [_captioned(_rgb(image_u8), factor, ['original', f'p={x["original_probs"][i][target]:.3f}'],
-                        float(x['original_probs'][i][target])),
-             _captioned(_rgb(recon_u8), factor,
-                        ['reconstruction', '' if recon_probs is None else f'p={recon_probs[target]:.3f}'],
-                        None if recon_probs is None else float(recon_probs[target]))]
-    frames = []
-    for j in range(series_u8.shape[0]):
-      tiles.append(_captioned(_rgb(series_u8[j]), factor, [f'shift {alphas[j]:+.2f}', f'p={probs[j, target]:.3f}'],
-                              float(probs[j, target])))
-      frames.append(_captioned(_rgb(series_u8[j]), factor,
-                               [f'shift {alphas[j]:+.2f}', f'p({cname})={probs[j, target]:.3f}'],
-                               float(probs[j, target])))
-    tiles.append(_captioned(cam_rgb, factor, ['GradCAM', ''], None))
-    tiles.append(_captioned(diff_rgb, factor, ['end - recon', f'blue/red = -/+{diff_scale:.2f}'], None))
-    strip = _strip_image(tiles, f'{id_}   label: {label_text}   p({cname}) along the series')
-    strip_path = os.path.join(self._staging, 'strips', name + '.png')
-    strip.save(strip_path, format='PNG')
-    gif_path = os.path.join(self._staging, 'gifs', name + '.gif')
-    if self.image_shape[-1] == 1:  # ~10x faster than PIL's adaptive palette per frame
-      frames = [f.quantize(palette=_GREY_PALETTE, dither=Image.Dither.NONE) for f in frames]
-    frames[0].save(gif_path, format='GIF', save_all=True, append_images=frames[1:], duration=400, loop=0)
+    media.save_strip(os.path.join(self._staging, 'strips', name + '.png'),
+                     f'{id_}   label: {label_text}   p({cname}) along the series', image_u8, recon_u8, series_u8,
+                     alphas, probs[:, target], x['original_probs'][i][target],
+                     None if recon_probs is None else recon_probs[target], cam_rgb, diff_rgb, diff_scale)
+    media.save_gif(os.path.join(self._staging, 'gifs', name + '.gif'), series_u8, alphas, probs[:, target], cname)
 
     entry = {'id': id_, 'safe_id': name, 'shard': shard, 'label': label, 'target': target,
              'original_probs': x['original_probs'][i].tolist(),
@@ -803,148 +374,9 @@ class ExplanationWriter:
              'strip': f'strips/{name}.png', 'gif': f'gifs/{name}.gif'}
     self._index.write(json.dumps(_jsonable(entry), allow_nan=False) + '\n')
 
-    if not self._report_full:
-      row = self._report_row(id_, name, label_text, target, pngs, series_pngs, alphas, probs,
-                             x['original_probs'][i], recon_probs, _png(cam_rgb), _png(diff_rgb), diff_scale, metrics)
-      self._report_budget -= len(row)
-      if self._report_rows >= self.report_max_images or (self._report_budget < 0 and self._report_rows > 0):
-        self._report_full = True  # rows stay the first N images
-      else:
-        self._rows.write(row)
-        self._report_rows += 1
+    self._report.add(id_, name, label_text, target, pngs, series_pngs, alphas, probs, x['original_probs'][i],
+                     recon_probs, cam_rgb, diff_rgb, diff_scale, metrics)
     self._n += 1
-
-  # -- report ----------------------------------------------------------------------------------
-
-  def _plot_svg(self, alphas: np.ndarray, probs: np.ndarray, target: int) -> tuple[str, list[list[float]]]:
-    """Inline SVG of p(class) vs alpha; returns (svg, [[x, y] of the target curve per frame])."""
-    width, height, left, right, top, bottom = 240, 150, 30, 8, 8, 22
-    lo, hi = float(np.min(alphas)), float(np.max(alphas))
-    if hi - lo < 1e-9:
-      lo, hi = lo - 1.0, hi + 1.0
-    sx = lambda a: left + (a - lo) / (hi - lo) * (width - left - right)
-    sy = lambda p: top + (1.0 - p) * (height - top - bottom)
-    parts = [f'<svg class="plot" width="{width}" height="{height}" viewBox="0 0 {width} {height}">',
-             f'<rect x="{left}" y="{top}" width="{width - left - right}" height="{height - top - bottom}" '
-             'fill="#fafafa" stroke="#999"/>',
-             f'<line x1="{left}" y1="{sy(0.5):.1f}" x2="{width - right}" y2="{sy(0.5):.1f}" stroke="#888" '
-             'stroke-dasharray="4 3"/>']
-    for p in (0.0, 0.5, 1.0):
-      parts.append(f'<text x="{left - 3}" y="{sy(p) + 4:.1f}" font-size="10" text-anchor="end">{p:g}</text>')
-    parts.append(f'<text x="{left}" y="{height - 6}" font-size="10">{lo:+.2f}</text>')
-    parts.append(f'<text x="{width - right}" y="{height - 6}" font-size="10" text-anchor="end">{hi:+.2f}</text>')
-    parts.append(f'<text x="{(left + width - right) / 2:.1f}" y="{height - 6}" font-size="10" '
-                 'text-anchor="middle">shift</text>')
-    if lo <= 0.0 <= hi:
-      parts.append(f'<line x1="{sx(0.0):.1f}" y1="{top}" x2="{sx(0.0):.1f}" y2="{height - bottom}" stroke="#444" '
-                   'stroke-dasharray="2 2"><title>shift 0 (the inverted image)</title></line>')
-      p0 = float(np.interp(0.0, alphas, probs[:, target])) if np.all(np.diff(alphas) > 0) else None
-      if p0 is not None:
-        parts.append(f'<rect x="{sx(0.0) - 3:.1f}" y="{sy(p0) - 3:.1f}" width="6" height="6" fill="#444"/>')
-    order = [c for c in range(self.num_classes) if c != target] + [target]
-    for c in order:
-      pts = ' '.join(f'{sx(a):.1f},{sy(p):.1f}' for a, p in zip(alphas, probs[:, c]))
-      colour = _CLASS_COLOURS[c % len(_CLASS_COLOURS)]
-      width_px = 2.5 if c == target else 1.2
-      parts.append(f'<polyline points="{pts}" fill="none" stroke="{colour}" stroke-width="{width_px}">'
-                   f'<title>p({html.escape(self.class_names[c])})</title></polyline>')
-    cur = [[round(sx(float(a)), 1), round(sy(float(p)), 1)] for a, p in zip(alphas, probs[:, target])]
-    parts.append(f'<circle class="cur" cx="{cur[0][0]}" cy="{cur[0][1]}" r="4" fill="none" stroke="#000" '
-                 'stroke-width="2"/>')
-    parts.append('</svg>')
-    return ''.join(parts), cur
-
-  def _probs_text(self, probs) -> str:
-    return ', '.join(f'{html.escape(n)} {p:.3f}' for n, p in zip(self.class_names, probs))
-
-  def _report_row(self, id_, name, label_text, target, pngs, series_pngs, alphas, probs, original_probs,
-                  recon_probs, cam_png, diff_png, diff_scale, metrics) -> str:
-    svg, cur = self._plot_svg(alphas, probs, target)
-    start = int(np.argmin(np.abs(alphas)))
-    data = {'frames': [_data_uri(p) for p in series_pngs], 'alphas': [float(a) for a in alphas],
-            'probs': [[round(float(p), 4) for p in row] for row in probs], 'cur': cur,
-            'classes': self.class_names}
-    esc = html.escape
-    recon_caption = f'reconstruction<br>{self._probs_text(recon_probs)}' if recon_probs is not None \
-        else 'reconstruction'
-    metric_text = ' · '.join(f'{esc(n)} {_fmt(v)}' for n, v in metrics.items())
-    return f"""
-<div class="row" id="{esc(name)}">
- <div class="head"><b>{esc(id_)}</b> · label: {esc(label_text)} · shown: p({esc(self.class_names[target])})
-  {(' · ' + metric_text) if metric_text else ''}
-  · <a href="strips/{esc(name)}.png">strip</a> · <a href="gifs/{esc(name)}.gif">gif</a></div>
- <div class="cells">
-  <figure><img src="{_data_uri(pngs['image'])}" alt="original"><figcaption>original<br>
-   {self._probs_text(original_probs)}</figcaption></figure>
-  <figure><img src="{_data_uri(pngs['reconstruction'])}" alt="reconstruction"><figcaption>{recon_caption}
-   </figcaption></figure>
-  <figure class="series"><img class="frame" alt="series frame" src="{data['frames'][start]}">
-   <figcaption><input class="scrub" type="range" min="0" max="{len(series_pngs) - 1}" value="{start}">
-   <div class="frameinfo"></div></figcaption></figure>
-  <figure>{svg}<figcaption>p(class) vs shift; bold: {esc(self.class_names[target])}; dashed: 0.5 and
-   shift 0</figcaption></figure>
-  <figure><img src="{_data_uri(cam_png)}" alt="GradCAM"><figcaption>GradCAM of the original</figcaption></figure>
-  <figure><img src="{_data_uri(diff_png)}" alt="difference"><figcaption>series end (largest |shift|) − reconstruction<br>
-   blue −{diff_scale:.2f} … red +{diff_scale:.2f}</figcaption></figure>
- </div>
- <script type="application/json" class="rowdata">{_json_for_script(data)}</script>
-</div>
-"""
-
-  def _write_report(self, path: str, summary: dict, metric_means: dict, rows_path: str) -> None:
-    esc = html.escape
-    legend = ' '.join(f'<span style="color:{_CLASS_COLOURS[c % len(_CLASS_COLOURS)]}">&#9632; {esc(n)}</span>'
-                      for c, n in enumerate(self.class_names))
-    summary_rows = ''.join(f'<tr><td>{esc(str(k))}</td><td>{esc(_fmt(v))}</td></tr>' for k, v in summary.items())
-    mean_rows = ''.join(f'<tr><td>mean {esc(k)}</td><td>{esc(_fmt(v))}</td></tr>' for k, v in metric_means.items())
-    shown = self._report_rows
-    more = '' if shown == self._n else (f'<p><b>Showing the first {shown} of {self._n} images</b>; all are in '
-                                        'tfrecords/, strips/ and gifs/.</p>')
-    config = esc(json.dumps(self.config, indent=1, default=str))
-    head = f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>{esc(self.title)}</title>
-<style>
-body {{ font-family: sans-serif; margin: 16px; color: #222; }}
-table {{ border-collapse: collapse; }} td {{ border: 1px solid #ccc; padding: 2px 8px; }}
-.row {{ border-top: 1px solid #bbb; padding: 8px 0; }}
-.cells {{ display: flex; flex-wrap: wrap; gap: 10px; align-items: flex-start; }}
-figure {{ margin: 0; text-align: center; font-size: 12px; max-width: 260px; }}
-figure img {{ width: 160px; height: 160px; object-fit: contain; image-rendering: pixelated; display: block;
-  margin: 0 auto; background: #000; }}
-input.scrub {{ width: 160px; }}
-</style></head><body>
-<h1>{esc(self.title)}</h1>
-<p>Target: {esc(self.target_description) or 'n/a'}<br>Classes: {legend}<br>Images: {self._n}</p>
-{more}
-<table><tr><th colspan="2">summary</th></tr>{summary_rows}{mean_rows}</table>
-<details><summary>config</summary><pre>{config}</pre></details>
-"""
-    tail = """
-<script>
-document.querySelectorAll('.row').forEach(function (row) {
-  var d = JSON.parse(row.querySelector('script.rowdata').textContent);
-  var scrub = row.querySelector('input.scrub'), img = row.querySelector('img.frame');
-  var info = row.querySelector('.frameinfo'), dot = row.querySelector('circle.cur');
-  function show(i) {
-    img.src = d.frames[i];
-    var a = d.alphas[i];
-    info.textContent = 'shift ' + (a >= 0 ? '+' : '') + a.toFixed(2) + ' | ' +
-      d.probs[i].map(function (p, c) { return d.classes[c] + ' ' + p.toFixed(3); }).join(', ');
-    dot.setAttribute('cx', d.cur[i][0]); dot.setAttribute('cy', d.cur[i][1]);
-  }
-  scrub.addEventListener('input', function () { show(+scrub.value); });
-  show(+scrub.value);
-});
-</script>
-</body></html>
-"""
-    tmp = path + '.tmp'
-    with open(tmp, 'w', encoding='utf-8') as out:
-      out.write(head)
-      with open(rows_path, encoding='utf-8') as rows:
-        shutil.copyfileobj(rows, out)
-      out.write(tail)
-    os.replace(tmp, path)
 
   # -- close / abort ---------------------------------------------------------------------------
 
@@ -965,7 +397,6 @@ document.querySelectorAll('.row').forEach(function (row) {
       self._shard_file.close()
       self._shard_file = None
     self._index.close()
-    self._rows.close()
     num_shards = len(self._shard_counts)
     shard_dir = os.path.join(self._staging, SHARD_DIR)
     shards = []
@@ -981,16 +412,13 @@ document.querySelectorAll('.row').forEach(function (row) {
                'series': ([s, h, w, c], 'uint8'), 'alphas': ([s], 'float32'), 'probs': ([s, k], 'float32'),
                'original_probs': ([k], 'float32'), 'latent': ([self.num_ws, self.w_dim], 'float32'),
                'gradcam': ([h, w], 'uint8'), 'label': ([], 'int64')}
-    kinds = {'id': 'bytes', 'image': 'bytes (PNG)', 'reconstruction': 'bytes (PNG)', 'series': 'bytes_list (PNG each)',
-             'alphas': 'float_list', 'probs': 'float_list', 'original_probs': 'float_list', 'latent': 'float_list',
-             'gradcam': 'bytes (PNG)', 'label': 'int64'}
     spec = {'num_series': s, 'num_classes': k, 'num_ws': self.num_ws, 'w_dim': self.w_dim}
     schema = {
       'format': SCHEMA_FORMAT, 'version': SCHEMA_VERSION,
       'created': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
       'num_examples': self._n, 'num_classes': k, 'class_names': self.class_names,
       'image_shape': [h, w, c], 'num_series': s, 'num_ws': self.num_ws, 'w_dim': self.w_dim,
-      'features': {key: {'type': kinds[key], 'meaning': FEATURE_MEANINGS[key],
+      'features': {key: {'type': FEATURES[key][0], 'meaning': FEATURES[key][1],
                          'decoded_shape': decoded[key][0], 'decoded_dtype': decoded[key][1]}
                    for key in FEATURE_KEYS},
       'tf_feature_spec': {key: {'shape': v['shape'], 'dtype': v['dtype']}
@@ -1003,10 +431,9 @@ document.querySelectorAll('.row').forEach(function (row) {
       'config': self.config,
     }
     writers.write_json(os.path.join(self._staging, 'schema.json'), schema, is_chief=True)
-    rows_path = os.path.join(self._staging, '.report_rows.html')
-    self._write_report(os.path.join(self._staging, 'report.html'), summary,
-                       {n: v['mean'] for n, v in metric_stats.items()}, rows_path)
-    os.remove(rows_path)
+    self._report.write(os.path.join(self._staging, 'report.html'), title=self.title,
+                       target_description=self.target_description, num_images=self._n, summary=summary,
+                       metric_means={n: v['mean'] for n, v in metric_stats.items()}, config=self.config)
     self._swap_in()
     self._closed = True
     d = self.directory
@@ -1030,9 +457,10 @@ document.querySelectorAll('.row').forEach(function (row) {
     """Drops the unfinished export (the staging directory); any previous export is left as it was."""
     if self._closed:
       return
-    for f in (self._shard_file, self._index, self._rows):
+    for f in (self._shard_file, self._index):
       if f is not None and not f.closed:
         f.close()
+    self._report.close()
     self._shard_file = None
     shutil.rmtree(self._staging, ignore_errors=True)
     self._closed = True
