@@ -1,4 +1,4 @@
-"""Importing the numpy/JAX-only modules must not pull in TensorFlow or TensorFlow Datasets (checked in a fresh process)."""
+"""Importing the numpy/JAX-only modules must not pull in TensorFlow or TFDS (checked in a fresh process)."""
 import os
 import subprocess
 import sys

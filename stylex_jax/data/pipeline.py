@@ -28,7 +28,8 @@ optional `num_classes`, which is then checked against the data):
 Reading. Datasets are prepared (if needed) with `file_format='array_record'` and read with random access
 through `builder.as_data_source(split)`. If the split, resized to S x S x C uint8, fits in
 `IN_MEMORY_CACHE_MAX_BYTES` (1 GiB; e.g. 5k phantoms, 8k KL radiographs at 256²), it is decoded and resized
-once into an in-memory uint8 cache (float32 for image folders holding 16-bit/float files) and batches are gathered from it (thousands of batches/s). Larger
+once into an in-memory uint8 cache (float32 for image folders holding 16-bit/float files) and batches are
+gathered from it (thousands of batches/s). Larger
 splits (PatchCamelyon: 262k 96² RGB tiles, 7 GB) are read per batch from the data source, decoded and
 resized on a thread pool. A dataset already prepared as TFRecords (no random access) is read once through
 tf.data into the cache if it fits, and otherwise fails with the `tfds convert_format` command to run.

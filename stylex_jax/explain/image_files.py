@@ -8,7 +8,8 @@ reader and rule (`stylex_jax.data.images`), so a radiograph is explained exactly
   * depth: 8-bit / 255 (rounded to 8-bit levels after resizing, as the training cache does); 16-bit (common
     for radiographs) and float stretched per image from [min, max] to [0, 1] (a constant image: / 65535, or
     float clipped to [0, 1]);
-  * channels: palette images become RGB; alpha is dropped (with a warning unless fully opaque); grayscale is replicated when the model takes RGB; RGB whose three channels are equal becomes
+  * channels: palette images become RGB; alpha is dropped (with a warning unless fully opaque); grayscale is
+    replicated when the model takes RGB; RGB whose three channels are equal becomes
     grayscale when the model takes one channel; true colour with a one-channel model is REJECTED (no silent
     colour -> gray: in histology the colour is the stain).
 A file that cannot be used is rejected with one line naming it and the reason, and the rest are still

@@ -15,7 +15,8 @@ other extensions are ignored.
 
 Images are read at full depth by `stylex_jax.data.images.read_image` (the reader explain/image_files.py
 uses too): 1-bit/8-bit grayscale -> uint8 C=1; 16-bit or float grayscale (common for radiographs) -> uint16 /
-float32 C=1; RGB/palette/CMYK/YCbCr -> uint8 C=3; alpha dropped (with a warning unless fully opaque); the EXIF orientation is applied. The pipeline conforms them with `images.conform_levels`
+float32 C=1; RGB/palette/CMYK/YCbCr -> uint8 C=3; alpha dropped (with a warning unless fully opaque); the
+EXIF orientation is applied. The pipeline conforms them with `images.conform_levels`
 (16-bit/float stretched per image from [min, max] to [0, 1]), so a file reaches the classifier identically
 in training and in explanation.
 Every file is decoded once when the folder is scanned, which finds the channel count and catches
@@ -96,7 +97,8 @@ def _layout_error(root: str) -> str:
 class ImageFolderSplit(Sequence):
   """One split of an `ImageFolder`: a random-access sequence of examples.
 
-  `split[i]` -> {'image': uint8 | uint16 | float32 [H, W, C] (`images.read_image`), 'label': int in [0, num_classes), 'id': str (path relative
+  `split[i]` -> {'image': uint8 | uint16 | float32 [H, W, C] (`images.read_image`), 'label': int in
+  [0, num_classes), 'id': str (path relative
   to the root)}. `labels`: int64 [len(split)].
   """
 
