@@ -11,7 +11,7 @@ import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
-import stylex_jax.data  # noqa: F401  (registers the builders)
+import stylex_jax.data.builders  # noqa: F401  (registers the builders)
 from stylex_jax.data import phantoms
 from stylex_jax.data.builders import image_folder, kl_xray, synthetic_knee
 from stylex_jax.data.builders.synthetic_histology import SyntheticHistologyConfig

@@ -12,7 +12,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from PIL import Image
 
-import stylex_jax.data  # noqa: F401
+import stylex_jax.data.builders  # noqa: F401  (registers the TFDS builders)
 from stylex_jax.data import pipeline as pipeline_lib
 from stylex_jax.data.pipeline import Pipeline
 

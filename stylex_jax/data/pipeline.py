@@ -16,6 +16,8 @@ optional `num_classes`, which is then checked against the data):
   image_size       S: every image is centre-cropped to a square (the shorter side) and resized to S x S with
                    an antialiased bilinear (triangle) filter — Pillow's BILINEAR, which for downsampling widens
                    the kernel by the scale factor like tf.image.resize(antialias=True) / jax.image.resize.
+                   Reading, intensity scaling and conforming are `stylex_jax.data.images` (shared with
+                   explain/image_files.py, so a file reaches the classifier identically in both).
   channels         1 or 3. Grayscale data with channels=3 is replicated to RGB. RGB data with channels=1 is
                    an ERROR (colour carries the stain in histology; there is no silent RGB->gray).
   label_threshold  -1 keeps the labels; t in [1, num_classes-1] gives binary labels (label >= t) with
@@ -26,7 +28,8 @@ optional `num_classes`, which is then checked against the data):
 Reading. Datasets are prepared (if needed) with `file_format='array_record'` and read with random access
 through `builder.as_data_source(split)`. If the split, resized to S x S x C uint8, fits in
 `IN_MEMORY_CACHE_MAX_BYTES` (1 GiB; e.g. 5k phantoms, 8k KL radiographs at 256²), it is decoded and resized
-once into an in-memory uint8 cache and batches are gathered from it (thousands of batches/s). Larger
+once into an in-memory uint8 cache (float32 for image folders holding 16-bit/float files) and batches are
+gathered from it (thousands of batches/s). Larger
 splits (PatchCamelyon: 262k 96² RGB tiles, 7 GB) are read per batch from the data source, decoded and
 resized on a thread pool. A dataset already prepared as TFRecords (no random access) is read once through
 tf.data into the cache if it fits, and otherwise fails with the `tfds convert_format` command to run.
@@ -61,7 +64,8 @@ from typing import Any
 
 import numpy as np
 from absl import logging
-from PIL import Image
+
+from stylex_jax.data.images import channels_error, conform_levels, resize_square, to_float  # noqa: F401  (re-exported)
 
 CONFIG_FIELDS = ('dataset', 'builder_config', 'data_dir', 'manual_dir', 'image_size', 'channels',
                  'label_threshold', 'hflip', 'train_split', 'eval_split', 'test_split')
@@ -136,52 +140,9 @@ def parse_data_config(data_config: Any) -> DataConfig:
 # ------------------------------------------------------------------------------------------------ images
 
 
-def resize_square(image: np.ndarray, size: int) -> np.ndarray:
-  """Centre-crops to a square (the shorter side) and resizes with an antialiased bilinear filter.
-
-  image: uint8 [H, W, C] -> uint8 [size, size, C] (computed in float32, rounded to the nearest level).
-  """
-  h, w, c = image.shape
-  side = min(h, w)
-  top, left = (h - side) // 2, (w - side) // 2
-  image = image[top:top + side, left:left + side]
-  if side == size:
-    return np.ascontiguousarray(image)
-  out = np.empty((size, size, c), np.uint8)
-  for k in range(c):
-    channel = Image.fromarray(np.ascontiguousarray(image[..., k], dtype=np.float32))
-    resized = np.asarray(channel.resize((size, size), Image.Resampling.BILINEAR))
-    out[..., k] = np.clip(np.rint(resized), 0, 255)
-  return out
-
-
-def _conform(image: np.ndarray, size: int, channels: int, where: str) -> np.ndarray:
-  """One decoded example image -> uint8 [size, size, channels] (see the module docstring for the rules)."""
-  image = np.asarray(image)
-  if image.ndim == 2:
-    image = image[..., None]
-  if image.ndim != 3 or image.dtype != np.uint8:
-    raise ValueError(f'{where}: expected a uint8 [H, W, C] image, got {image.dtype} {image.shape}')
-  c = image.shape[-1]
-  if c != channels:
-    if c == 1 and channels == 3:
-      image = np.repeat(image, 3, axis=-1)
-    else:
-      raise ValueError(_channels_error(where, c, channels))
-  return resize_square(image, size)
-
-
-def _channels_error(where: str, data_channels: int, channels: int) -> str:
-  if data_channels == 3 and channels == 1:
-    return (f'{where} has RGB (3-channel) images but config.data.channels=1; set --config.data.channels=3 '
-            '(RGB is not converted to grayscale silently: in histology the colour is the stain)')
-  return (f'{where} has {data_channels}-channel images; config.data.channels={channels} cannot take them '
-          f'(supported: 1 or 3 channels; grayscale may be read as 3)')
-
-
-def to_float(images: np.ndarray) -> np.ndarray:
-  """uint8 [..., C] in [0, 255] -> float32 in [-1, 1] (0 -> -1, 255 -> 1)."""
-  return images.astype(np.float32) * np.float32(2.0 / 255.0) - np.float32(1.0)
+def _to_batch_float(images: np.ndarray) -> np.ndarray:
+  """Cached/decoded images -> float32 [..., C] in [-1, 1]: uint8 levels via `to_float`; float32 are already there."""
+  return to_float(images) if images.dtype == np.uint8 else np.array(images, np.float32)
 
 
 # ----------------------------------------------------------------------------------------------- sources
@@ -196,6 +157,7 @@ class _Source:
   data_channels: int | None
   labels_fn: Callable[[], np.ndarray]   # every label of the split, in order, without decoding images
   has_ids: bool = True
+  eight_bit: bool = True   # every image is uint8 (cached as uint8 levels); else cached as float32 in [-1, 1]
 
 
 def _open_source(cfg: DataConfig, split: str, max_cache_bytes: int) -> _Source:
@@ -213,7 +175,7 @@ def _open_image_folder(cfg: DataConfig, split: str) -> _Source:
   records = folder.split(split)
   return _Source(description=f'image_folder:{folder.root}[{split}]', records=records,
                  class_names=folder.class_names, data_channels=folder.channels,
-                 labels_fn=lambda: np.asarray(records.labels))
+                 labels_fn=lambda: np.asarray(records.labels), eight_bit=folder.eight_bit)
 
 
 @contextlib.contextmanager
@@ -455,13 +417,14 @@ class Pipeline:
     self.description = source.description
     if source.data_channels is not None and source.data_channels != cfg.channels \
         and not (source.data_channels == 1 and cfg.channels == 3):
-      raise ValueError(_channels_error(f'dataset {cfg.dataset!r}', source.data_channels, cfg.channels))
+      raise ValueError(channels_error(f'dataset {cfg.dataset!r}', source.data_channels, cfg.channels))
     self._records = source.records
     self.num_examples = len(source.records)
     if self.num_examples == 0:
       raise ValueError(f'split {split!r} of {source.description} has no examples; choose another split')
     self.image_shape = (cfg.image_size, cfg.image_size, cfg.channels)
     self._has_ids = source.has_ids
+    self._dtype = np.uint8 if source.eight_bit else np.float32
 
     t = cfg.label_threshold
     names = source.class_names
@@ -485,7 +448,7 @@ class Pipeline:
     self._perm_cache: dict[int, np.ndarray] = {}
     self._perm_lock = threading.Lock()
 
-    cache_bytes = self.num_examples * int(np.prod(self.image_shape))
+    cache_bytes = self.num_examples * int(np.prod(self.image_shape)) * np.dtype(self._dtype).itemsize
     self.cached = cache_bytes <= max_cache
     if self.cached:
       self._images, labels, self._ids = self._read_all()
@@ -508,14 +471,16 @@ class Pipeline:
     return (labels >= t).astype(np.int32) if t >= 0 else labels.astype(np.int32)
 
   def _decode(self, indices: Sequence[int]) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Examples `indices` of the split -> uint8 [n, S, S, C], labels (source) int64 [n], ids."""
+    """Examples `indices` -> images [n, S, S, C] (uint8 levels, or float32 in [-1, 1] for 16-bit/float image
+    folders), labels (source) int64 [n], ids."""
     records = _read_records(self._records, indices)
     s, _, c = self.image_shape
-    images = np.empty((len(indices), s, s, c), np.uint8)
+    images = np.empty((len(indices), s, s, c), self._dtype)
     labels = np.empty((len(indices),), np.int64)
     ids = []
     for j, (i, r) in enumerate(zip(indices, records)):
-      images[j] = _conform(r['image'], s, c, f'{self.description} example {i}')
+      levels, _ = conform_levels(r['image'], s, c, f'{self.description} example {i}')
+      images[j] = levels if self._dtype == np.uint8 else to_float(levels)
       labels[j] = int(r['label'])
       raw_id = r.get('id', f'{self.split}/{i}') if self._has_ids else f'{self.split}/{i}'
       ids.append(raw_id.decode('utf-8') if isinstance(raw_id, bytes) else str(raw_id))
@@ -525,7 +490,7 @@ class Pipeline:
     indices = list(indices)
     if not indices:
       s, _, c = self.image_shape
-      return np.empty((0, s, s, c), np.uint8), np.empty((0,), np.int64), []
+      return np.empty((0, s, s, c), self._dtype), np.empty((0,), np.int64), []
     chunk = max(1, min(_READ_CHUNK, math.ceil(len(indices) / self._pool._max_workers)))  # pylint: disable=protected-access
     parts = list(self._pool.map(self._decode, [indices[k:k + chunk] for k in range(0, len(indices), chunk)]))
     return (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]),
@@ -542,7 +507,7 @@ class Pipeline:
     return self._labels
 
   def _gather(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """uint8 images, int32 labels and ids of split examples `indices`."""
+    """Images (see `_decode`), int32 labels and ids of split examples `indices`."""
     if self.cached:
       return self._images[indices], self._labels[indices], [self._ids[i] for i in indices]
     images, labels, ids = self._decode_parallel([int(i) for i in indices])
@@ -582,7 +547,7 @@ class Pipeline:
     rows = slice(self.process_index * self.local_batch_size, (self.process_index + 1) * self.local_batch_size)
     indices = self.global_indices(step)[rows]
     images, labels, _ = self._gather(indices)
-    images = to_float(images)
+    images = _to_batch_float(images)
     if self.config.hflip:
       flips = np.random.default_rng(np.random.SeedSequence([self.seed, 1, int(step)])).random(
           self.global_batch_size)[rows] < 0.5
@@ -617,7 +582,7 @@ class Pipeline:
     n, pad = len(indices), self.local_batch_size - len(indices)
     s, _, c = self.image_shape
     image = np.zeros((self.local_batch_size, s, s, c), np.float32)
-    image[:n] = to_float(images)
+    image[:n] = _to_batch_float(images)
     return {
         'image': image,
         'label': np.concatenate([labels, np.zeros([pad], np.int32)]),

@@ -41,6 +41,7 @@ import numpy as np
 import optax
 
 from stylex_jax import sharding
+from stylex_jax.data import images as images_lib
 from stylex_jax.evaluate import similarity
 from stylex_jax.explain import reconstruction
 
@@ -90,7 +91,8 @@ def check_invert_config(c: ml_collections.ConfigDict) -> None:
 
 def conform_images(images: Any, size: int, channels: int, ids=None, who: str = 'invert') -> np.ndarray:
   """images [B, H, W, C] in [-1, 1] -> float32 [B, size, size, channels] (see the module docstring for the
-  conversions and errors). ids: optional names used in error messages."""
+  conversions and errors; other sizes are centre-cropped and resized by `stylex_jax.data.images.resize_square`,
+  the training pipeline's rule). ids: optional names used in error messages."""
   x = np.asarray(images, np.float32)
   if x.ndim == 3:
     x = x[..., None] if channels == 1 and x.shape[-1] not in (1, 3) else x[None]
@@ -115,9 +117,9 @@ def conform_images(images: Any, size: int, channels: int, ids=None, who: str = '
       raise ValueError(f'{who}: images have {x.shape[-1]} channels; the generator makes {channels} (1 or 3)')
     warnings.warn(f'{who}: converted images to {channels} channel(s) for the generator', stacklevel=3)
   if x.shape[1:3] != (size, size):
-    warnings.warn(f'{who}: resized images of {x.shape[1]}x{x.shape[2]} px to the generator\'s {size}x{size}',
-                  stacklevel=3)
-    x = np.asarray(jax.image.resize(x, (x.shape[0], size, size, x.shape[-1]), 'linear', antialias=True))
+    warnings.warn(f'{who}: centre-cropped and resized images of {x.shape[1]}x{x.shape[2]} px to the generator\'s '
+                  f'{size}x{size}', stacklevel=3)
+    x = np.stack([images_lib.resize_square(image, size) for image in x])  # the pipeline's crop + resize rule
   return np.clip(x, -1.0, 1.0)
 
 

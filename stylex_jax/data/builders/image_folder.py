@@ -13,9 +13,12 @@ Class names are the sorted names of the class folders (the union over splits, so
 the same class in every split). Files may sit in nested folders below a class folder; hidden files and
 other extensions are ignored.
 
-Images are read with Pillow into uint8 `[H, W, C]`: 1-bit/8-bit grayscale -> C=1; 16-bit or float
-grayscale (common for radiographs) -> C=1, linearly rescaled per image from [min, max] to [0, 255];
-RGB/palette/CMYK/YCbCr -> C=3; alpha channels are dropped; the EXIF orientation is applied.
+Images are read at full depth by `stylex_jax.data.images.read_image` (the reader explain/image_files.py
+uses too): 1-bit/8-bit grayscale -> uint8 C=1; 16-bit or float grayscale (common for radiographs) -> uint16 /
+float32 C=1; RGB/palette/CMYK/YCbCr -> uint8 C=3; alpha dropped (with a warning unless fully opaque); the
+EXIF orientation is applied. The pipeline conforms them with `images.conform_levels`
+(16-bit/float stretched per image from [min, max] to [0, 1]), so a file reaches the classifier identically
+in training and in explanation.
 Every file is decoded once when the folder is scanned, which finds the channel count and catches
 corrupt files:
 
@@ -28,7 +31,7 @@ corrupt files:
 Scans are memoised per process, keyed by the folder listing (paths, sizes, mtimes), so the train,
 eval and test pipelines of one run decode the folder once.
 
-`read_image` is also used by the `kl_xray` TFDS builder.
+`read_image` (the 8-bit form) is used by the `kl_xray` TFDS builder.
 """
 from __future__ import annotations
 
@@ -42,50 +45,22 @@ from collections.abc import Sequence
 
 import numpy as np
 from absl import logging
-from PIL import Image, ImageOps
+
+from stylex_jax.data import images
 
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff')
 SPLIT_FOLDERS = {'train': 'train', 'validation': 'validation', 'val': 'validation', 'test': 'test'}
 
-_GRAY_MODES = ('1', 'L', 'LA', 'La')
-_HIGH_DEPTH_GRAY_MODES = ('I', 'I;16', 'I;16B', 'I;16L', 'I;16N', 'F')
-_COLOUR_MODES = ('RGB', 'RGBA', 'RGBa', 'RGBX', 'P', 'PA', 'CMYK', 'YCbCr', 'LAB', 'HSV')
-
-
-class UnreadableImageError(ValueError):
-  """A file that Pillow cannot decode into an image (corrupt, truncated, unsupported)."""
+UnreadableImageError = images.UnreadableImageError  # re-exported: kl_xray and callers catch it from here
 
 
 def read_image(path: str) -> np.ndarray:
-  """Reads one image file.
+  """Reads one image file as 8-bit (what the kl_xray builder stores): `images.to_uint8(images.read_image(path))`.
 
-  Returns: uint8 [H, W, C] with C = 1 (grayscale; 16-bit/float rescaled per image from [min, max] to
-    [0, 255]) or C = 3 (colour; alpha dropped).
+  Returns: uint8 [H, W, C], C = 1 (grayscale; 16-bit/float stretched per image, see data/images.py) or 3.
   Raises: UnreadableImageError if the file cannot be decoded.
   """
-  try:
-    with Image.open(path) as im:
-      im.load()
-      im = ImageOps.exif_transpose(im)
-      mode = im.mode
-      if mode in _GRAY_MODES:
-        array = np.asarray(im.convert('L'), dtype=np.uint8)[..., None]
-      elif mode in _HIGH_DEPTH_GRAY_MODES:
-        values = np.asarray(im).astype(np.float64)
-        lo, hi = float(values.min()), float(values.max())
-        scaled = (values - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(values)
-        array = np.clip(np.round(scaled), 0, 255).astype(np.uint8)[..., None]
-      elif mode in _COLOUR_MODES:
-        array = np.asarray(im.convert('RGB'), dtype=np.uint8)
-      else:
-        raise UnreadableImageError(f'{path}: unsupported image mode {mode!r}')
-  except UnreadableImageError:
-    raise
-  except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-    raise UnreadableImageError(f'{path}: {type(e).__name__}: {e}') from e
-  if array.ndim != 3 or array.shape[0] == 0 or array.shape[1] == 0:
-    raise UnreadableImageError(f'{path}: empty image of shape {array.shape}')
-  return np.ascontiguousarray(array)
+  return images.to_uint8(images.read_image(path))
 
 
 def _is_image_file(name: str) -> bool:
@@ -122,7 +97,8 @@ def _layout_error(root: str) -> str:
 class ImageFolderSplit(Sequence):
   """One split of an `ImageFolder`: a random-access sequence of examples.
 
-  `split[i]` -> {'image': uint8 [H, W, C], 'label': int in [0, num_classes), 'id': str (path relative
+  `split[i]` -> {'image': uint8 | uint16 | float32 [H, W, C] (`images.read_image`), 'label': int in
+  [0, num_classes), 'id': str (path relative
   to the root)}. `labels`: int64 [len(split)].
   """
 
@@ -141,7 +117,7 @@ class ImageFolderSplit(Sequence):
       return [self[i] for i in range(*index.indices(len(self)))]
     entry = self._entries[index]
     path = os.path.join(self.root, entry.relpath)
-    image = read_image(path)
+    image = images.read_image(path)   # full depth: the pipeline conforms it (data/images.py)
     if image.shape[-1] != self.channels:
       raise ValueError(f'{path} now has {image.shape[-1]} channel(s) but the folder was scanned with '
                        f'{self.channels}; the files changed while reading — rerun')
@@ -158,7 +134,8 @@ class ImageFolderSplit(Sequence):
 class ImageFolder:
   """A scanned image folder (see the module docstring for layouts, ordering and error policy).
 
-  Attributes: root, layout ('flat' | 'split'), class_names (sorted), channels (1 | 3),
+  Attributes: root, layout ('flat' | 'split'), class_names (sorted), channels (1 | 3), eight_bit (every
+  file is 8-bit; else some are 16-bit/float),
   splits (names with their example counts), num_skipped (unreadable files skipped).
   """
 
@@ -206,7 +183,8 @@ class ImageFolder:
     if not all_entries:
       raise FileNotFoundError(_layout_error(root))
 
-    channels_of, self.num_skipped = _scan(root, all_entries, num_threads)
+    scanned, self.num_skipped = _scan(root, all_entries, num_threads)
+    channels_of = {p: c for p, (c, _) in scanned.items()}
     kept = {split: [e for e in entries if e.relpath in channels_of] for split, entries in candidates.items()}
     if not any(kept.values()):
       raise FileNotFoundError(f'none of the {len(all_entries)} image files under {root!r} could be decoded; '
@@ -219,6 +197,7 @@ class ImageFolder:
       raise ValueError(f'mixed channel counts under {root!r}: {p1} has {c1} channel(s) but {p2} has {c2}; '
                        'convert all images to one format (all grayscale or all RGB) first')
     self.channels = next(iter(by_channels))
+    self.eight_bit = all(eight_bit for _, eight_bit in scanned.values())
     if self.layout == 'flat':
       kept['train'].sort(key=lambda e: hashlib.sha1(e.relpath.encode('utf-8')).hexdigest())
     self._splits = {s: ImageFolderSplit(root, entries, self.class_names, self.channels)
@@ -258,12 +237,14 @@ class ImageFolder:
     return ImageFolderSplit(self.root, entries, self.class_names, self.channels)
 
 
-def _scan(root: str, entries: Sequence[_Entry], num_threads: int | None) -> tuple[dict[str, int], int]:
-  """Decodes every file once: relpath -> channel count for the readable ones; logs and counts the rest."""
+def _scan(root: str, entries: Sequence[_Entry], num_threads: int | None
+          ) -> tuple[dict[str, tuple[int, bool]], int]:
+  """Decodes every file once: relpath -> (channel count, is 8-bit) for the readable ones; logs and counts the rest."""
 
   def probe(entry: _Entry):
     try:
-      return entry.relpath, read_image(os.path.join(root, entry.relpath)).shape[-1]
+      image = images.read_image(os.path.join(root, entry.relpath))
+      return entry.relpath, (image.shape[-1], image.dtype == np.uint8)
     except UnreadableImageError:
       return entry.relpath, None
 

@@ -6,6 +6,7 @@ ClassLabel(['normal', 'tumour']), `id` Text '<split>/<index:06d>', and one float
 `phantoms.HISTOLOGY_ATTRIBUTES` (nuclear count/size/darkness, pleomorphism, stain shift, blur,
 background fraction, spurious marker). Splits train/validation/test.
 
+    import stylex_jax.data.builders  # registers the builders
     tfds.builder('synthetic_histology/96', data_dir=...)   # PatchCamelyon-sized tiles
     tfds.builder('synthetic_histology', config=SyntheticHistologyConfig(name='custom', resolution=48))
 """

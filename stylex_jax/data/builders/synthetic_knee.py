@@ -4,7 +4,7 @@ Generated locally (no download). Every example carries the ground-truth attribut
 (joint-space width, osteophytes, sclerosis, pose, exposure, noise, flip, spurious marker), so an
 explanation can be checked against the truth.
 
-    import stylex_jax.data  # registers the builders
+    import stylex_jax.data.builders  # registers the builders
     builder = tfds.builder('synthetic_knee/64', data_dir=...)
     builder.download_and_prepare(file_format='array_record')   # random access for the pipeline
     # or a config of your own (its name is its identity in data_dir: use a new name for new parameters):
