@@ -1,8 +1,10 @@
 """stylex_jax: StyleGAN-based visual explanations of medical image classifiers, in JAX/Flax.
 
-Subpackages: `data` (phantoms, oracles, TFDS builders, input pipeline; the only place with
-TensorFlow besides `explain/export.py`), `models` (pure Flax modules), `train` (one module per
-stage), `explain`, `evaluate`; plus `sharding`, `checkpointing` and `writers`.
+Subpackages, top to bottom of the dependency rule (tests/test_layering.py): `stages` (the pipeline's stages, the
+only code that knows the workdir layout), `train` (training math), `explain` (inversion, directions, series,
+GradCAM, export, report), `evaluate` (metrics), then `models` (pure Flax modules) and `data` (phantoms, oracles,
+the image reader; TFDS builders and the input pipeline, the only TensorFlow users), with `checkpointing`,
+`sharding`, `writers` and `tfrecord`.
 """
 
-__version__ = "0.1.0"
+__version__ = '0.1.0'
