@@ -21,6 +21,7 @@ from __future__ import annotations
 from typing import Mapping
 
 import numpy as np
+import scipy.stats
 
 
 def _check_series(probs: np.ndarray, alphas: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -28,21 +29,6 @@ def _check_series(probs: np.ndarray, alphas: np.ndarray) -> tuple[np.ndarray, np
   if probs.ndim != 3 or alphas.shape != probs.shape[:2]:
     raise ValueError(f'probs must be [B, S, K] and alphas [B, S]; got {probs.shape} and {alphas.shape}')
   return probs, alphas
-
-
-def _ranks(x: np.ndarray) -> np.ndarray:
-  """Average ranks (1..n, ties share the mean rank) of a 1-D array."""
-  order = np.argsort(x, kind='mergesort')
-  sorted_x = x[order]
-  ranks = np.empty(len(x), np.float64)
-  i = 0
-  while i < len(x):
-    j = i
-    while j + 1 < len(x) and sorted_x[j + 1] == sorted_x[i]:
-      j += 1
-    ranks[order[i:j + 1]] = (i + j) / 2.0 + 1.0
-    i = j + 1
-  return ranks
 
 
 def spearman(x: np.ndarray, y: np.ndarray) -> float:
@@ -53,10 +39,9 @@ def spearman(x: np.ndarray, y: np.ndarray) -> float:
   x, y = x[ok], y[ok]
   if len(x) < 3:
     return float('nan')
-  rx, ry = _ranks(x), _ranks(y)
-  rx, ry = rx - rx.mean(), ry - ry.mean()
-  denom = np.sqrt((rx * rx).sum() * (ry * ry).sum())
-  return float((rx * ry).sum() / denom) if denom > 0 else float('nan')
+  if np.all(x == x[0]) or np.all(y == y[0]):
+    return float('nan')
+  return float(scipy.stats.spearmanr(x, y).statistic)
 
 
 def anchor_index(alphas: np.ndarray) -> np.ndarray:

@@ -13,6 +13,7 @@ empty input) are float('nan') rather than an exception, while malformed input ra
 from __future__ import annotations
 
 import numpy as np
+import scipy.stats
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -71,18 +72,6 @@ def accuracy(labels, probs) -> float:
     return float(np.mean(np.argmax(p, axis=1) == y))
 
 
-def _average_ranks(x: np.ndarray) -> np.ndarray:
-    """1-based ranks of x [N], ties sharing the average of the ranks they span."""
-    n = len(x)
-    order = np.argsort(x, kind='mergesort')
-    xs = x[order]
-    bounds = np.flatnonzero(np.r_[True, xs[1:] != xs[:-1], True])  # starts of tie groups, then n
-    group_rank = (bounds[:-1] + 1 + bounds[1:]) / 2.0
-    ranks = np.empty(n, dtype=np.float64)
-    ranks[order] = np.repeat(group_rank, np.diff(bounds))
-    return ranks
-
-
 def binary_auc(labels, scores) -> float:
     """Area under the ROC curve = P(score_pos > score_neg) + 0.5 P(tie) (Mann-Whitney U / (n_pos n_neg)).
 
@@ -101,7 +90,7 @@ def binary_auc(labels, scores) -> float:
     n_neg = len(y) - n_pos
     if n_pos == 0 or n_neg == 0:
         return float('nan')
-    ranks = _average_ranks(s)
+    ranks = scipy.stats.rankdata(s)
     u = np.sum(ranks[y == 1]) - n_pos * (n_pos + 1) / 2.0
     return float(u / (n_pos * n_neg))
 
