@@ -6,53 +6,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import scipy.signal
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from references import F4, np_corr_same, np_corr_valid, np_lrelu, np_modconv, np_upfirdn2d
 from stylex_jax.models.stylegan2 import (Discriminator, Generator, MappingNetwork, SynthesisNetwork, style_mix)
 
-F4 = np.outer([1, 3, 3, 1], [1, 3, 3, 1]).astype(np.float64)
-F4 /= F4.sum()
 SQRT2 = math.sqrt(2.0)
 
 
 # ------------------------------------------------------------------------------------------------------------------
 # numpy reference (float64), written from the reference's definitions
-
-
-def np_upfirdn2d(x, f, up=1, down=1, pad=(0, 0, 0, 0), gain=1.0):
-    x0, x1, y0, y1 = pad
-    b, h, w, c = x.shape
-    out = None
-    for bi in range(b):
-        for ci in range(c):
-            u = np.zeros((h * up, w * up))
-            u[::up, ::up] = x[bi, :, :, ci]
-            u = np.pad(u, ((y0, y1), (x0, x1)))
-            r = scipy.signal.convolve2d(u, f * gain, mode="valid")[::down, ::down]
-            if out is None:
-                out = np.zeros((b,) + r.shape + (c,))
-            out[bi, :, :, ci] = r
-    return out
-
-
-def np_corr_valid(x, w):
-    kh, kw = w.shape[:2]
-    ho, wo = x.shape[1] - kh + 1, x.shape[2] - kw + 1
-    out = np.zeros((x.shape[0], ho, wo, w.shape[3]))
-    for dy in range(kh):
-        for dx in range(kw):
-            out += np.einsum("bhwi,io->bhwo", x[:, dy:dy + ho, dx:dx + wo, :], w[dy, dx])
-    return out
-
-
-def np_corr_same(x, w):
-    p = w.shape[0] // 2
-    return np_corr_valid(np.pad(x, ((0, 0), (p, p), (p, p), (0, 0))), w)
-
-
-def np_lrelu(x, gain=SQRT2):
-    return np.where(x >= 0, x, 0.2 * x) * gain
 
 
 def np_dense(x, p, lr=1.0, act="linear"):
@@ -74,19 +37,6 @@ def np_mapping(p, z, num_layers, lr=0.01, c=None):
     for i in range(num_layers):
         x = np_dense(x, p[f"fc{i}"], lr=lr, act="lrelu")
     return x
-
-
-def np_modconv(x, weight, styles, up=1, demodulate=True):
-    outs = []
-    for b in range(x.shape[0]):
-        w = weight * styles[b][None, None, :, None]
-        if demodulate:
-            w = w / np.sqrt(np.sum(w ** 2, axis=(0, 1, 2), keepdims=True) + 1e-8)
-        if up == 1:
-            outs.append(np_corr_same(x[b:b + 1], w))
-        else:  # FIR-upsample (pad 3/2, gain 4), then true convolution
-            outs.append(np_corr_valid(np_upfirdn2d(x[b:b + 1], F4, up=2, pad=(3, 2, 3, 2), gain=4.0), w[::-1, ::-1]))
-    return np.concatenate(outs, 0)
 
 
 def np_synth_layer(x, w, p, up=1):
