@@ -60,9 +60,10 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument('--workdir', default='/tmp/stylex_demo', help='workdir with classifier/ and gan/ of configs/demo.py')
   p.add_argument('--variant', default='', help="configs/demo.py variant ('' = the default demo)")
   p.add_argument('--batch', type=int, default=256, help='images explained in one batched call')
-  p.add_argument('--chunk', type=int, default=None,
-                 help='SeriesRenderer chunk size of the batched path (frames per jitted call); default 8 on CPU '
-                      '(measured fastest per frame there: 6.0 ms at 8, 6.5 at 32, 10.2 at 128), 64 elsewhere')
+  p.add_argument(
+      '--chunk', type=int, default=None,
+      help='SeriesRenderer chunk size of the batched path (frames per jitted call); default 8 on CPU '
+      '(measured fastest per frame there: 6.0 ms at 8, 6.5 at 32, 10.2 at 128), 64 elsewhere')
   p.add_argument('--frames', type=int, default=9, help='series length S')
   p.add_argument('--grid', type=int, default=9, help='auto_alphas grid points')
   p.add_argument('--refine', type=int, default=2, help='auto_alphas regula-falsi refinement steps')
@@ -75,8 +76,7 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument('--layer', default='stage4', help='GradCAM layer')
   p.add_argument('--repeats', type=int, default=2, help='steady batched calls (best is reported)')
   a = p.parse_args(argv)
-  for name in ('batch', 'frames', 'grid', 'loop_images', 'frame_loop_images', 'direction_latents',
-               'steps', 'repeats'):
+  for name in ('batch', 'frames', 'grid', 'loop_images', 'frame_loop_images', 'direction_latents', 'steps', 'repeats'):
     if getattr(a, name) < 1:
       p.error(f'--{name.replace("_", "-")}={getattr(a, name)} must be >= 1')
   if a.chunk is not None and a.chunk < 1:
@@ -89,8 +89,7 @@ class Explainer:
 
   def __init__(self, synthesize, classify, model, variables, target, direction, *, chunk, frames, grid, refine,
                max_alpha, layer):
-    self.renderer = series_lib.SeriesRenderer(synthesize, classify, chunk_size=chunk,
-                                              num_classes=target.num_classes)
+    self.renderer = series_lib.SeriesRenderer(synthesize, classify, chunk_size=chunk, num_classes=target.num_classes)
     self.model, self.variables, self.target, self.direction = model, variables, target, direction
     self.chunk, self.frames, self.grid, self.max_alpha, self.layer = chunk, frames, grid, max_alpha, layer
     self.refine = refine
@@ -111,10 +110,10 @@ class Explainer:
     return np.concatenate(out)
 
   def __call__(self, ws: np.ndarray):
-    auto = self.renderer.auto_alphas(ws, self.direction, self.target, num_frames=self.frames,
-                                     max_alpha=self.max_alpha, grid_points=self.grid, refine_steps=self.refine)
+    auto = self.renderer.auto_alphas(ws, self.direction, self.target, num_frames=self.frames, max_alpha=self.max_alpha,
+                                     grid_points=self.grid, refine_steps=self.refine)
     images, probs = self.renderer(ws, self.direction, auto.alphas)
-    zero = np.argmax(auto.alphas == 0, axis=1)                  # alpha = 0 is in every row
+    zero = np.argmax(auto.alphas == 0, axis=1)  # alpha = 0 is in every row
     rows = np.arange(len(ws))
     originals = images[rows, zero]
     # the class the series moves towards: the argmax of the last frame on the far side of alpha = 0
@@ -205,8 +204,8 @@ def main(argv=None) -> None:
   print(f'single_compile_s {single_first - np.median(times):.2f} s')
 
   # naive loop: one image at a time AND one frame per call (SeriesRenderer with chunk_size=1)
-  naive = Explainer(synthesize, classify, model, variables, target, direction, chunk=1, frames=a.frames,
-                    grid=a.grid, refine=a.refine, max_alpha=a.max_shift * scale, layer=a.layer)
+  naive = Explainer(synthesize, classify, model, variables, target, direction, chunk=1, frames=a.frames, grid=a.grid,
+                    refine=a.refine, max_alpha=a.max_shift * scale, layer=a.layer)
   jax.block_until_ready(naive(ws[:1]))
   t0 = time.perf_counter()
   for i in range(a.frame_loop_images):

@@ -41,14 +41,24 @@ def make_batch(start: int, n: int, res: int, s: int, num_ws: int, w_dim: int) ->
   p1 = 1 / (1 + np.exp(-(1.5 * alphas[None] + rng.normal(size=(n, 1)))))
   probs = np.stack([1 - p1, p1], -1).astype(np.float32)
   yy, xx = np.mgrid[:res, :res] / res
-  cam = np.exp(-((yy - 0.5) ** 2 + (xx - 0.4) ** 2) / 0.02).astype(np.float32)
-  return {'id': np.array([f'knee_{i:05d}.png' for i in range(start, start + n)]), 'image': images,
-          'reconstruction': np.clip(images + rng.normal(0, 0.02, images.shape), -1, 1).astype(np.float32),
-          'series': series.astype(np.float32), 'alphas': np.tile(alphas, (n, 1)), 'probs': probs,
-          'original_probs': probs[:, s // 2], 'reconstruction_probs': probs[:, s // 2],
-          'latent': rng.normal(size=(n, num_ws, w_dim)).astype(np.float32),
-          'gradcam': np.repeat(cam[None], n, 0), 'label': rng.integers(0, 2, n),
-          'metrics': {'ssim': rng.uniform(0.7, 0.95, n), 'crossed': (p1[:, -1] > 0.5).astype(np.float64)}}
+  cam = np.exp(-((yy - 0.5)**2 + (xx - 0.4)**2) / 0.02).astype(np.float32)
+  return {
+      'id': np.array([f'knee_{i:05d}.png' for i in range(start, start + n)]),
+      'image': images,
+      'reconstruction': np.clip(images + rng.normal(0, 0.02, images.shape), -1, 1).astype(np.float32),
+      'series': series.astype(np.float32),
+      'alphas': np.tile(alphas, (n, 1)),
+      'probs': probs,
+      'original_probs': probs[:, s // 2],
+      'reconstruction_probs': probs[:, s // 2],
+      'latent': rng.normal(size=(n, num_ws, w_dim)).astype(np.float32),
+      'gradcam': np.repeat(cam[None], n, 0),
+      'label': rng.integers(0, 2, n),
+      'metrics': {
+          'ssim': rng.uniform(0.7, 0.95, n),
+          'crossed': (p1[:, -1] > 0.5).astype(np.float64)
+      }
+  }
 
 
 def main() -> None:
@@ -60,8 +70,10 @@ def main() -> None:
   parser.add_argument('--num-ws', type=int, default=10)
   parser.add_argument('--w-dim', type=int, default=256)
   args = parser.parse_args()
-  batches = [make_batch(i, min(args.batch, args.images - i), args.res, args.series, args.num_ws, args.w_dim)
-             for i in range(0, args.images, args.batch)]
+  batches = [
+      make_batch(i, min(args.batch, args.images - i), args.res, args.series, args.num_ws, args.w_dim)
+      for i in range(0, args.images, args.batch)
+  ]
   directory = tempfile.mkdtemp(prefix='export_bench_')
   try:
     start = time.perf_counter()

@@ -95,14 +95,14 @@ def make_config(a: argparse.Namespace):
   config.data.channels = a.channels
   config.num_devices = a.devices or 0
   g = config.gan
-  g.generator = dict(z_dim=512, w_dim=512, mapping_layers=a.map, channel_base=a.channel_base,
-                     channel_max=a.channel_max, mapping_lr_multiplier=0.01, fused_modconv=bool(a.fused))
+  g.generator = dict(z_dim=512, w_dim=512, mapping_layers=a.map, channel_base=a.channel_base, channel_max=a.channel_max,
+                     mapping_lr_multiplier=0.01, fused_modconv=bool(a.fused))
   g.discriminator = dict(channel_base=a.channel_base, channel_max=a.channel_max, mbstd_group_size=4,
                          mbstd_num_features=1)
   g.compute_dtype = a.dtype
   g.batch_size = a.batch
   g.style_mixing_prob = 0.9
-  g.r1_gamma = 0.0 if a.no_reg else -1.0       # -1: auto rule
+  g.r1_gamma = 0.0 if a.no_reg else -1.0  # -1: auto rule
   g.r1_interval = R1_INTERVAL
   g.pl_weight = 0.0 if a.no_reg else 2.0
   g.pl_interval = PL_INTERVAL
@@ -127,7 +127,7 @@ def _xla_mem_mib(compiled) -> float:
   if m is None:
     return float('nan')
   total = m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes + m.temp_size_in_bytes
-  return total / 2 ** 20
+  return total / 2**20
 
 
 def peak_memory(devices) -> tuple[float, str]:
@@ -141,7 +141,7 @@ def peak_memory(devices) -> tuple[float, str]:
     if stats and 'peak_bytes_in_use' in stats:
       peaks.append(stats['peak_bytes_in_use'])
   if peaks:
-    return max(peaks) / 2 ** 20, 'device memory_stats peak_bytes_in_use (max over mesh devices)'
+    return max(peaks) / 2**20, 'device memory_stats peak_bytes_in_use (max over mesh devices)'
   rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
   return rss_kib / 1024, 'process max RSS (backend has no device memory_stats; includes XLA compiler memory)'
 
@@ -158,7 +158,7 @@ def matmul_peak_gflops(n: int, dtype, device, reps: int) -> float:
     t = time.perf_counter()
     jax.block_until_ready(mm(a, b))
     best = min(best, time.perf_counter() - t)
-  return 2.0 * n ** 3 / best / 1e9
+  return 2.0 * n**3 / best / 1e9
 
 
 def emit(name: str, value: float, unit: str) -> None:
@@ -181,15 +181,14 @@ def main(argv=None) -> dict:
   dev0 = devices[0]
   print(f'device {dev0.device_kind} x{ndev} platform={dev0.platform} jax={jax.__version__} '
         f'flax={flax.__version__}', flush=True)
-  print(f'# res={a.res} channels={a.channels} channel_base={a.channel_base} channel_max={a.channel_max} '
-        f'batch={a.batch} map={a.map} dtype={a.dtype} fused_modconv={a.fused} augment={a.augment} '
-        f'reg={"off" if a.no_reg else f"pl/{PL_INTERVAL} r1/{R1_INTERVAL} gamma={gan.r1_gamma(config):.4g}"}',
-        flush=True)
+  print(
+      f'# res={a.res} channels={a.channels} channel_base={a.channel_base} channel_max={a.channel_max} '
+      f'batch={a.batch} map={a.map} dtype={a.dtype} fused_modconv={a.fused} augment={a.augment} '
+      f'reg={"off" if a.no_reg else f"pl/{PL_INTERVAL} r1/{R1_INTERVAL} gamma={gan.r1_gamma(config):.4g}"}', flush=True)
 
   models = gan.build_models(config, mesh)
   rep = sharding.replicated(mesh)
-  state = jax.jit(functools.partial(gan.create_state, models, initial_p=0.0), out_shardings=rep)(
-      jax.random.key(0))
+  state = jax.jit(functools.partial(gan.create_state, models, initial_p=0.0), out_shardings=rep)(jax.random.key(0))
   n_g = sum(x.size for x in jax.tree.leaves(state.g_params))
   n_d = sum(x.size for x in jax.tree.leaves(state.d_params))
   print(f'# G={n_g / 1e6:.2f}M D={n_d / 1e6:.2f}M parameters', flush=True)
@@ -215,7 +214,7 @@ def main(argv=None) -> dict:
 
   period = 1 if a.no_reg else math.lcm(PL_INTERVAL, R1_INTERVAL)
   t = time.perf_counter()
-  state, _ = steps.iteration(state, reals, key, period)   # step 16: all four steps run once
+  state, _ = steps.iteration(state, reals, key, period)  # step 16: all four steps run once
   jax.block_until_ready(state)
   emit('first_iter_s', time.perf_counter() - t, 's')
 
@@ -242,8 +241,7 @@ def main(argv=None) -> dict:
   emit('gflop_per_img', main_per_img / 1e9, 'GFLOP/img')
   achieved = main_per_img * img_per_s / 1e9
   emit('achieved_gflops', achieved, 'GFLOP/s')
-  print('# achieved_gflops counts the G main + D main FLOPs only (the timed iterations also ran the regs)',
-        flush=True)
+  print('# achieved_gflops counts the G main + D main FLOPs only (the timed iterations also ran the regs)', flush=True)
   achieved_reg = None
   if not a.no_reg:
     reg_per_img = (flops['g_reg'] / PL_INTERVAL + flops['d_reg'] / R1_INTERVAL) / a.batch

@@ -39,10 +39,11 @@ def _run(name, config, workdir, ic, images):
   out = inv(images)
   dt = time.perf_counter() - t0
   s = invert.summarize(out)
-  print(f'{name}: {len(images) / dt:.3f} images/s ({dt / len(images):.3f} s/image, {ic.steps} steps, chunks of '
-        f'{ic.batch_size}, start {inv.start}, compile {compile_s:.1f} s) | ssim {s["ssim"]:.3f} psnr '
-        f'{s["psnr"]:.2f} dB agreement {s["agreement"]:.3f} mean|dp| {s["prob_delta"]:.4f} ||w-w_avg|| '
-        f'{s["w_distance"]:.2f} on {s["num_images"]} held-out images', flush=True)
+  print(
+      f'{name}: {len(images) / dt:.3f} images/s ({dt / len(images):.3f} s/image, {ic.steps} steps, chunks of '
+      f'{ic.batch_size}, start {inv.start}, compile {compile_s:.1f} s) | ssim {s["ssim"]:.3f} psnr '
+      f'{s["psnr"]:.2f} dB agreement {s["agreement"]:.3f} mean|dp| {s["prob_delta"]:.4f} ||w-w_avg|| '
+      f'{s["w_distance"]:.2f} on {s["num_images"]} held-out images', flush=True)
   return len(images) / dt, s
 
 

@@ -51,10 +51,10 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
                      mapping_lr_multiplier=0.01, fused_modconv=False)  # non-fused: ~40x faster grads on CPU
   g.discriminator = dict(channel_base=2048, channel_max=128, mbstd_group_size=4, mbstd_num_features=1)
   g.batch_size = 16
-  g.num_steps = 400               # 6.4 kimg: a few minutes on 2 CPU cores
-  g.ema_kimg = 16 * 10 / 32       # NVIDIA's `auto` rule: batch * 10 / 32
+  g.num_steps = 400  # 6.4 kimg: a few minutes on 2 CPU cores
+  g.ema_kimg = 16 * 10 / 32  # NVIDIA's `auto` rule: batch * 10 / 32
   g.augment_antialias = False
-  g.ada_kimg = 100.0              # short runs: let p adapt within the run
+  g.ada_kimg = 100.0  # short runs: let p adapt within the run
   g.log_every = 20
   g.sample_every = 100
   g.eval_every = 400
@@ -62,24 +62,24 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   g.checkpoint_every = 200
 
   e = config.explain
-  e.num_images = 16               # the first 16 test phantoms in the report
-  e.direction_latents = 32        # gradient mode: 32 latents x 10 Adam steps through G and the classifier
+  e.num_images = 16  # the first 16 test phantoms in the report
+  e.direction_latents = 32  # gradient mode: 32 latents x 10 Adam steps through G and the classifier
   e.direction_steps = 10
-  e.chunk_size = 16               # small chunks are fastest on CPU (64 on accelerators)
-  e.gradcam_layer = 'stage2'      # 8x8 at 64 px (stage3 is 4x4)
+  e.chunk_size = 16  # small chunks are fastest on CPU (64 on accelerators)
+  e.gradcam_layer = 'stage2'  # 8x8 at 64 px (stage3 is 4x4)
 
   en = config.encoder  # the encoder stage: ~2 minutes on 2 CPU cores
   en.model = dict(width=16, channel_max=128, hidden=256)
   en.batch_size = 8
-  en.synthetic_fraction = 0.5     # + 8 synthetic (w, G(w)) pairs per step
+  en.synthetic_fraction = 0.5  # + 8 synthetic (w, G(w)) pairs per step
   en.num_steps = 150
   en.lr = 2e-3
   en.loss = dict(mse=1.0, l1=0.0, ssim=1.0, ms_ssim=0.0, perceptual=0.0, kl=0.0, delta=0.1, w_l2=0.0)
   en.log_every = 25
   en.checkpoint_every = 75
   en.eval_images = 64
-  en.eval_refine_images = 16     # one projector chunk (8 would be padded to 16: same cost); the benchmark does 64
-  inv = config.invert   # encoder + 200 Adam steps of W+ and the noise maps
+  en.eval_refine_images = 16  # one projector chunk (8 would be padded to 16: same cost); the benchmark does 64
+  inv = config.invert  # encoder + 200 Adam steps of W+ and the noise maps
   inv.steps = 200
   inv.noise_lr_multiplier = 3.0
   inv.lr_schedule = 'constant'
@@ -105,7 +105,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   elif arg == 'marker':
     config.data.builder_config = '64_marker'
   elif arg == 'long':
-    g.num_steps = 6000            # 96 kimg
+    g.num_steps = 6000  # 96 kimg
     g.sample_every = 500
     g.eval_every = 1000
     g.eval_images = 512

@@ -25,8 +25,9 @@ _WORKDIR = flags.DEFINE_string('workdir', None, 'Workdir holding the trained cla
 _SPLIT = flags.DEFINE_string('split', None, 'Dataset split to explain (default config.explain.split).')
 _NUM_IMAGES = flags.DEFINE_integer('num_images', None, 'First N images of the split (0 = all; default '
                                    'config.explain.num_images).')
-_IMAGES = flags.DEFINE_string('images', None, "The user's image files instead of a split: glob(s), comma-separated, "
-                              "or a directory, e.g. 'scans/*.png'.")
+_IMAGES = flags.DEFINE_string(
+    'images', None, "The user's image files instead of a split: glob(s), comma-separated, "
+    "or a directory, e.g. 'scans/*.png'.")
 _OUTPUT = flags.DEFINE_string('output_dir', None, 'Export directory (default <workdir>/explain).')
 flags.mark_flags_as_required(['config', 'workdir'])
 

@@ -51,9 +51,9 @@ import orbax.checkpoint as ocp
 from etils import epath
 from orbax.checkpoint import checkpoint_managers
 
-_STATE = "state"
-_META = "meta"
-_STEP_METADATA_FILE = "_CHECKPOINT_METADATA"
+_STATE = 'state'
+_META = 'meta'
+_STEP_METADATA_FILE = '_CHECKPOINT_METADATA'
 
 _log = logging.getLogger(__name__)
 
@@ -61,62 +61,65 @@ _PREEMPTED = threading.Event()
 _handler_lock = threading.Lock()
 _python_handler_installed = False
 
-
 # ---------------------------------------------------------------------------------------------
 # Preemption
 # ---------------------------------------------------------------------------------------------
 
+
 def _on_sigterm_factory(previous: Any):
-    def _on_sigterm(signum, frame):
-        _PREEMPTED.set()
-        _log.warning("SIGTERM received: the next save() writes a checkpoint, then the loop should exit")
-        if callable(previous):
-            previous(signum, frame)
-    return _on_sigterm
+
+  def _on_sigterm(signum, frame):
+    _PREEMPTED.set()
+    _log.warning('SIGTERM received: the next save() writes a checkpoint, then the loop should exit')
+    if callable(previous):
+      previous(signum, frame)
+
+  return _on_sigterm
 
 
 def install_preemption_handler() -> None:
-    """Turns SIGTERM into a "save at the next step and exit" flag instead of killing the process.
+  """Turns SIGTERM into a "save at the next step and exit" flag instead of killing the process.
 
     Chains a previously installed Python handler (it is still called).  Idempotent; must be called
     from the main thread.  When ``jax.distributed`` is initialised with its preemption service (the
     multi-process default), JAX already handles SIGTERM natively and agrees on a save step across
     processes; installing a Python handler would replace it, so this is then a no-op.
     """
-    global _python_handler_installed
-    if threading.current_thread() is not threading.main_thread():
-        raise RuntimeError("install_preemption_handler() must be called from the main thread "
-                           "(Python only installs signal handlers there); call it at program start")
-    with _handler_lock:
-        if _python_handler_installed:
-            return
-        if jax.distributed.is_initialized() and getattr(jax.config, "jax_enable_preemption_service", False):
-            _log.info("jax.distributed preemption service handles SIGTERM; not installing a Python handler")
-            return
-        previous = signal.getsignal(signal.SIGTERM)
-        signal.signal(signal.SIGTERM, _on_sigterm_factory(previous))
-        _python_handler_installed = True
+  global _python_handler_installed
+  if threading.current_thread() is not threading.main_thread():
+    raise RuntimeError('install_preemption_handler() must be called from the main thread '
+                       '(Python only installs signal handlers there); call it at program start')
+  with _handler_lock:
+    if _python_handler_installed:
+      return
+    if jax.distributed.is_initialized() and getattr(jax.config, 'jax_enable_preemption_service', False):
+      _log.info('jax.distributed preemption service handles SIGTERM; not installing a Python handler')
+      return
+    previous = signal.getsignal(signal.SIGTERM)
+    signal.signal(signal.SIGTERM, _on_sigterm_factory(previous))
+    _python_handler_installed = True
 
 
 def _preemption_flag_agreed() -> bool:
-    """Local SIGTERM flag; with several processes, True when any process got it (a collective)."""
-    local = _PREEMPTED.is_set()
-    if jax.process_count() > 1 and _python_handler_installed:
-        from jax.experimental import multihost_utils
-        return bool(np.max(multihost_utils.process_allgather(np.int32(local))))
-    return local
+  """Local SIGTERM flag; with several processes, True when any process got it (a collective)."""
+  local = _PREEMPTED.is_set()
+  if jax.process_count() > 1 and _python_handler_installed:
+    from jax.experimental import multihost_utils
+    return bool(np.max(multihost_utils.process_allgather(np.int32(local))))
+  return local
 
 
 # ---------------------------------------------------------------------------------------------
 # Abstract state
 # ---------------------------------------------------------------------------------------------
 
+
 def _is_sharding_leaf(x: Any) -> bool:
-    return x is None or isinstance(x, jax.sharding.Sharding)
+  return x is None or isinstance(x, jax.sharding.Sharding)
 
 
 def abstract_like(tree: Any, sharding_tree_or_single_sharding: Any) -> Any:
-    """Pytree of ``jax.ShapeDtypeStruct`` (shape, dtype, sharding) to restore into.
+  """Pytree of ``jax.ShapeDtypeStruct`` (shape, dtype, sharding) to restore into.
 
     Args:
       tree: pytree of arrays or ``ShapeDtypeStruct`` (e.g. ``jax.eval_shape(create_state, ...)``);
@@ -126,66 +129,68 @@ def abstract_like(tree: Any, sharding_tree_or_single_sharding: Any) -> Any:
         ``sharding.replicated(mesh)``), or a pytree prefix of ``tree`` of shardings (``None``
         leaves mean "no sharding": numpy arrays are restored as numpy).
     """
-    def leaf(x, s):
-        if hasattr(x, "shape") and hasattr(x, "dtype"):
-            return jax.ShapeDtypeStruct(tuple(x.shape), x.dtype, sharding=s)
-        return x
 
-    if isinstance(sharding_tree_or_single_sharding, jax.sharding.Sharding):
-        return jax.tree.map(lambda x: leaf(x, sharding_tree_or_single_sharding), tree)
-    try:
-        shardings = jax.tree.broadcast(sharding_tree_or_single_sharding, tree, is_leaf=_is_sharding_leaf)
-    except (ValueError, TypeError) as e:
-        raise ValueError("abstract_like: the sharding tree must be one Sharding or a pytree prefix of the state "
-                         f"({e})") from e
-    return jax.tree.map(leaf, tree, shardings, is_leaf=lambda x: x is None)
+  def leaf(x, s):
+    if hasattr(x, 'shape') and hasattr(x, 'dtype'):
+      return jax.ShapeDtypeStruct(tuple(x.shape), x.dtype, sharding=s)
+    return x
+
+  if isinstance(sharding_tree_or_single_sharding, jax.sharding.Sharding):
+    return jax.tree.map(lambda x: leaf(x, sharding_tree_or_single_sharding), tree)
+  try:
+    shardings = jax.tree.broadcast(sharding_tree_or_single_sharding, tree, is_leaf=_is_sharding_leaf)
+  except (ValueError, TypeError) as e:
+    raise ValueError('abstract_like: the sharding tree must be one Sharding or a pytree prefix of the state '
+                     f'({e})') from e
+  return jax.tree.map(leaf, tree, shardings, is_leaf=lambda x: x is None)
 
 
 # ---------------------------------------------------------------------------------------------
 # JSON helpers
 # ---------------------------------------------------------------------------------------------
 
+
 def _jsonable(value: Any, what: str) -> Any:
-    """Plain-python copy of ``value`` (numpy scalars/arrays -> numbers/lists) or ValueError."""
-    if isinstance(value, dict):
-        out = {}
-        for k, v in value.items():
-            if not isinstance(k, str):
-                raise ValueError(f"{what}: key {k!r} is not a string; JSON objects need string keys")
-            out[k] = _jsonable(v, f"{what}.{k}")
-        return out
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v, what) for v in value]
-    if isinstance(value, (np.generic, np.ndarray)) or (isinstance(value, jax.Array)
-                                                       and not jax.dtypes.issubdtype(value.dtype,
-                                                                                     jax.dtypes.prng_key)):
-        return np.asarray(value).tolist()
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    raise ValueError(f"{what} holds a {type(value).__name__}, which is not JSON-able; pass numbers, strings, "
-                     "lists and dicts (put arrays in the state instead)")
-
-
-def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+  """Plain-python copy of ``value`` (numpy scalars/arrays -> numbers/lists) or ValueError."""
+  if isinstance(value, dict):
     out = {}
-    for k, v in d.items():
-        if isinstance(v, dict) and v:
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
+    for k, v in value.items():
+      if not isinstance(k, str):
+        raise ValueError(f'{what}: key {k!r} is not a string; JSON objects need string keys')
+      out[k] = _jsonable(v, f'{what}.{k}')
     return out
+  if isinstance(value, (list, tuple)):
+    return [_jsonable(v, what) for v in value]
+  if isinstance(value, (np.generic, np.ndarray)) or (isinstance(value, jax.Array) and
+                                                     not jax.dtypes.issubdtype(value.dtype, jax.dtypes.prng_key)):
+    return np.asarray(value).tolist()
+  if value is None or isinstance(value, (bool, int, float, str)):
+    return value
+  raise ValueError(f'{what} holds a {type(value).__name__}, which is not JSON-able; pass numbers, strings, '
+                   'lists and dicts (put arrays in the state instead)')
+
+
+def _flatten(d: dict, prefix: str = '') -> dict[str, Any]:
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, dict) and v:
+      out.update(_flatten(v, f'{prefix}{k}.'))
+    else:
+      out[f'{prefix}{k}'] = v
+  return out
 
 
 # ---------------------------------------------------------------------------------------------
 # Checkpointer
 # ---------------------------------------------------------------------------------------------
 
-class Checkpointer:
-    """Saves and restores one stage's training state under ``directory`` (see the module docstring)."""
 
-    def __init__(self, directory: str, *, keep: int = 3, save_interval_steps: int = 1000,
-                 config_fingerprint: dict | None = None):
-        """
+class Checkpointer:
+  """Saves and restores one stage's training state under ``directory`` (see the module docstring)."""
+
+  def __init__(self, directory: str, *, keep: int = 3, save_interval_steps: int = 1000,
+               config_fingerprint: dict | None = None):
+    """
         Args:
           directory: ``<workdir>/<stage>/checkpoints`` (local path or any path etils.epath knows,
             e.g. ``gs://``); created if missing.
@@ -194,122 +199,121 @@ class Checkpointer:
           config_fingerprint: JSON-able dict of the config fields that determine array shapes;
             stored with every checkpoint and compared on restore and before the first save.
         """
-        for name, value in (("keep", keep), ("save_interval_steps", save_interval_steps)):
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"{name}={value!r} must be a positive integer")
-        if config_fingerprint is not None:
-            if not isinstance(config_fingerprint, dict):
-                raise ValueError(f"config_fingerprint must be a dict, got {type(config_fingerprint).__name__}")
-            config_fingerprint = json.loads(json.dumps(_jsonable(config_fingerprint, "config_fingerprint")))
-        self._directory = epath.Path(directory)
-        self._fingerprint = config_fingerprint
-        self._interval = int(save_interval_steps)
-        self._keep = int(keep)
-        self._prepared_for_save = False
-        options = ocp.CheckpointManagerOptions(
-            save_decision_policy=checkpoint_managers.AnySavePolicy([
-                checkpoint_managers.FixedIntervalPolicy(self._interval),
-                checkpoint_managers.PreemptionCheckpointingPolicy(),
-            ]),
-            preservation_policy=checkpoint_managers.LatestN(self._keep),
-            enable_async_checkpointing=True,
-            create=True,
-        )
-        self._manager = ocp.CheckpointManager(self._directory, options=options, item_names=(_STATE, _META))
+    for name, value in (('keep', keep), ('save_interval_steps', save_interval_steps)):
+      if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f'{name}={value!r} must be a positive integer')
+    if config_fingerprint is not None:
+      if not isinstance(config_fingerprint, dict):
+        raise ValueError(f'config_fingerprint must be a dict, got {type(config_fingerprint).__name__}')
+      config_fingerprint = json.loads(json.dumps(_jsonable(config_fingerprint, 'config_fingerprint')))
+    self._directory = epath.Path(directory)
+    self._fingerprint = config_fingerprint
+    self._interval = int(save_interval_steps)
+    self._keep = int(keep)
+    self._prepared_for_save = False
+    options = ocp.CheckpointManagerOptions(
+        save_decision_policy=checkpoint_managers.AnySavePolicy([
+            checkpoint_managers.FixedIntervalPolicy(self._interval),
+            checkpoint_managers.PreemptionCheckpointingPolicy(),
+        ]),
+        preservation_policy=checkpoint_managers.LatestN(self._keep),
+        enable_async_checkpointing=True,
+        create=True,
+    )
+    self._manager = ocp.CheckpointManager(self._directory, options=options, item_names=(_STATE, _META))
 
-    @property
-    def directory(self) -> str:
-        return str(self._directory)
+  @property
+  def directory(self) -> str:
+    return str(self._directory)
 
-    # -- discovery --------------------------------------------------------------------------
+  # -- discovery --------------------------------------------------------------------------
 
-    def _is_complete(self, step_dir: epath.Path) -> bool:
-        try:
-            return ((step_dir / _STEP_METADATA_FILE).exists() and (step_dir / _STATE).is_dir()
-                    and (step_dir / _META).is_dir())
-        except OSError:
-            return False
+  def _is_complete(self, step_dir: epath.Path) -> bool:
+    try:
+      return ((step_dir / _STEP_METADATA_FILE).exists() and (step_dir / _STATE).is_dir() and
+              (step_dir / _META).is_dir())
+    except OSError:
+      return False
 
-    def _step_dirs(self) -> tuple[list[int], list[epath.Path]]:
-        """(sorted complete steps, incomplete integer-named step directories)."""
-        complete, incomplete = [], []
-        if not self._directory.exists():
-            return complete, incomplete
-        for child in self._directory.iterdir():
-            if not child.name.isdigit():
-                continue  # orbax temporaries, quarantined dirs, stray files
-            if child.is_dir() and self._is_complete(child):
-                complete.append(int(child.name))
-            else:
-                incomplete.append(child)
-        return sorted(complete), incomplete
+  def _step_dirs(self) -> tuple[list[int], list[epath.Path]]:
+    """(sorted complete steps, incomplete integer-named step directories)."""
+    complete, incomplete = [], []
+    if not self._directory.exists():
+      return complete, incomplete
+    for child in self._directory.iterdir():
+      if not child.name.isdigit():
+        continue  # orbax temporaries, quarantined dirs, stray files
+      if child.is_dir() and self._is_complete(child):
+        complete.append(int(child.name))
+      else:
+        incomplete.append(child)
+    return sorted(complete), incomplete
 
-    def all_steps(self) -> list[int]:
-        """Steps with a complete checkpoint on disk, ascending (waits for this process's pending save)."""
-        self._manager.wait_until_finished()
-        return self._step_dirs()[0]
+  def all_steps(self) -> list[int]:
+    """Steps with a complete checkpoint on disk, ascending (waits for this process's pending save)."""
+    self._manager.wait_until_finished()
+    return self._step_dirs()[0]
 
-    def latest_step(self) -> int | None:
-        """Newest step with a complete checkpoint on disk, or None.  Incomplete directories are skipped."""
-        steps = self.all_steps()
-        return steps[-1] if steps else None
+  def latest_step(self) -> int | None:
+    """Newest step with a complete checkpoint on disk, or None.  Incomplete directories are skipped."""
+    steps = self.all_steps()
+    return steps[-1] if steps else None
 
-    # -- fingerprint --------------------------------------------------------------------------
+  # -- fingerprint --------------------------------------------------------------------------
 
-    def _read_meta(self, step: int) -> dict:
-        self._manager.reload()
-        restored = self._manager.restore(step, args=ocp.args.Composite(**{_META: ocp.args.JsonRestore()}))
-        meta = restored[_META]
-        if not isinstance(meta, dict):
-            raise ValueError(f"checkpoint step {step} in {self._directory} has unreadable metadata; move "
-                             f"{self._directory / str(step)} aside to use the previous checkpoint")
-        return meta
+  def _read_meta(self, step: int) -> dict:
+    self._manager.reload()
+    restored = self._manager.restore(step, args=ocp.args.Composite(**{_META: ocp.args.JsonRestore()}))
+    meta = restored[_META]
+    if not isinstance(meta, dict):
+      raise ValueError(f'checkpoint step {step} in {self._directory} has unreadable metadata; move '
+                       f'{self._directory / str(step)} aside to use the previous checkpoint')
+    return meta
 
-    def _check_fingerprint(self, meta: dict) -> None:
-        if self._fingerprint is None:
-            return
-        saved = meta.get("config_fingerprint")
-        if saved is None:
-            _log.warning("checkpoint in %s has no config fingerprint; cannot verify it matches this config",
-                         self._directory)
-            return
-        saved_flat, now_flat = _flatten(saved), _flatten(self._fingerprint)
-        differing = sorted(k for k in set(saved_flat) | set(now_flat) if saved_flat.get(k, "<missing>")
-                           != now_flat.get(k, "<missing>"))
-        if differing:
-            details = ", ".join(f"{k}: {saved_flat.get(k, '<missing>')!r} (checkpoint) vs "
-                                f"{now_flat.get(k, '<missing>')!r} (now)" for k in differing)
-            raise ValueError(f"checkpoint in {self._directory} was written by another config: {details}; "
-                             "use a new --workdir or the original config")
+  def _check_fingerprint(self, meta: dict) -> None:
+    if self._fingerprint is None:
+      return
+    saved = meta.get('config_fingerprint')
+    if saved is None:
+      _log.warning('checkpoint in %s has no config fingerprint; cannot verify it matches this config', self._directory)
+      return
+    saved_flat, now_flat = _flatten(saved), _flatten(self._fingerprint)
+    differing = sorted(
+        k for k in set(saved_flat) | set(now_flat) if saved_flat.get(k, '<missing>') != now_flat.get(k, '<missing>'))
+    if differing:
+      details = ', '.join(f"{k}: {saved_flat.get(k, '<missing>')!r} (checkpoint) vs "
+                          f"{now_flat.get(k, '<missing>')!r} (now)" for k in differing)
+      raise ValueError(f'checkpoint in {self._directory} was written by another config: {details}; '
+                       'use a new --workdir or the original config')
 
-    def _prepare_for_first_save(self) -> None:
-        """Before the first save: refuse another config's directory; move incomplete step dirs aside."""
-        complete, incomplete = self._step_dirs()
-        if complete:
-            self._check_fingerprint(self._read_meta(complete[-1]))
-        if incomplete:
-            if jax.process_index() == 0:
-                stamp = time.strftime("%Y%m%d-%H%M%S")
-                for path in incomplete:
-                    target = path.parent / f"{path.name}.incomplete-{stamp}"
-                    _log.warning("moving incomplete checkpoint %s aside to %s", path, target)
-                    path.rename(target)
-            if jax.process_count() > 1:
-                ocp.multihost.sync_global_processes("stylex_checkpointing_quarantine")
-            self._manager.reload()
-        self._prepared_for_save = True
+  def _prepare_for_first_save(self) -> None:
+    """Before the first save: refuse another config's directory; move incomplete step dirs aside."""
+    complete, incomplete = self._step_dirs()
+    if complete:
+      self._check_fingerprint(self._read_meta(complete[-1]))
+    if incomplete:
+      if jax.process_index() == 0:
+        stamp = time.strftime('%Y%m%d-%H%M%S')
+        for path in incomplete:
+          target = path.parent / f'{path.name}.incomplete-{stamp}'
+          _log.warning('moving incomplete checkpoint %s aside to %s', path, target)
+          path.rename(target)
+      if jax.process_count() > 1:
+        ocp.multihost.sync_global_processes('stylex_checkpointing_quarantine')
+      self._manager.reload()
+    self._prepared_for_save = True
 
-    # -- save / restore ---------------------------------------------------------------------
+  # -- save / restore ---------------------------------------------------------------------
 
-    def reached_preemption(self, step: int) -> bool:
-        """True once a preemption notice was received (SIGTERM flag, or orbax/JAX's multi-host sync point).
+  def reached_preemption(self, step: int) -> bool:
+    """True once a preemption notice was received (SIGTERM flag, or orbax/JAX's multi-host sync point).
 
         With several processes call it at the same steps on every process (it may be a collective).
         """
-        return _preemption_flag_agreed() or bool(self._manager.reached_preemption(int(step)))
+    return _preemption_flag_agreed() or bool(self._manager.reached_preemption(int(step)))
 
-    def save(self, step: int, state: Any, *, metadata: dict | None = None, force: bool = False) -> bool:
-        """Starts an asynchronous save of ``state`` at ``step`` if it is due; returns whether it saves.
+  def save(self, step: int, state: Any, *, metadata: dict | None = None, force: bool = False) -> bool:
+    """Starts an asynchronous save of ``state`` at ``step`` if it is due; returns whether it saves.
 
         Due when ``step % save_interval_steps == 0``, ``force``, or after a preemption notice.  A step
         that already has a checkpoint is not rewritten (returns False).  Must be called by every
@@ -321,44 +325,47 @@ class Checkpointer:
           metadata: returned by ``restore`` next to the state (e.g. data position, config summary).
           force: save regardless of the interval.
         """
-        if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 0:
-            raise ValueError(f"step={step!r} must be a non-negative integer")
-        step = int(step)
-        meta = {
-            "step": step,
-            "config_fingerprint": self._fingerprint,
-            "metadata": _jsonable(metadata or {}, "metadata"),
-            "saved_at": time.time(),
-        }
-        if not self._prepared_for_save:
-            self._prepare_for_first_save()
-        preempted = _preemption_flag_agreed()
-        if not (force or preempted) and not self._manager.should_save(step):
-            return False
-        if step in self._manager.all_steps():
-            _log.info("checkpoint for step %d already exists in %s; not rewriting it", step, self._directory)
-            return False
-        if preempted:
-            _log.warning("preemption: saving checkpoint at step %d", step)
-        return bool(self._manager.save(
-            step, force=True,
-            args=ocp.args.Composite(**{_STATE: ocp.args.StandardSave(state), _META: ocp.args.JsonSave(meta)})))
+    if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 0:
+      raise ValueError(f'step={step!r} must be a non-negative integer')
+    step = int(step)
+    meta = {
+        'step': step,
+        'config_fingerprint': self._fingerprint,
+        'metadata': _jsonable(metadata or {}, 'metadata'),
+        'saved_at': time.time(),
+    }
+    if not self._prepared_for_save:
+      self._prepare_for_first_save()
+    preempted = _preemption_flag_agreed()
+    if not (force or preempted) and not self._manager.should_save(step):
+      return False
+    if step in self._manager.all_steps():
+      _log.info('checkpoint for step %d already exists in %s; not rewriting it', step, self._directory)
+      return False
+    if preempted:
+      _log.warning('preemption: saving checkpoint at step %d', step)
+    return bool(
+        self._manager.save(
+            step, force=True, args=ocp.args.Composite(**{
+                _STATE: ocp.args.StandardSave(state),
+                _META: ocp.args.JsonSave(meta)
+            })))
 
-    def _complete_step(self, step: int | None) -> int:
-        """The latest complete step (step None) or `step` if it is complete; else FileNotFoundError."""
-        steps = self.all_steps()
-        if step is None:
-            if not steps:
-                raise FileNotFoundError(f"no checkpoint in {self._directory}; train this stage first (or point "
-                                        "--workdir at the run that has it)")
-            return steps[-1]
-        if int(step) not in steps:
-            raise FileNotFoundError(f"no complete checkpoint for step {step} in {self._directory}; "
-                                    f"available steps: {steps or 'none'}")
-        return int(step)
+  def _complete_step(self, step: int | None) -> int:
+    """The latest complete step (step None) or `step` if it is complete; else FileNotFoundError."""
+    steps = self.all_steps()
+    if step is None:
+      if not steps:
+        raise FileNotFoundError(f'no checkpoint in {self._directory}; train this stage first (or point '
+                                '--workdir at the run that has it)')
+      return steps[-1]
+    if int(step) not in steps:
+      raise FileNotFoundError(f'no complete checkpoint for step {step} in {self._directory}; '
+                              f"available steps: {steps or 'none'}")
+    return int(step)
 
-    def restore(self, abstract_state: Any, step: int | None = None) -> tuple[Any, dict]:
-        """Restores the latest (or the given) complete checkpoint into ``abstract_state``'s shardings.
+  def restore(self, abstract_state: Any, step: int | None = None) -> tuple[Any, dict]:
+    """Restores the latest (or the given) complete checkpoint into ``abstract_state``'s shardings.
 
         Args:
           abstract_state: pytree like the saved state, with ``jax.ShapeDtypeStruct`` leaves that
@@ -372,21 +379,21 @@ class Checkpointer:
           FileNotFoundError: no (complete) checkpoint.  ValueError: written by another config, or
           the checkpoint does not match ``abstract_state``.
         """
-        step = self._complete_step(step)
-        meta = self._read_meta(step)
-        self._check_fingerprint(meta)
-        try:
-            restored = self._manager.restore(
-                step, args=ocp.args.Composite(**{_STATE: ocp.args.StandardRestore(abstract_state)}))
-        except (ValueError, KeyError, TypeError) as e:
-            raise ValueError(f"checkpoint step {step} in {self._directory} does not match the state to restore "
-                             f"into ({type(e).__name__}: {e}); if the model or optimiser changed use a new "
-                             f"--workdir, if the files are damaged move {self._directory / str(step)} aside to "
-                             "resume from the previous checkpoint") from e
-        return restored[_STATE], meta.get("metadata", {})
+    step = self._complete_step(step)
+    meta = self._read_meta(step)
+    self._check_fingerprint(meta)
+    try:
+      restored = self._manager.restore(step,
+                                       args=ocp.args.Composite(**{_STATE: ocp.args.StandardRestore(abstract_state)}))
+    except (ValueError, KeyError, TypeError) as e:
+      raise ValueError(f'checkpoint step {step} in {self._directory} does not match the state to restore '
+                       f'into ({type(e).__name__}: {e}); if the model or optimiser changed use a new '
+                       f'--workdir, if the files are damaged move {self._directory / str(step)} aside to '
+                       'resume from the previous checkpoint') from e
+    return restored[_STATE], meta.get('metadata', {})
 
-    def restore_fields(self, abstract_fields: dict, step: int | None = None) -> tuple[dict, dict]:
-        """Restores only some top-level fields of the saved state (orbax partial restore): what a later stage
+  def restore_fields(self, abstract_fields: dict, step: int | None = None) -> tuple[dict, dict]:
+    """Restores only some top-level fields of the saved state (orbax partial restore): what a later stage
         needs (e.g. G_ema and w_avg of a GAN state), never reading the optimiser or augmentation state.
 
         Args:
@@ -397,34 +404,33 @@ class Checkpointer:
         Returns:
           ({field name: restored pytree}, metadata). Errors as ``restore``.
         """
-        step = self._complete_step(step)
-        meta = self._read_meta(step)
-        self._check_fingerprint(meta)
-        restore_args = jax.tree.map(lambda x: ocp.ArrayRestoreArgs(sharding=x.sharding, dtype=x.dtype),
-                                    abstract_fields)
-        args = ocp.args.PyTreeRestore(item=abstract_fields, restore_args=restore_args, partial_restore=True)
-        try:
-            restored = self._manager.restore(step, args=ocp.args.Composite(**{_STATE: args}))
-        except (ValueError, KeyError, TypeError) as e:
-            raise ValueError(f"checkpoint step {step} in {self._directory} lacks the fields "
-                             f"{sorted(abstract_fields)} or they do not match ({type(e).__name__}: {e}); if the "
-                             f"model changed use a new --workdir, if the files are damaged move "
-                             f"{self._directory / str(step)} aside to use the previous checkpoint") from e
-        return dict(restored[_STATE]), meta.get("metadata", {})
+    step = self._complete_step(step)
+    meta = self._read_meta(step)
+    self._check_fingerprint(meta)
+    restore_args = jax.tree.map(lambda x: ocp.ArrayRestoreArgs(sharding=x.sharding, dtype=x.dtype), abstract_fields)
+    args = ocp.args.PyTreeRestore(item=abstract_fields, restore_args=restore_args, partial_restore=True)
+    try:
+      restored = self._manager.restore(step, args=ocp.args.Composite(**{_STATE: args}))
+    except (ValueError, KeyError, TypeError) as e:
+      raise ValueError(f'checkpoint step {step} in {self._directory} lacks the fields '
+                       f'{sorted(abstract_fields)} or they do not match ({type(e).__name__}: {e}); if the '
+                       f'model changed use a new --workdir, if the files are damaged move '
+                       f'{self._directory / str(step)} aside to use the previous checkpoint') from e
+    return dict(restored[_STATE]), meta.get('metadata', {})
 
-    # -- lifecycle ----------------------------------------------------------------------------
+  # -- lifecycle ----------------------------------------------------------------------------
 
-    def wait_until_finished(self) -> None:
-        """Blocks until every pending asynchronous save of this process is on disk."""
-        self._manager.wait_until_finished()
+  def wait_until_finished(self) -> None:
+    """Blocks until every pending asynchronous save of this process is on disk."""
+    self._manager.wait_until_finished()
 
-    def close(self) -> None:
-        """Waits for pending saves and releases orbax's resources."""
-        self._manager.wait_until_finished()
-        self._manager.close()
+  def close(self) -> None:
+    """Waits for pending saves and releases orbax's resources."""
+    self._manager.wait_until_finished()
+    self._manager.close()
 
-    def __enter__(self) -> "Checkpointer":
-        return self
+  def __enter__(self) -> 'Checkpointer':
+    return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
+  def __exit__(self, *exc) -> None:
+    self.close()

@@ -71,6 +71,7 @@ def read_records(path: str) -> Iterator[bytes]:
 # Protobuf wire format
 # ---------------------------------------------------------------------------------------------
 
+
 def _varint(n: int) -> bytes:
   """Protobuf base-128 varint of an int (negative int64 as 10-byte two's complement)."""
   if n < 0:
@@ -150,6 +151,7 @@ def _fields(buf) -> Iterator[tuple[int, int, Any]]:
 # tf.train.Example
 # ---------------------------------------------------------------------------------------------
 
+
 def bytes_feature(values: list[bytes]) -> bytes:
   """Feature{bytes_list=1: BytesList{value=1 (repeated bytes)}}."""
   return _pb_bytes(1, b''.join(_pb_bytes(1, v) for v in values))
@@ -221,6 +223,7 @@ def decode_example(payload: bytes) -> dict[str, tuple[str, Any]]:
 # ---------------------------------------------------------------------------------------------
 # TensorBoard Event / Summary
 # ---------------------------------------------------------------------------------------------
+
 
 def scalar_value(tag: str, value: float) -> bytes:
   """Summary.Value{tag=1, simple_value=2} (the value stored as float32)."""

@@ -4,49 +4,48 @@ steps in a new call) compile each program once."""
 import os
 import tempfile
 
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
-os.environ.setdefault("JAX_PLATFORMS", "cpu")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') + ' --xla_force_host_platform_device_count=8').strip()
+os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+os.environ.setdefault('CUDA_VISIBLE_DEVICES', '')
 
 import jax  # noqa: E402
 
-jax.config.update("jax_threefry_partitionable", True)
-jax.config.update("jax_compilation_cache_dir",
-                  os.environ.get("STYLEX_TEST_JAX_CACHE") or tempfile.mkdtemp(prefix="stylex_jax_cache_"))
-jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-
+jax.config.update('jax_threefry_partitionable', True)
+jax.config.update('jax_compilation_cache_dir',
+                  os.environ.get('STYLEX_TEST_JAX_CACHE') or tempfile.mkdtemp(prefix='stylex_jax_cache_'))
+jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
+jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
 
 import shutil  # noqa: E402
 
 import pytest  # noqa: E402
 
 
-def smoke_config(data_dir, stages: str = "classifier,gan,encoder,explain"):
-    """configs/demo.py:smoke on 2 devices with its phantoms in `data_dir` (the config of `smoke_stages`)."""
-    from configs import demo
-    config = demo.get_config("smoke")
-    config.data.data_dir = str(data_dir)
-    config.num_devices = 2
-    config.stages = stages
-    return config
+def smoke_config(data_dir, stages: str = 'classifier,gan,encoder,explain'):
+  """configs/demo.py:smoke on 2 devices with its phantoms in `data_dir` (the config of `smoke_stages`)."""
+  from configs import demo
+  config = demo.get_config('smoke')
+  config.data.data_dir = str(data_dir)
+  config.num_devices = 2
+  config.stages = stages
+  return config
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope='session')
 def smoke_stages(tmp_path_factory):
-    """One session-wide run of the classifier, gan and encoder stages on `smoke_config` (the slowest set-up of the
+  """One session-wide run of the classifier, gan and encoder stages on `smoke_config` (the slowest set-up of the
     suite, shared by the encoder- and explain-stage tests). Returns copy(dst, stages) -> (config, dst): a fresh
     workdir `dst` (str) holding copies of the named trained stages, so tests may add stages without touching the
     shared run."""
-    from stylex_jax import stages as stages_lib
-    root = tmp_path_factory.mktemp("smoke_stages")
-    stages_lib.run(smoke_config(root / "tfds", "classifier,gan,encoder"), str(root / "work"))
+  from stylex_jax import stages as stages_lib
+  root = tmp_path_factory.mktemp('smoke_stages')
+  stages_lib.run(smoke_config(root / 'tfds', 'classifier,gan,encoder'), str(root / 'work'))
 
-    def copy(dst, names=("classifier", "gan", "encoder")):
-        os.makedirs(dst, exist_ok=True)
-        for name in names:
-            shutil.copytree(root / "work" / name, os.path.join(dst, name))
-        return smoke_config(root / "tfds"), dst   # a fresh config per call: tests may change it
+  def copy(dst, names=('classifier', 'gan', 'encoder')):
+    os.makedirs(dst, exist_ok=True)
+    for name in names:
+      shutil.copytree(root / 'work' / name, os.path.join(dst, name))
+    return smoke_config(root / 'tfds'), dst  # a fresh config per call: tests may change it
 
-    return copy
+  return copy

@@ -60,13 +60,13 @@ def test_tiny_generation_matches_the_phantoms(data_dir, name, render, channels, 
     for i in (0, 7, len(source) - 1):
       ex = source[i]
       image, label, attrs = getattr(phantoms, render)(example_seed(0, split, i), resolution=32)
-      np.testing.assert_array_equal(ex['image'], image)   # PNG is lossless
+      np.testing.assert_array_equal(ex['image'], image)  # PNG is lossless
       assert ex['label'] == label and ex['id'].decode() == f'{split}/{i:06d}'
       for a in attributes:
         assert info.features[a].np_dtype == np.float32
         assert np.float32(ex[a]) == np.float32(attrs[a])
     seen[split] = {ex['image'].tobytes() for ex in source}
-    assert len(seen[split]) == len(source)   # distinct phantoms
+    assert len(seen[split]) == len(source)  # distinct phantoms
   assert not (seen['train'] & seen['validation']) and not (seen['train'] & seen['test']) \
       and not (seen['validation'] & seen['test'])
 
@@ -128,7 +128,7 @@ def _write_kl_tree(root, rng, with_auto_test=False):
       for k in range(2 if folder == 'train' else 1):
         rel = f'{folder}/{grade}/9{grade}{k:02d}{folder[:2]}.png'
         gray = rng.integers(0, 256, size=(20, 24), dtype=np.uint8)
-        if rel == 'train/3/9300tr.png':   # saved as RGB with equal channels
+        if rel == 'train/3/9300tr.png':  # saved as RGB with equal channels
           _png(os.path.join(root, rel), np.repeat(gray[..., None], 3, axis=-1))
         else:
           _png(os.path.join(root, rel), gray)
@@ -139,14 +139,13 @@ def _write_kl_tree(root, rng, with_auto_test=False):
 
 
 def test_kl_xray_from_manual_dir(tmp_path, caplog):
-  manual = tmp_path / 'download' / 'KneeXrayData' / 'ClsKLData' / 'kneeKL224'   # found below manual_dir
+  manual = tmp_path / 'download' / 'KneeXrayData' / 'ClsKLData' / 'kneeKL224'  # found below manual_dir
   expected = _write_kl_tree(str(manual), np.random.default_rng(0), with_auto_test=True)
   builder = tfds.builder('kl_xray', data_dir=str(tmp_path / 'tfds'))
   with caplog.at_level(logging.WARNING):
     builder.download_and_prepare(file_format='array_record',
                                  download_config=tfds.download.DownloadConfig(manual_dir=str(tmp_path / 'download')))
-  assert any('skipped 1 unreadable images' in r.getMessage() and 'broken.png' in r.getMessage()
-             for r in caplog.records)
+  assert any('skipped 1 unreadable images' in r.getMessage() and 'broken.png' in r.getMessage() for r in caplog.records)
   sizes = {s: builder.info.splits[s].num_examples for s in builder.info.splits}
   assert sizes == {'train': 10, 'validation': 5, 'test': 5, 'auto_test': 5}
   for split in sizes:
@@ -166,7 +165,7 @@ def test_kl_xray_missing_manual_data_names_the_layout(tmp_path):
     builder.download_and_prepare(file_format='array_record',
                                  download_config=tfds.download.DownloadConfig(manual_dir=str(tmp_path / 'absent')))
   wrong = tmp_path / 'wrong'
-  _png(str(wrong / 'train' / '0' / 'a.png'), np.zeros((4, 4), np.uint8))   # no val/ nor test/
+  _png(str(wrong / 'train' / '0' / 'a.png'), np.zeros((4, 4), np.uint8))  # no val/ nor test/
   with pytest.raises(FileNotFoundError, match='no train/, val/ and test/ folders'):
     builder.download_and_prepare(file_format='array_record',
                                  download_config=tfds.download.DownloadConfig(manual_dir=str(wrong)))
@@ -178,7 +177,7 @@ def test_kl_xray_missing_manual_data_names_the_layout(tmp_path):
 
 def test_read_image_modes(tmp_path):
   rng = np.random.default_rng(1)
-  deep = rng.integers(100, 4000, size=(6, 5), dtype=np.uint16)   # 12-bit radiograph in a 16-bit PNG
+  deep = rng.integers(100, 4000, size=(6, 5), dtype=np.uint16)  # 12-bit radiograph in a 16-bit PNG
   Image.fromarray(deep).save(tmp_path / 'deep.png')
   got = image_folder.read_image(str(tmp_path / 'deep.png'))
   want = np.round((deep - deep.min()) * 255.0 / (deep.max() - deep.min())).astype(np.uint8)
@@ -197,15 +196,15 @@ def test_image_folder_flat_layout(tmp_path, caplog):
   files = {}
   for cls in ('tumour', 'normal'):
     for k in range(6):
-      rel = f'{cls}/sub/{k}.png' if k == 5 else f'{cls}/{k}.png'   # nested folders count for their class
+      rel = f'{cls}/sub/{k}.png' if k == 5 else f'{cls}/{k}.png'  # nested folders count for their class
       files[rel] = rng.integers(0, 256, size=(8, 8, 3), dtype=np.uint8)
       _png(str(tmp_path / rel), files[rel])
   (tmp_path / 'normal' / 'notes.txt').write_text('ignored')
   (tmp_path / 'normal' / 'corrupt.png').write_bytes(b'nope')
   with caplog.at_level(logging.WARNING):
     folder = image_folder.ImageFolder(str(tmp_path))
-  assert any('skipped 1 unreadable images, e.g.' in r.getMessage() and 'corrupt.png' in r.getMessage()
-             for r in caplog.records)
+  assert any(
+      'skipped 1 unreadable images, e.g.' in r.getMessage() and 'corrupt.png' in r.getMessage() for r in caplog.records)
   assert folder.layout == 'flat' and folder.class_names == ('normal', 'tumour') and folder.channels == 3
   assert folder.splits == {'train': 12} and folder.num_skipped == 1
   train = folder.split('train')
@@ -232,14 +231,14 @@ def test_image_folder_split_layout_and_val_alias(tmp_path):
   val = folder.split('validation')
   assert val.ids == ('val/b/x.png', 'val/c/x.png') and val.labels.tolist() == [1, 2]
   assert val[1]['image'][0, 0, 0] == ord('c')
-  assert image_folder.open_image_folder(str(tmp_path)) is folder   # memoised while unchanged
+  assert image_folder.open_image_folder(str(tmp_path)) is folder  # memoised while unchanged
   with pytest.raises(ValueError, match=r"unknown split 'test'.*\['train', 'validation'\]"):
     folder.split('test')
 
 
 def test_image_folder_errors(tmp_path):
   with pytest.raises(FileNotFoundError, match=r'root/<class_name>/\*'):
-    image_folder.ImageFolder(str(tmp_path))                       # empty
+    image_folder.ImageFolder(str(tmp_path))  # empty
   _png(str(tmp_path / 'a' / 'gray.png'), np.zeros((4, 4), np.uint8))
   _png(str(tmp_path / 'b' / 'colour.png'), np.zeros((4, 4, 3), np.uint8))
   with pytest.raises(ValueError, match=r'mixed channel counts.*a/gray.png has 1 channel\(s\) but b/colour.png has 3'):

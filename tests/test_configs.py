@@ -30,7 +30,7 @@ def test_config_loads_and_is_consistent(name, variant):
   if 'gan' in config.stages:
     from stylex_jax import sharding
     from stylex_jax.train import gan
-    models = gan.build_models(config)      # constructs G and D from the groups: no unknown kwargs
+    models = gan.build_models(config)  # constructs G and D from the groups: no unknown kwargs
     assert models.generator.resolution == config.data.image_size
     gan.check_config(config, sharding.make_mesh(1))
 
@@ -57,10 +57,14 @@ def test_parse_stages_errors():
 
 
 def test_launch_rejects_unknown_config_key_with_its_name(tmp_path):
-  proc = subprocess.run(
-      [sys.executable, os.path.join(ROOT, 'launch', 'train.py'), '--config', os.path.join(ROOT, 'configs', 'demo.py'),
-       '--config.classifier.bogus_key=3', '--workdir', str(tmp_path)],
-      capture_output=True, text=True, timeout=120, env={**os.environ, 'JAX_PLATFORMS': 'cpu'})
+  proc = subprocess.run([
+      sys.executable,
+      os.path.join(ROOT, 'launch', 'train.py'), '--config',
+      os.path.join(ROOT, 'configs', 'demo.py'), '--config.classifier.bogus_key=3', '--workdir',
+      str(tmp_path)
+  ], capture_output=True, text=True, timeout=120, env={
+      **os.environ, 'JAX_PLATFORMS': 'cpu'
+  })
   assert proc.returncode != 0
   assert 'bogus_key' in proc.stderr
   assert not os.listdir(tmp_path)

@@ -19,7 +19,7 @@ def _toy(u_flat, bias=0.3, quad=None, num_classes=2):
   """(synthesize, classify, predict) with log-odds(G(w)) = u . w + bias [+ beta (u2 . w)^2 when quad=(beta, u2)]."""
   rng = np.random.default_rng(0)
   m = rng.normal(size=(P, 64)).astype(np.float32) / 8
-  pinv = np.linalg.pinv(m)                                    # m @ pinv = I_16
+  pinv = np.linalg.pinv(m)  # m @ pinv = I_16
   v = (pinv @ u_flat).astype(np.float32)
   v2 = None if quad is None else (pinv @ quad[1]).astype(np.float32)
 
@@ -30,7 +30,7 @@ def _toy(u_flat, bias=0.3, quad=None, num_classes=2):
     x = images.reshape(images.shape[0], -1)
     s = x @ v + bias
     if quad is not None:
-      s = s + quad[0] * (x @ v2) ** 2
+      s = s + quad[0] * (x @ v2)**2
     if num_classes == 2:
       return jnp.stack([jnp.zeros_like(s), s], axis=1)
     return jnp.stack([k * s for k in range(num_classes)], axis=1)  # ordinal: grade increases with s
@@ -56,6 +56,7 @@ def _latents(n, seed=1, space='w+'):
 
 
 # ---------------------------------------------------------------------------------------------------- targets
+
 
 def test_make_target_values_against_numpy():
   logits = np.array([[0.2, -1.0, 2.0], [1.5, 0.3, -0.7]], np.float32)
@@ -106,19 +107,20 @@ def test_bad_latent_shapes_and_previous():
 
 # -------------------------------------------------------------------------------------------- gradient mode
 
+
 @pytest.mark.parametrize('space', ['w+', 'w'])
 def test_gradient_mode_recovers_true_direction_from_random_init(space):
   rng = np.random.default_rng(3)
   if space == 'w':
     u_w = rng.normal(size=W_DIM).astype(np.float32)
-    u = np.tile(u_w, NUM_WS)                   # log-odds = u_w . (sum over layers of w_l)
+    u = np.tile(u_w, NUM_WS)  # log-odds = u_w . (sum over layers of w_l)
     truth = np.asarray(dl.broadcast_w(u_w, NUM_WS))
   else:
     u = rng.normal(size=P).astype(np.float32)
     truth = u.reshape(NUM_WS, W_DIM)
   synth, classify, _ = _toy(u)
-  opt = dl.GradientDirection(synth, classify, dl.make_target('auto', 2), space=space, steps=150,
-                             learning_rate=0.2, step_size=0.5, init='random')
+  opt = dl.GradientDirection(synth, classify, dl.make_target('auto', 2), space=space, steps=150, learning_rate=0.2,
+                             step_size=0.5, init='random')
   fit = opt(_latents(16, space=space), key=jax.random.key(5))
   d = np.asarray(fit.direction)
   assert d.shape == (NUM_WS, W_DIM)
@@ -128,7 +130,7 @@ def test_gradient_mode_recovers_true_direction_from_random_init(space):
   np.testing.assert_allclose(float(fit.gain), 0.5 * float(u @ d.ravel()), rtol=1e-4)
   assert float(fit.gain) > float(fit.initial_gain)
   if space == 'w':
-    np.testing.assert_allclose(d[0], d[1], atol=1e-6)   # broadcast: the same vector on every layer
+    np.testing.assert_allclose(d[0], d[1], atol=1e-6)  # broadcast: the same vector on every layer
 
 
 def test_local_directions_recover_per_image_truth_and_trace_once():
@@ -158,8 +160,7 @@ def test_proximity_penalty_trades_gain_for_smaller_pixel_change():
   # reference proximity from the toy's linear map: mean_pixels (M^T d)^2 computed independently
   m = np.random.default_rng(0).normal(size=(P, 64)).astype(np.float32) / 8
   for fit in (plain, close):
-    np.testing.assert_allclose(float(fit.proximity), np.mean((np.asarray(fit.direction).ravel() @ m) ** 2),
-                               rtol=1e-3)
+    np.testing.assert_allclose(float(fit.proximity), np.mean((np.asarray(fit.direction).ravel() @ m)**2), rtol=1e-3)
   assert float(close.proximity) < 0.8 * float(plain.proximity)
   assert float(close.gain) < float(plain.gain)
 
@@ -174,8 +175,8 @@ def test_top_k_orthonormal_and_second_recovers_planted_factor():
   synth, classify, _ = _toy(u1, bias=0.0, quad=(0.2, u2))
   half = _latents(8)
   ws = np.concatenate([half, -half])
-  opt = dl.GradientDirection(synth, classify, dl.make_target('auto', 2), space='w+', steps=150,
-                             learning_rate=0.2, step_size=1.0, chunk_size=5)   # 16 latents: 4 chunks, padded
+  opt = dl.GradientDirection(synth, classify, dl.make_target('auto', 2), space='w+', steps=150, learning_rate=0.2,
+                             step_size=1.0, chunk_size=5)  # 16 latents: 4 chunks, padded
   ds = dl.top_k_directions(opt, ws, 3)
   flat = ds.reshape(3, -1)
   np.testing.assert_allclose(flat @ flat.T, np.eye(3), atol=1e-4)
@@ -185,6 +186,7 @@ def test_top_k_orthonormal_and_second_recovers_planted_factor():
 
 
 # -------------------------------------------------------------------------------------------- black-box mode
+
 
 @pytest.mark.parametrize('space', ['w', 'w+'])
 def test_black_box_probe_recovers_true_direction(space):
@@ -225,7 +227,7 @@ def test_fit_logistic_and_ridge_against_references():
   rng = np.random.default_rng(9)
   x = rng.normal(size=(300, 4))
   beta_true = np.array([1.0, -2.0, 0.5, 0.0])
-  y = 1 / (1 + np.exp(-(x @ beta_true + 0.3)))          # soft labels exactly from a logistic model
+  y = 1 / (1 + np.exp(-(x @ beta_true + 0.3)))  # soft labels exactly from a logistic model
   beta, b = dl.fit_logistic(x, y, 0.0)
   np.testing.assert_allclose(beta, beta_true, atol=1e-3)
   assert abs(b - 0.3) < 1e-3
@@ -233,7 +235,7 @@ def test_fit_logistic_and_ridge_against_references():
   beta_r, b_r = dl.fit_ridge(x, yr, 0.0)
   ref = np.linalg.lstsq(np.c_[x, np.ones(300)], yr, rcond=None)[0]
   np.testing.assert_allclose(np.r_[beta_r, b_r], ref, atol=1e-8)
-  wide = rng.normal(size=(5, 12))                          # dual (p > n) equals primal
+  wide = rng.normal(size=(5, 12))  # dual (p > n) equals primal
   yw = rng.normal(size=5)
   bd, _ = dl.fit_ridge(wide, yw, 0.1)
   xc, yc = wide - wide.mean(0), yw - yw.mean()
@@ -256,6 +258,7 @@ def test_latent_scale_against_numpy():
 
 # --------------------------------------------------------------------------------------- real StyleGAN2 (tiny)
 
+
 def test_gradient_mode_on_tiny_stylegan2_increases_target():
   from configs import demo
   from stylex_jax.train import gan
@@ -265,8 +268,9 @@ def test_gradient_mode_on_tiny_stylegan2_increases_target():
   k = config.data.num_classes
   # Random synthesis parameters of the right structure (jitting Flax's init costs ~10 s of compile here; the
   # values do not matter for this check, only that the gradient flows through the real network).
-  shapes = jax.eval_shape(lambda key: g.init({'params': key}, jnp.zeros((1, g.num_ws, g.w_dim)),
-                                             method='synthesis', noise_mode='const'), jax.random.key(0))
+  shapes = jax.eval_shape(
+      lambda key: g.init({'params': key}, jnp.zeros((1, g.num_ws, g.w_dim)), method='synthesis', noise_mode='const'),
+      jax.random.key(0))
   rng = np.random.default_rng(0)
   g_vars = jax.tree.map(lambda s: jnp.asarray(0.3 * rng.normal(size=s.shape), jnp.float32), shapes)
   head = jnp.asarray(rng.normal(size=(g.resolution * g.resolution * g.channels, k)) / g.resolution, jnp.float32)
@@ -278,8 +282,8 @@ def test_gradient_mode_on_tiny_stylegan2_increases_target():
   def classify(images):  # a random (linear) classifier: the gradient must flow through the real G
     return images.reshape(images.shape[0], -1) @ head
 
-  opt = dl.GradientDirection(synthesize, classify, dl.make_target('auto', k), space='w', steps=4,
-                             learning_rate=0.5, step_size=2.0, init='random')
+  opt = dl.GradientDirection(synthesize, classify, dl.make_target('auto', k), space='w', steps=4, learning_rate=0.5,
+                             step_size=2.0, init='random')
   fit = opt(ws, key=jax.random.key(3))
   assert np.asarray(fit.direction).shape == (g.num_ws, g.w_dim)
   assert float(fit.gain) > float(fit.initial_gain) + 1e-3

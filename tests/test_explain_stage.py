@@ -53,7 +53,7 @@ def test_one_call_trains_everything_and_writes_the_report(trained):
     assert r['probs'].shape == (s * config.data.num_classes,) and r['latent'].shape == (num_ws * w_dim,)
     probs = r['probs'].numpy().reshape(s, -1)
     np.testing.assert_allclose(probs.sum(-1), 1.0, atol=1e-5)
-    assert 0.0 in r['alphas'].numpy()                        # the series starts at the image's own latent
+    assert 0.0 in r['alphas'].numpy()  # the series starts at the image's own latent
 
   html = open(out / 'report.html').read()
   ids = [r['id'].numpy().decode() for r in records]
@@ -64,7 +64,7 @@ def test_one_call_trains_everything_and_writes_the_report(trained):
   assert d.shape == (1, num_ws, w_dim)
   np.testing.assert_allclose(np.linalg.norm(d.reshape(1, -1), axis=1), 1.0, rtol=1e-5)
 
-  again = stage.train_and_evaluate(config, str(root / 'work'))   # complete with this config: not recomputed
+  again = stage.train_and_evaluate(config, str(root / 'work'))  # complete with this config: not recomputed
   assert again == summary
 
 
@@ -73,12 +73,11 @@ def test_user_files_bad_one_rejected_rest_explained_blackbox(trained, tmp_path, 
   files = tmp_path / 'scans'
   files.mkdir()
   rng = np.random.default_rng(0)
-  for name in ('a.png', 'b.png'):                      # another size: converted with a note
+  for name in ('a.png', 'b.png'):  # another size: converted with a note
     Image.fromarray(rng.integers(0, 255, (48, 40), dtype=np.uint8)).save(files / name)
   (files / 'broken.png').write_bytes(b'not an image')
   config.explain.mode = 'blackbox'
-  summary = stage.run(config, str(root / 'work'), image_patterns=str(files / '*.png'),
-                      output_dir=str(tmp_path / 'out'))
+  summary = stage.run(config, str(root / 'work'), image_patterns=str(files / '*.png'), output_dir=str(tmp_path / 'out'))
   printed = capsys.readouterr().out
   assert summary['images'] == 2
   assert 'rejected' in printed and 'broken.png' in printed and '48x40' in printed

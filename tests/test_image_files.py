@@ -12,10 +12,10 @@ def _save(path, array, mode=None):
 
 
 def test_conversions_and_rejections(tmp_path):
-  ramp = np.tile(np.arange(0, 256, 4, dtype=np.uint8), (64, 1))                   # 64x64, 8-bit
+  ramp = np.tile(np.arange(0, 256, 4, dtype=np.uint8), (64, 1))  # 64x64, 8-bit
   _save(tmp_path / 'a_exact.png', ramp)
-  _save(tmp_path / 'b_big.png', np.full((100, 140), 200, np.uint8))              # constant, other size
-  _save(tmp_path / 'c_16bit.png', np.full((64, 64), 65535, np.uint16))          # 16-bit white
+  _save(tmp_path / 'b_big.png', np.full((100, 140), 200, np.uint8))  # constant, other size
+  _save(tmp_path / 'c_16bit.png', np.full((64, 64), 65535, np.uint16))  # 16-bit white
   _save(tmp_path / 'd_grey_rgb.png', np.repeat(ramp[..., None], 3, axis=-1))
   colour = np.zeros((64, 64, 3), np.uint8)
   colour[..., 0] = 255
@@ -25,7 +25,7 @@ def test_conversions_and_rejections(tmp_path):
   assert images.shape == (4, 64, 64, 1) and images.dtype == np.float32
   assert [i.rsplit('/', 1)[-1] for i in ids] == ['a_exact.png', 'b_big.png', 'c_16bit.png', 'd_grey_rgb.png']
   np.testing.assert_allclose(images[0, ..., 0], ramp / 255.0 * 2 - 1, atol=1e-6)
-  np.testing.assert_allclose(images[1], 200 / 255.0 * 2 - 1, atol=1e-5)        # a constant stays constant
+  np.testing.assert_allclose(images[1], 200 / 255.0 * 2 - 1, atol=1e-5)  # a constant stays constant
   np.testing.assert_allclose(images[2], 1.0, atol=1e-6)
   np.testing.assert_allclose(images[3], images[0], atol=1e-6)
   assert any('b_big.png' in n and '100x140' in n for n in notes)

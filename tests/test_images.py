@@ -27,7 +27,7 @@ def _both_paths(path, size=S, channels=1):
   train = _training(path, size, channels)
   explain, _ = image_files.load_image(str(path), size, channels)
   assert train.dtype == explain.dtype == np.float32 and train.shape == (size, size, channels)
-  np.testing.assert_array_equal(train, explain)   # bit-identical
+  np.testing.assert_array_equal(train, explain)  # bit-identical
   return explain
 
 
@@ -37,14 +37,14 @@ def _file(tmp_path, name):
   return folder / name
 
 
-def _stretch(values):   # the reference: per-image min-max stretch to [-1, 1]
+def _stretch(values):  # the reference: per-image min-max stretch to [-1, 1]
   v = values.astype(np.float64)
   return (v - v.min()) / (v.max() - v.min()) * 2 - 1
 
 
 def test_16bit_png_low_values_are_stretched_not_divided_by_255(tmp_path):
   rng = np.random.default_rng(0)
-  low = rng.integers(10, 200, size=(S, S), dtype=np.uint16)   # max <= 255 in a 16-bit file
+  low = rng.integers(10, 200, size=(S, S), dtype=np.uint16)  # max <= 255 in a 16-bit file
   path = _file(tmp_path, 'low.png')
   Image.fromarray(low).save(path)
   got = _both_paths(path)
@@ -75,20 +75,20 @@ def test_8bit_png_and_resize(tmp_path):
                              atol=1e-6)
   big = _file(tmp_path, 'big.png')
   Image.fromarray(rng.integers(0, 65536, size=(20, 30), dtype=np.uint16)).save(big)
-  _both_paths(big)   # cropped + resized 16-bit: still identical in both paths
+  _both_paths(big)  # cropped + resized 16-bit: still identical in both paths
 
 
 def test_exif_rotated_jpeg(tmp_path):
   rng = np.random.default_rng(3)
-  stored = rng.integers(0, 256, size=(S, 12), dtype=np.uint8)   # stored 8 x 12, displayed 12 x 8
+  stored = rng.integers(0, 256, size=(S, 12), dtype=np.uint8)  # stored 8 x 12, displayed 12 x 8
   path = _file(tmp_path, 'rot.jpg')
   exif = Image.Exif()
-  exif[0x0112] = 6   # Orientation: rotate 90 degrees clockwise to display
+  exif[0x0112] = 6  # Orientation: rotate 90 degrees clockwise to display
   Image.fromarray(stored).save(path, exif=exif, quality=95)
   with Image.open(path) as im:
-    decoded = np.asarray(im.convert('L'))   # as stored, without the EXIF rotation
-  upright = np.rot90(decoded, k=-1)          # 12 x 8
-  want = upright[2:10] / 255.0 * 2 - 1       # centre square crop of the 12 rows
+    decoded = np.asarray(im.convert('L'))  # as stored, without the EXIF rotation
+  upright = np.rot90(decoded, k=-1)  # 12 x 8
+  want = upright[2:10] / 255.0 * 2 - 1  # centre square crop of the 12 rows
   np.testing.assert_allclose(_both_paths(path)[..., 0], want, atol=1e-6)
 
 
@@ -100,7 +100,7 @@ def test_rgba(tmp_path):
   path = _file(tmp_path, 'opaque.png')
   Image.fromarray(opaque, 'RGBA').save(path)
   with warnings.catch_warnings():
-    warnings.simplefilter('error')   # fully opaque: dropped without a word
+    warnings.simplefilter('error')  # fully opaque: dropped without a word
     np.testing.assert_allclose(_both_paths(path, channels=3), rgba[..., :3] / 255.0 * 2 - 1, atol=1e-6)
   path = _file(tmp_path, 'seethrough.png')
   Image.fromarray(rgba, 'RGBA').save(path)

@@ -64,17 +64,16 @@ def test_inverting_a_generated_image_recovers_it_and_compiles_once(pieces):
   out = inv(images, ids=['a', 'b', 'c'])
   assert out['ws'].shape == (3, inv.num_ws, inv.w_dim) and out['reconstructions'].shape == images.shape
   assert out['original_probs'].shape == (3, 2) and out['agree'].dtype == bool
-  assert (start['ssim'] < 0.8).all(), start['ssim']      # w_avg alone is not the image ...
-  assert (out['ssim'] >= 0.95).all(), out['ssim']         # ... the optimisation recovers it
-  np.testing.assert_allclose(out['mse'], np.mean((out['reconstructions'] - images) ** 2, axis=(1, 2, 3)),
-                             rtol=1e-4)
-  np.testing.assert_allclose(out['prob_delta'], np.abs(out['original_probs'] - out['reconstruction_probs'])[:, 1],
-                             rtol=1e-4, atol=1e-7)
+  assert (start['ssim'] < 0.8).all(), start['ssim']  # w_avg alone is not the image ...
+  assert (out['ssim'] >= 0.95).all(), out['ssim']  # ... the optimisation recovers it
+  np.testing.assert_allclose(out['mse'], np.mean((out['reconstructions'] - images)**2, axis=(1, 2, 3)), rtol=1e-4)
+  np.testing.assert_allclose(out['prob_delta'],
+                             np.abs(out['original_probs'] - out['reconstruction_probs'])[:, 1], rtol=1e-4, atol=1e-7)
   np.testing.assert_allclose(out['w_distance'], np.linalg.norm(out['ws'].mean(1) - np.asarray(inv.w_avg), axis=-1),
                              rtol=1e-4)
   traces = inv.trace_count
   assert traces == 3  # inverting compiled nothing new
-  inv(images[:2])      # another image count: padded to the same chunk shape
+  inv(images[:2])  # another image count: padded to the same chunk shape
   inv(np.concatenate([images, images]))  # two chunks
   assert inv.trace_count == traces
 
@@ -91,8 +90,8 @@ def test_w_space_noise_and_nvidia_recipe_run(pieces):
   assert noise and all(n.shape[0] == 2 for n in noise)
   for n in noise:  # re-normalised every step
     np.testing.assert_allclose(n.reshape(2, -1).std(axis=1), 1.0, rtol=1e-3)
-  np.testing.assert_allclose(np.asarray(nv.synthesize(jnp.asarray(out['ws']), out['noise'])),
-                             out['reconstructions'], atol=1e-5)
+  np.testing.assert_allclose(np.asarray(nv.synthesize(jnp.asarray(out['ws']), out['noise'])), out['reconstructions'],
+                             atol=1e-5)
 
 
 def test_bad_input(pieces):
@@ -134,23 +133,22 @@ def test_loss_terms_against_numpy():
   rng = np.random.default_rng(0)
   lp, lq = rng.normal(size=(4, 3)), rng.normal(size=(4, 3))
   p, q = scipy.special.softmax(lp, -1), scipy.special.softmax(lq, -1)
-  np.testing.assert_allclose(np.asarray(reconstruction.kl_divergence(lp, lq)), np.sum(p * np.log(p / q), -1),
-                             rtol=1e-5)
+  np.testing.assert_allclose(np.asarray(reconstruction.kl_divergence(lp, lq)), np.sum(p * np.log(p / q), -1), rtol=1e-5)
   ws = rng.normal(size=(2, 5, 3))
-  np.testing.assert_allclose(np.asarray(reconstruction.delta_penalty(ws)),
-                             [np.mean((w - w.mean(0)) ** 2) for w in ws], rtol=1e-5)
+  np.testing.assert_allclose(np.asarray(reconstruction.delta_penalty(ws)), [np.mean((w - w.mean(0))**2) for w in ws],
+                             rtol=1e-5)
   fa, fb = rng.normal(size=(2, 4, 4, 6)), rng.normal(size=(2, 4, 4, 6))
   na = fa / np.linalg.norm(fa, axis=-1, keepdims=True)
   nb = fb / np.linalg.norm(fb, axis=-1, keepdims=True)
   np.testing.assert_allclose(np.asarray(reconstruction.normalized_feature_distance(fa, fb)),
-                             ((na - nb) ** 2).sum(-1).mean((1, 2)), rtol=1e-4)
+                             ((na - nb)**2).sum(-1).mean((1, 2)), rtol=1e-4)
   noise = {'a': rng.normal(size=(2, 16, 16, 1)), 'b': rng.normal(size=(2, 8, 8, 1))}
   expected = np.zeros(2)
   for n in noise.values():
     n = n[..., 0]
     while True:  # NVIDIA's projector.py loop, per image
       for i in range(2):
-        expected[i] += np.mean(n[i] * np.roll(n[i], 1, axis=1)) ** 2 + np.mean(n[i] * np.roll(n[i], 1, axis=0)) ** 2
+        expected[i] += np.mean(n[i] * np.roll(n[i], 1, axis=1))**2 + np.mean(n[i] * np.roll(n[i], 1, axis=0))**2
       if n.shape[1] <= 8:
         break
       n = n.reshape(2, n.shape[1] // 2, 2, n.shape[2] // 2, 2).mean(axis=(2, 4))
@@ -161,8 +159,9 @@ def test_loss_terms_against_numpy():
   loss, terms = reconstruction.reconstruction_loss(x, y, jnp.asarray(ws), jnp.zeros(3),
                                                    dict(mse=2.0, l1=0.5, delta=1.0, w_l2=0.0))
   assert set(terms) == {'mse', 'l1', 'delta'}
-  np.testing.assert_allclose(np.asarray(loss), 2 * ((x - y) ** 2).mean((1, 2, 3)) + 0.5 * np.abs(x - y).mean(
-      (1, 2, 3)) + np.asarray(reconstruction.delta_penalty(ws)), rtol=1e-5)
+  np.testing.assert_allclose(
+      np.asarray(loss), 2 * ((x - y)**2).mean((1, 2, 3)) + 0.5 * np.abs(x - y).mean(
+          (1, 2, 3)) + np.asarray(reconstruction.delta_penalty(ws)), rtol=1e-5)
 
 
 def test_nvidia_learning_rate_schedule():
@@ -170,5 +169,4 @@ def test_nvidia_learning_rate_schedule():
   for t in (0.01, 0.3, 0.9):
     ramp = min(1.0, (1 - t) / 0.25)
     ref = 0.1 * (0.5 - 0.5 * np.cos(ramp * np.pi)) * min(1.0, t / 0.05)
-    np.testing.assert_allclose(float(invert.learning_rate(jnp.float32(t), 0.1, 'nvidia', 0.05, 0.25)), ref,
-                               rtol=1e-5)
+    np.testing.assert_allclose(float(invert.learning_rate(jnp.float32(t), 0.1, 'nvidia', 0.05, 0.25)), ref, rtol=1e-5)

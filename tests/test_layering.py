@@ -58,8 +58,7 @@ def _imports(path: str, modules: dict[str, str]) -> set[str]:
     if isinstance(node, ast.Import):
       names = [a.name for a in node.names]
     elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-      names = [f'{node.module}.{a.name}' if f'{node.module}.{a.name}' in modules else node.module
-               for a in node.names]
+      names = [f'{node.module}.{a.name}' if f'{node.module}.{a.name}' in modules else node.module for a in node.names]
     else:
       continue
     found.update(n for n in names if n in modules)
@@ -95,7 +94,7 @@ def test_no_import_cycle(graph):
   def visit(node, path):
     state[node] = 'open'
     for nxt in sorted(graph.get(node, ())):
-      if node.startswith(nxt + '.'):   # a module importing its parent package: only the __init__ runs first
+      if node.startswith(nxt + '.'):  # a module importing its parent package: only the __init__ runs first
         continue
       if state.get(nxt) == 'open':
         cycles.append(' -> '.join(path[path.index(nxt):] + [nxt]))

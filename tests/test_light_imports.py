@@ -3,7 +3,6 @@ import os
 import subprocess
 import sys
 
-
 LIGHT_MODULES = [
     'stylex_jax.data',
     'stylex_jax.data.images',
@@ -38,7 +37,7 @@ LIGHT_MODULES = [
     'stylex_jax.stages.explain',
 ]
 HEAVY = ('tensorflow', 'tensorflow_datasets')
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))   # this checkout's stylex_jax wins
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # this checkout's stylex_jax wins
 
 
 def test_modules_import_without_tensorflow():
@@ -49,8 +48,8 @@ def test_modules_import_without_tensorflow():
           f'  heavy = [h for h in {HEAVY!r} if h in sys.modules]\n'
           '  if heavy:\n'
           '    print(m, "imported", ",".join(heavy)); break\n')
-  result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=300,
-                          check=False, cwd=ROOT)
+  result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=300, check=False,
+                          cwd=ROOT)
   assert result.returncode == 0, result.stderr[-2000:]
   assert result.stdout.strip() == '', result.stdout.strip()
 
@@ -59,7 +58,7 @@ def test_the_check_sees_tensorflow():
   """Not vacuous: the TFDS builders do import TFDS."""
   code = ('import sys, stylex_jax.data.builders\n'
           f'print(",".join(m for m in {HEAVY!r} if m in sys.modules))')
-  result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=300,
-                          check=False, cwd=ROOT)
+  result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=300, check=False,
+                          cwd=ROOT)
   assert result.returncode == 0, result.stderr[-2000:]
   assert 'tensorflow_datasets' in result.stdout

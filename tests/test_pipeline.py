@@ -18,9 +18,9 @@ from stylex_jax.data.pipeline import Pipeline
 
 
 def _config(**overrides):
-  config = ml_collections.ConfigDict(dict(
-      dataset='synthetic_knee', builder_config='tiny', data_dir='', manual_dir='', image_size=32, channels=1,
-      label_threshold=-1, hflip=False, train_split='train', eval_split='validation', test_split='test'))
+  config = ml_collections.ConfigDict(
+      dict(dataset='synthetic_knee', builder_config='tiny', data_dir='', manual_dir='', image_size=32, channels=1,
+           label_threshold=-1, hflip=False, train_split='train', eval_split='validation', test_split='test'))
   config.update(overrides)
   return config
 
@@ -85,13 +85,13 @@ def test_batches_are_deterministic_in_seed_and_step(data_dir):
 
 
 def test_each_epoch_is_a_fresh_permutation(data_dir):
-  p = _make(data_dir)   # 48 examples, batch 8: 6 steps per epoch
+  p = _make(data_dir)  # 48 examples, batch 8: 6 steps per epoch
   epochs = [np.concatenate([p.global_indices(s) for s in range(6 * e, 6 * e + 6)]) for e in range(3)]
   for order in epochs:
     np.testing.assert_array_equal(np.sort(order), np.arange(48))
   assert not np.array_equal(epochs[0], epochs[1]) and not np.array_equal(epochs[1], epochs[2])
-  q = _make(data_dir, batch=20)   # batches that straddle epochs: positions continue across the boundary
-  stream = np.concatenate([q.global_indices(s) for s in range(6)])   # 120 positions = 2.5 epochs
+  q = _make(data_dir, batch=20)  # batches that straddle epochs: positions continue across the boundary
+  stream = np.concatenate([q.global_indices(s) for s in range(6)])  # 120 positions = 2.5 epochs
   np.testing.assert_array_equal(np.sort(stream[:48]), np.arange(48))
   np.testing.assert_array_equal(np.sort(stream[48:96]), np.arange(48))
 
@@ -106,7 +106,7 @@ def test_process_slices_are_disjoint_and_make_the_global_batch(data_dir):
     np.testing.assert_array_equal(np.concatenate([g['image'] for g in got]), want['image'])
     np.testing.assert_array_equal(np.concatenate([g['label'] for g in got]), want['label'])
     idx = whole.global_indices(step)
-    assert not set(idx[:4]) & set(idx[4:])   # within an epoch, the two slices hold different examples
+    assert not set(idx[:4]) & set(idx[4:])  # within an epoch, the two slices hold different examples
 
 
 def test_hflip_mirrors_about_half_the_rows(data_dir):
@@ -134,6 +134,7 @@ def test_iterate_resumes_exactly(data_dir):
 
 
 def test_prefetch_reraises_producer_errors():
+
   def items():
     yield 1
     raise RuntimeError('decode failed')
@@ -148,7 +149,7 @@ def test_prefetch_reraises_producer_errors():
 
 
 def test_eval_covers_every_example_once_with_mask(data_dir, raw):
-  images, labels, ids = raw['validation']   # 16 examples; global batch 6 over 2 processes -> 3 batches
+  images, labels, ids = raw['validation']  # 16 examples; global batch 6 over 2 processes -> 3 batches
   seen = {}
   counts = []
   for index in range(2):
@@ -163,7 +164,7 @@ def test_eval_covers_every_example_once_with_mask(data_dir, raw):
           seen[b['id'][k]] = (b['image'][k], b['label'][k])
         else:
           assert b['mask'][k] == 0 and b['id'][k] == '' and not b['image'][k].any()
-  assert counts == [3, 3]   # same number of eval steps on every process
+  assert counts == [3, 3]  # same number of eval steps on every process
   assert sorted(seen) == sorted(ids)
   for i, example_id in enumerate(ids):
     image, label = seen[example_id]
@@ -186,12 +187,12 @@ def test_label_threshold(data_dir, raw):
 
 
 def test_resize_matches_tensorflow_antialiased_bilinear(data_dir, raw):
-  p = _make(data_dir, 'validation', batch=16, train=False, image_size=12)   # 32 -> 12: non-integer factor
+  p = _make(data_dir, 'validation', batch=16, train=False, image_size=12)  # 32 -> 12: non-integer factor
   got = next(p.eval_batches())['image']
   want = _tf_resize(raw['validation'][0], 12) / 127.5 - 1.0
-  assert np.abs(got - want).max() <= 1.0 / 127.5 + 1e-5   # the cache keeps uint8: at most one level apart
+  assert np.abs(got - want).max() <= 1.0 / 127.5 + 1e-5  # the cache keeps uint8: at most one level apart
   rng = np.random.default_rng(0)
-  wide = rng.integers(0, 256, size=(10, 16, 3), dtype=np.uint8)   # centre crop to 10x10, then resize
+  wide = rng.integers(0, 256, size=(10, 16, 3), dtype=np.uint8)  # centre crop to 10x10, then resize
   for size in (5, 10, 23):
     got = pipeline_lib.resize_square(wide, size)
     want = np.clip(np.rint(_tf_resize(wide[None, :, 3:13], size)[0]), 0, 255)
@@ -222,11 +223,13 @@ def test_bad_input_fails_fast_with_one_clear_message(data_dir, tmp_path):
   with pytest.raises(ValueError, match=r"no builder config 'huge'.*'tiny'"):
     _make(data_dir, builder_config='huge')
   with pytest.raises(ValueError, match=r"unknown keys \['imagesize'\]"):
-    Pipeline({**_config(data_dir=data_dir).to_dict(), 'imagesize': 3}, 'train', global_batch_size=8, seed=0,
-             train=True, process_index=0, process_count=1)
+    Pipeline({
+        **_config(data_dir=data_dir).to_dict(), 'imagesize': 3
+    }, 'train', global_batch_size=8, seed=0, train=True, process_index=0, process_count=1)
   with pytest.raises(ValueError, match='num_classes=2 but .* has 5 classes'):
-    Pipeline({**_config(data_dir=data_dir).to_dict(), 'num_classes': 2}, 'train', global_batch_size=8, seed=0,
-             train=True, process_index=0, process_count=1)
+    Pipeline({
+        **_config(data_dir=data_dir).to_dict(), 'num_classes': 2
+    }, 'train', global_batch_size=8, seed=0, train=True, process_index=0, process_count=1)
   with pytest.raises(ValueError, match='channels=2 must be 1'):
     _make(data_dir, channels=2)
   with pytest.raises(ValueError, match=r'use eval_batches\(\)'):
@@ -243,8 +246,12 @@ def test_bad_input_fails_fast_with_one_clear_message(data_dir, tmp_path):
 def test_patch_camelyon_like_catalog_dataset_read_per_batch(monkeypatch):
   """The TFDS catalog's patch_camelyon (96x96x3, labels 0/1), mocked; large-dataset path (no cache)."""
   rng = np.random.default_rng(3)
-  examples = {s: [dict(image=rng.integers(0, 256, (96, 96, 3), dtype=np.uint8), label=int(rng.integers(2)),
-                       id=f'{s}_{i}'.encode()) for i in range(n)] for s, n in (('train', 20), ('test', 10))}
+  examples = {
+      s: [
+          dict(image=rng.integers(0, 256, (96, 96, 3), dtype=np.uint8), label=int(rng.integers(2)),
+               id=f'{s}_{i}'.encode()) for i in range(n)
+      ] for s, n in (('train', 20), ('test', 10))
+  }
 
   def as_data_source(self, split, decoders=None, deserialize_method=None, **kwargs):
     del self, decoders, deserialize_method, kwargs
@@ -255,13 +262,13 @@ def test_patch_camelyon_like_catalog_dataset_read_per_batch(monkeypatch):
   with tfds.testing.mock_data(as_data_source_fn=as_data_source):
     train = Pipeline(config, 'train', global_batch_size=8, seed=0, train=True, process_index=1, process_count=2)
     test = Pipeline(config, 'test', global_batch_size=8, seed=0, train=False, process_index=0, process_count=1)
-    np.testing.assert_array_equal(train.labels, [e['label'] for e in examples['train']])   # read lazily
+    np.testing.assert_array_equal(train.labels, [e['label'] for e in examples['train']])  # read lazily
   assert not train.cached and train.num_classes == 2 and train.image_shape == (32, 32, 3)
   b = train.batch(2)
   idx = train.global_indices(2)[4:]
   want = _tf_resize(np.stack([examples['train'][i]['image'] for i in idx]), 32) / 127.5 - 1.0
-  flips = np.array([np.abs(b['image'][k] - want[k][:, ::-1]).max() < np.abs(b['image'][k] - want[k]).max()
-                    for k in range(4)])
+  flips = np.array(
+      [np.abs(b['image'][k] - want[k][:, ::-1]).max() < np.abs(b['image'][k] - want[k]).max() for k in range(4)])
   want[flips] = want[flips][:, :, ::-1]
   assert np.abs(b['image'] - want).max() <= 1.0 / 127.5 + 1e-5
   np.testing.assert_array_equal(b['label'], [examples['train'][i]['label'] for i in idx])
@@ -277,14 +284,15 @@ def test_image_folder_dataset(tmp_path):
     for cls in ('benign', 'malignant'):
       for k in range(3):
         rel = f'{split}/{cls}/{k}.png'
-        files[rel] = rng.integers(0, 256, size=(12, 20), dtype=np.uint8)   # non-square: centre-cropped
+        files[rel] = rng.integers(0, 256, size=(12, 20), dtype=np.uint8)  # non-square: centre-cropped
         os.makedirs(tmp_path / split / cls, exist_ok=True)
         Image.fromarray(files[rel]).save(tmp_path / rel)
   config = _config(dataset='image_folder', builder_config='64', manual_dir=str(tmp_path), image_size=12)
   p = Pipeline(config, 'validation', global_batch_size=4, seed=0, train=False, process_index=0, process_count=1)
   assert p.class_names == ('benign', 'malignant') and p.num_examples == 6
-  got = {i: (img, lab) for b in p.eval_batches() for i, img, lab, m in zip(b['id'], b['image'], b['label'], b['mask'])
-         if m}
+  got = {
+      i: (img, lab) for b in p.eval_batches() for i, img, lab, m in zip(b['id'], b['image'], b['label'], b['mask']) if m
+  }
   assert sorted(got) == sorted(r for r in files if r.startswith('validation/'))
   for rel, (image, label) in got.items():
     np.testing.assert_allclose(image[..., 0], files[rel][:, 4:16] / 127.5 - 1.0, atol=1e-6)

@@ -16,14 +16,16 @@ def _add(r, id_, seed=0):
   u8 = rng.integers(0, 256, size=(3, 8, 8, 1), dtype=np.uint8)
   probs = np.array([[0.9, 0.1], [0.5, 0.5], [0.2, 0.8]], np.float32)
   rgb = np.zeros((8, 8, 3), np.uint8)
-  r.add(id_, 'safe', 'a', 1, {'image': media.png_bytes(u8[0]), 'reconstruction': media.png_bytes(u8[1])},
-        [media.png_bytes(f) for f in u8], np.array([-1.0, 0.0, 1.0], np.float32), probs, probs[1], None, rgb, rgb,
-        0.25, {'ssim <x>': 0.5})
+  r.add(id_, 'safe', 'a', 1, {
+      'image': media.png_bytes(u8[0]),
+      'reconstruction': media.png_bytes(u8[1])
+  }, [media.png_bytes(f) for f in u8], np.array([-1.0, 0.0, 1.0], np.float32), probs, probs[1], None, rgb, rgb, 0.25,
+        {'ssim <x>': 0.5})
 
 
 def test_page_from_templates(tmp_path):
   rows = str(tmp_path / '.rows.html')
-  r = report.Report(rows, class_names=CLASSES, max_images=5, max_bytes=2 ** 20)
+  r = report.Report(rows, class_names=CLASSES, max_images=5, max_bytes=2**20)
   _add(r, 'id <1> & "q"')
   path = str(tmp_path / 'report.html')
   r.write(path, title='T <t>', target_description='', num_images=1, summary={'flip': float('nan')},
@@ -42,7 +44,7 @@ def test_page_from_templates(tmp_path):
 
 
 def test_rows_capped_by_count_and_size(tmp_path):
-  r = report.Report(str(tmp_path / 'rows'), class_names=CLASSES, max_images=2, max_bytes=2 ** 20)
+  r = report.Report(str(tmp_path / 'rows'), class_names=CLASSES, max_images=2, max_bytes=2**20)
   for i in range(4):
     _add(r, f'id{i}')
   assert r.shown == 2

@@ -42,10 +42,10 @@ def test_series_matches_analytic_and_is_monotone():
   ws = rng.normal(size=(5, NUM_WS, W_DIM)).astype(np.float32) * 0.5
   d = (u / np.linalg.norm(u)).reshape(NUM_WS, W_DIM)
   alphas = np.linspace(-3, 3, 7).astype(np.float32)
-  renderer = sl.SeriesRenderer(synth, classify, chunk_size=4, num_classes=2)   # 35 frames -> 9 chunks, padded
+  renderer = sl.SeriesRenderer(synth, classify, chunk_size=4, num_classes=2)  # 35 frames -> 9 chunks, padded
   images, probs = renderer(ws, d, alphas)
   assert images.shape == (5, 7, 8, 8, 1) and probs.shape == (5, 7, 2)
-  shifted = ws[:, None] + alphas[None, :, None, None] * d                        # numpy reference
+  shifted = ws[:, None] + alphas[None, :, None, None] * d  # numpy reference
   ref_images = np.clip((shifted.reshape(35, P) @ m).reshape(5, 7, 8, 8, 1), -1, 1)
   np.testing.assert_allclose(images, ref_images, atol=1e-5)
   ref_p1 = _sigmoid(shifted.reshape(5, 7, P) @ u + BIAS)
@@ -71,7 +71,7 @@ def test_per_image_directions_and_alphas():
 def test_sharded_chunks_match_unsharded():
   from stylex_jax import sharding
   synth, classify, _, u = _toy()
-  mesh = sharding.make_mesh()                       # the 8 fake CPU devices of conftest
+  mesh = sharding.make_mesh()  # the 8 fake CPU devices of conftest
   d = (u / np.linalg.norm(u)).reshape(NUM_WS, W_DIM)
   ws = np.random.default_rng(5).normal(size=(4, NUM_WS, W_DIM)).astype(np.float32)
   alphas = np.linspace(-1, 1, 5)
@@ -88,9 +88,9 @@ def test_renderer_traces_once_for_repeated_shapes():
   rng = np.random.default_rng(3)
   for _ in range(3):
     renderer(rng.normal(size=(6, NUM_WS, W_DIM)).astype(np.float32), d, np.linspace(-1, 1, 5))
-  assert renderer.trace_count == 1          # 30 frames -> chunks of 8, last padded: one shape
+  assert renderer.trace_count == 1  # 30 frames -> chunks of 8, last padded: one shape
   renderer(rng.normal(size=(3, NUM_WS, W_DIM)).astype(np.float32), d, np.linspace(-1, 1, 5))
-  assert renderer.trace_count == 1          # 15 frames: still chunks of 8
+  assert renderer.trace_count == 1  # 15 frames: still chunks of 8
 
 
 def test_auto_alphas_cross_the_boundary_from_both_sides():
@@ -113,11 +113,11 @@ def test_auto_alphas_cross_the_boundary_from_both_sides():
   _, probs = renderer(ws, d, res.alphas)
   p = probs[..., 1]
   for i in range(4):
-    assert (p[i].min() < 0.5 < p[i].max())                     # the series crosses p = 0.5
+    assert (p[i].min() < 0.5 < p[i].max())  # the series crosses p = 0.5
     assert np.all(np.diff(p[i]) > 0)
     end = res.alphas[i, -1] if t0[i] < 0 else res.alphas[i, 0]
     np.testing.assert_allclose(end, 1.25 * res.crossing[i], atol=2e-3)  # + 1e-3 grid step nudge
-  assert np.all(np.abs(res.alphas[4]) <= 6.0) and res.alphas[4, 0] == -6.0   # toward the boundary, capped
+  assert np.all(np.abs(res.alphas[4]) <= 6.0) and res.alphas[4, 0] == -6.0  # toward the boundary, capped
 
 
 def test_auto_alphas_expected_grade_and_threshold():
@@ -134,16 +134,16 @@ def test_auto_alphas_expected_grade_and_threshold():
   assert res.threshold[0] == 1.5 and res.crossed[0]
   # independent reference: root of the analytic expected grade along d, E(s) = (e^s + 2 e^2s) / (1 + e^s + e^2s)
   # with s = alpha ||u|| + b, by scipy's brentq
-  grade = lambda a: (lambda s: (np.exp(s) + 2 * np.exp(2 * s)) / (1 + np.exp(s) + np.exp(2 * s)))(
-      a * np.linalg.norm(u) + BIAS) - 1.5
+  grade = lambda a: (lambda s: (np.exp(s) + 2 * np.exp(2 * s)) /
+                     (1 + np.exp(s) + np.exp(2 * s)))(a * np.linalg.norm(u) + BIAS) - 1.5
   root = scipy.optimize.brentq(grade, 0.0, 8.0, xtol=1e-10)
   assert abs(res.crossing[0] - root) < 1e-3
   coarse = renderer.auto_alphas(ws, d, target, max_alpha=8.0, grid_points=9, refine_steps=0)
-  assert abs(coarse.crossing[0] - root) > 10 * abs(res.crossing[0] - root)   # the refinement matters
+  assert abs(coarse.crossing[0] - root) > 10 * abs(res.crossing[0] - root)  # the refinement matters
   logits = renderer.logits(ws, d, res.alphas)
   grades = np.asarray(target(jnp.asarray(logits[0])))
   assert grades.min() < 1.5 < grades.max()
-  with pytest.raises(ValueError, match="has no decision boundary"):
+  with pytest.raises(ValueError, match='has no decision boundary'):
     renderer.auto_alphas(ws, d, dl.make_target('logit', 3, 1))
   ok = renderer.auto_alphas(ws, d, dl.make_target('logit', 3, 1), threshold=2.0)
   assert ok.crossed[0] and ok.threshold[0] == 2.0

@@ -12,16 +12,16 @@ def _ref_ssim_maps(a, b):
   """Wang et al. with scipy's Gaussian filter (sigma 1.5, radius 5 = 11 taps), valid region only. a, b [H, W]."""
   f = lambda x: scipy.ndimage.gaussian_filter(x, 1.5, truncate=5 / 1.5, mode='constant')[5:-5, 5:-5]
   a, b = a.astype(np.float64), b.astype(np.float64)
-  c1, c2 = (0.01 * 2) ** 2, (0.03 * 2) ** 2
+  c1, c2 = (0.01 * 2)**2, (0.03 * 2)**2
   ma, mb = f(a), f(b)
-  va, vb, cov = f(a * a) - ma ** 2, f(b * b) - mb ** 2, f(a * b) - ma * mb
+  va, vb, cov = f(a * a) - ma**2, f(b * b) - mb**2, f(a * b) - ma * mb
   cs = (2 * cov + c2) / (va + vb + c2)
-  return (2 * ma * mb + c1) / (ma ** 2 + mb ** 2 + c1) * cs, cs
+  return (2 * ma * mb + c1) / (ma**2 + mb**2 + c1) * cs, cs
 
 
 def _ref_ssim(a, b):
-  return np.array([np.mean([_ref_ssim_maps(x[..., c], y[..., c])[0].mean() for c in range(x.shape[-1])])
-                   for x, y in zip(a, b)])
+  return np.array(
+      [np.mean([_ref_ssim_maps(x[..., c], y[..., c])[0].mean() for c in range(x.shape[-1])]) for x, y in zip(a, b)])
 
 
 def _ref_ms_ssim(a, b, scales):
@@ -33,7 +33,7 @@ def _ref_ms_ssim(a, b, scales):
     v = 1.0
     for s in range(scales):
       full, cs = _ref_ssim_maps(x, y)
-      v *= max(full.mean() if s == scales - 1 else cs.mean(), 1e-6) ** w[s]
+      v *= max(full.mean() if s == scales - 1 else cs.mean(), 1e-6)**w[s]
       h, wd = x.shape[0] // 2, x.shape[1] // 2
       x = x[:2 * h, :2 * wd].reshape(h, 2, wd, 2).mean(axis=(1, 3))
       y = y[:2 * h, :2 * wd].reshape(h, 2, wd, 2).mean(axis=(1, 3))
@@ -70,8 +70,7 @@ def test_ms_ssim_matches_reference_and_uses_documented_scales(size, scales):
 def test_psnr_is_analytic_for_a_constant_offset():
   a = np.zeros((2, 16, 16, 1), np.float32)
   b = a + np.array([0.1, 0.5], np.float32)[:, None, None, None]
-  np.testing.assert_allclose(np.asarray(similarity.psnr(a, b)), 10 * np.log10(4 / np.array([0.01, 0.25])),
-                             rtol=1e-5)
+  np.testing.assert_allclose(np.asarray(similarity.psnr(a, b)), 10 * np.log10(4 / np.array([0.01, 0.25])), rtol=1e-5)
   assert float(similarity.psnr(a, a)[0]) == similarity.MAX_PSNR
 
 

@@ -77,12 +77,12 @@ def test_reader_detects_corruption(tmp_path, damage, pattern):
 
 def _example():
   return {
-    'id': tfrecord.bytes_feature(['é x'.encode('utf-8')]),
-    'series': tfrecord.bytes_feature([b'\x89PNG', b'', bytes(range(200))]),
-    'alphas': tfrecord.float_feature(np.array([-2.0, 0.5, 3e-8], np.float32)),
-    'latent': tfrecord.float_feature(np.arange(12, dtype=np.float64).reshape(3, 4) / 7),
-    'label': tfrecord.int64_feature([-1]),
-    'counts': tfrecord.int64_feature([0, 1, 300, 2**62, -(2**63)]),
+      'id': tfrecord.bytes_feature(['é x'.encode('utf-8')]),
+      'series': tfrecord.bytes_feature([b'\x89PNG', b'', bytes(range(200))]),
+      'alphas': tfrecord.float_feature(np.array([-2.0, 0.5, 3e-8], np.float32)),
+      'latent': tfrecord.float_feature(np.arange(12, dtype=np.float64).reshape(3, 4) / 7),
+      'label': tfrecord.int64_feature([-1]),
+      'counts': tfrecord.int64_feature([0, 1, 300, 2**62, -(2**63)]),
   }
 
 
@@ -105,9 +105,14 @@ def test_example_parses_with_tensorflow(tmp_path):
   with open(path, 'wb') as f:
     for _ in range(2):
       f.write(tfrecord.frame_record(tfrecord.encode_example(_example())))
-  spec = {'id': tf.io.FixedLenFeature([], tf.string), 'series': tf.io.FixedLenFeature([3], tf.string),
-          'alphas': tf.io.FixedLenFeature([3], tf.float32), 'latent': tf.io.FixedLenFeature([12], tf.float32),
-          'label': tf.io.FixedLenFeature([], tf.int64), 'counts': tf.io.VarLenFeature(tf.int64)}
+  spec = {
+      'id': tf.io.FixedLenFeature([], tf.string),
+      'series': tf.io.FixedLenFeature([3], tf.string),
+      'alphas': tf.io.FixedLenFeature([3], tf.float32),
+      'latent': tf.io.FixedLenFeature([12], tf.float32),
+      'label': tf.io.FixedLenFeature([], tf.int64),
+      'counts': tf.io.VarLenFeature(tf.int64)
+  }
   records = list(tf.data.TFRecordDataset(path).map(lambda r: tf.io.parse_single_example(r, spec)))
   assert len(records) == 2
   r = records[1]
@@ -124,8 +129,10 @@ def test_events_parse_with_tensorflow(tmp_path):
   path = str(tmp_path / 'events.out.tfevents.test')
   with open(path, 'wb') as f:
     f.write(tfrecord.frame_record(tfrecord.event(12.5, file_version='brain.Event:2')))
-    f.write(tfrecord.frame_record(tfrecord.event(13.0, 7, values=[tfrecord.scalar_value('loss', 0.25),
-                                                                   tfrecord.scalar_value('a/b', -3.0)])))
+    f.write(
+        tfrecord.frame_record(
+            tfrecord.event(13.0, 7, values=[tfrecord.scalar_value('loss', 0.25),
+                                            tfrecord.scalar_value('a/b', -3.0)])))
     f.write(tfrecord.frame_record(tfrecord.event(14.0, 8, values=[tfrecord.image_value('img', b'png', 4, 5, 3)])))
   events = list(tf.compat.v1.train.summary_iterator(path))
   assert events[0].file_version == 'brain.Event:2' and events[0].wall_time == 12.5

@@ -38,8 +38,8 @@ def _one_step(num_devices, batch):
   tx = optax.sgd(0.05)
   mesh = sharding.make_mesh(num_devices)
   rep = sharding.replicated(mesh)
-  state = jax.jit(functools.partial(classifier_train.create_state, model, tx, (32, 32, 1)), out_shardings=rep)(
-      jax.random.key(0))
+  state = jax.jit(functools.partial(classifier_train.create_state, model, tx, (32, 32, 1)),
+                  out_shardings=rep)(jax.random.key(0))
   step = jax.jit(functools.partial(classifier_train.train_step, model=model, tx=tx),
                  in_shardings=(rep, sharding.data_sharding(mesh), rep), out_shardings=(rep, rep))
   weights = jnp.ones([2], jnp.float32)
@@ -50,8 +50,8 @@ def _one_step(num_devices, batch):
 
 def test_step_on_1_and_8_devices_agree():
   rng = np.random.default_rng(0)
-  batch = dict(image=rng.uniform(-1, 1, (16, 32, 32, 1)).astype(np.float32),
-               label=rng.integers(0, 2, 16).astype(np.int32))
+  batch = dict(image=rng.uniform(-1, 1, (16, 32, 32, 1)).astype(np.float32), label=rng.integers(0, 2,
+                                                                                                16).astype(np.int32))
   p1, s1, m1 = _one_step(1, batch)
   p8, s8, m8 = _one_step(8, batch)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5), p1, p8)
@@ -74,8 +74,10 @@ def test_weighted_smoothed_loss_matches_numpy():
 
 
 def test_class_weights_are_inverse_frequency():
+
   class FakePipeline:
     labels = np.array([0, 0, 0, 1])
+
   w = classifier_train.class_weights(FakePipeline, 2, True)
   np.testing.assert_allclose(w, [4 / (2 * 3), 4 / (2 * 1)], rtol=1e-6)
   np.testing.assert_array_equal(classifier_train.class_weights(FakePipeline, 2, False), [1, 1])

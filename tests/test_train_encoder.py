@@ -38,7 +38,7 @@ def test_stage_trains_resumes_and_reports(workdir):
   rows = [json.loads(l) for l in open(os.path.join(work, 'encoder', 'metrics.jsonl'))]
   assert [r['step'] for r in rows if 'loss' in r] == [2, 4]
   assert any('refine_ssim' in r for r in rows) and os.listdir(os.path.join(work, 'encoder', 'samples'))
-  assert encoder.train_and_evaluate(config, work) == summary   # complete: not retrained
+  assert encoder.train_and_evaluate(config, work) == summary  # complete: not retrained
 
   # the resumed run equals an uninterrupted one
   other = str(root / 'other')

@@ -43,8 +43,7 @@ def _setup(num_devices):
   mesh = sharding.make_mesh(num_devices)
   models = gan.build_models(config, mesh)
   rep = sharding.replicated(mesh)
-  state = jax.jit(functools.partial(gan.create_state, models, initial_p=0.3), out_shardings=rep)(
-      jax.random.key(0))
+  state = jax.jit(functools.partial(gan.create_state, models, initial_p=0.3), out_shardings=rep)(jax.random.key(0))
   return mesh, gan.StepFunctions(config, models, mesh), state
 
 
@@ -63,7 +62,7 @@ def _iterate(setup, reals, step):
 
 def test_full_iteration_on_1_and_8_devices_agree(one_device):
   reals = np.random.default_rng(0).uniform(-1, 1, (16, 16, 16, 1)).astype(np.float32)
-  s1, m1 = _iterate(one_device, reals, step=2)   # step 2: G main + path length + D main + R1
+  s1, m1 = _iterate(one_device, reals, step=2)  # step 2: G main + path length + D main + R1
   s8, m8 = _iterate(_setup(8), reals, step=2)
   assert {'g_loss', 'pl_penalty', 'd_loss', 'r1_penalty'} <= set(m1)
   for k in m1:
@@ -124,9 +123,14 @@ def _check_generate_cli(config, workdir):
   import subprocess
   import sys
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  args = [sys.executable, os.path.join(root, 'launch', 'generate.py'), '--config', os.path.join(root, 'configs', 'demo.py:smoke'),
-          '--config.data.image_size=16', '--config.num_devices=2', f'--config.data.data_dir={config.data.data_dir}', '--workdir', str(workdir),
-          '--seeds', '0-2', '--truncation', '0.7', '--mix_rows', '0-1', '--mix_cols', '2-3', '--mix_layers', '0-1']
+  args = [
+      sys.executable,
+      os.path.join(root, 'launch', 'generate.py'), '--config',
+      os.path.join(root, 'configs', 'demo.py:smoke'), '--config.data.image_size=16', '--config.num_devices=2',
+      f'--config.data.data_dir={config.data.data_dir}', '--workdir',
+      str(workdir), '--seeds', '0-2', '--truncation', '0.7', '--mix_rows', '0-1', '--mix_cols', '2-3', '--mix_layers',
+      '0-1'
+  ]
   for k in ('generator', 'discriminator'):
     for name, value in config.gan[k].items():
       args.append(f'--config.gan.{k}.{name}={value}')
@@ -206,8 +210,8 @@ def test_regularisation_steps_agree_with_native_and_im2col_convolutions(one_devi
   """config.gan.reg_convolutions changes how R1 and path length are computed, never what: the two regularisation
   steps give the same penalties and updates with XLA's convolution and with im2col."""
   mesh, _, state = one_device
-  reals = sharding.shard_batch({'image': np.random.default_rng(2).uniform(-1, 1, (16, 16, 16, 1)).astype(
-      np.float32)}, mesh)['image']
+  reals = sharding.shard_batch({'image': np.random.default_rng(2).uniform(-1, 1, (16, 16, 16, 1)).astype(np.float32)},
+                               mesh)['image']
   results = {}
   for mode in ('native', 'im2col'):
     config = _tiny_config(reg_convolutions=mode)

@@ -46,9 +46,8 @@ class UnreadableImageError(ValueError):
 def _flatten_alpha(im: Image.Image, path: str) -> np.ndarray:
   """An image with alpha -> uint8 [H, W, C]: the colour channels as stored; a non-opaque alpha warns once."""
   array = np.asarray(im.convert('LA' if _ALPHA_MODES.get(im.mode) == 'L' else 'RGBA'))
-  if array[..., -1].min() < 255:   # tests/test_builders.py::test_read_image_modes pins dropping (not compositing)
-    warnings.warn(f'{path}: has transparent pixels; the alpha channel is dropped (colour kept as stored)',
-                  stacklevel=3)
+  if array[..., -1].min() < 255:  # tests/test_builders.py::test_read_image_modes pins dropping (not compositing)
+    warnings.warn(f'{path}: has transparent pixels; the alpha channel is dropped (colour kept as stored)', stacklevel=3)
   return np.ascontiguousarray(array[..., :-1])
 
 
@@ -171,8 +170,8 @@ def resize_square(image: np.ndarray, size: int) -> np.ndarray:
   return out
 
 
-def conform_levels(image: np.ndarray, size: int, channels: int, where: str = 'the image'
-                   ) -> tuple[np.ndarray, list[str]]:
+def conform_levels(image: np.ndarray, size: int, channels: int,
+                   where: str = 'the image') -> tuple[np.ndarray, list[str]]:
   """A read image -> ([size, size, channels] uint8 levels (8-bit input) or float32 in [0, 1], notes).
 
   image: uint8 | uint16 | float [H, W] or [H, W, C] (a `read_image` result or a decoded dataset example).

@@ -62,15 +62,31 @@ import numpy as np
 from scipy import ndimage
 
 KNEE_ATTRIBUTES: tuple[str, ...] = (
-    "joint_space_width", "osteophyte_size", "sclerosis", "rotation", "shift_x", "shift_y", "scale",
-    "brightness", "contrast", "noise_std", "flipped", "marker",
+    'joint_space_width',
+    'osteophyte_size',
+    'sclerosis',
+    'rotation',
+    'shift_x',
+    'shift_y',
+    'scale',
+    'brightness',
+    'contrast',
+    'noise_std',
+    'flipped',
+    'marker',
 )
 HISTOLOGY_ATTRIBUTES: tuple[str, ...] = (
-    "nuclear_count", "nuclear_mean_area", "nuclear_darkness", "pleomorphism", "stain_shift", "blur_sigma",
-    "background_fraction", "marker",
+    'nuclear_count',
+    'nuclear_mean_area',
+    'nuclear_darkness',
+    'pleomorphism',
+    'stain_shift',
+    'blur_sigma',
+    'background_fraction',
+    'marker',
 )
-KL_GRADE_NAMES: tuple[str, ...] = ("KL0", "KL1", "KL2", "KL3", "KL4")
-HISTOLOGY_CLASS_NAMES: tuple[str, ...] = ("normal", "tumour")
+KL_GRADE_NAMES: tuple[str, ...] = ('KL0', 'KL1', 'KL2', 'KL3', 'KL4')
+HISTOLOGY_CLASS_NAMES: tuple[str, ...] = ('normal', 'tumour')
 
 MIN_RESOLUTION = 32
 MAX_RESOLUTION = 512
@@ -79,145 +95,145 @@ MAX_RESOLUTION = 512
 # Corner tag (the spurious marker). Shared with measure.py, which looks for exactly this pattern.
 # ----------------------------------------------------------------------------------------------------------
 # 7x7 cell layout: a 1-cell frame around a 5x5 glyph. 1 = tag colour, 0 = glyph ("ink") colour.
-_GLYPH_R = ("11110", "10001", "11110", "10010", "10001")  # letter "R" (radiograph side marker)
-_GLYPH_H = ("10001", "10001", "11111", "10001", "10001")  # letter "H" (slide-scanner tag)
+_GLYPH_R = ('11110', '10001', '11110', '10010', '10001')  # letter "R" (radiograph side marker)
+_GLYPH_H = ('10001', '10001', '11111', '10001', '10001')  # letter "H" (slide-scanner tag)
 
 
 def _tag_cells(glyph: tuple[str, ...]) -> np.ndarray:
-    cells = np.ones((7, 7), np.float32)
-    cells[1:6, 1:6] = 1.0 - np.array([[int(c) for c in row] for row in glyph], np.float32)
-    return cells
+  cells = np.ones((7, 7), np.float32)
+  cells[1:6, 1:6] = 1.0 - np.array([[int(c) for c in row] for row in glyph], np.float32)
+  return cells
 
 
-KNEE_TAG_CELLS = _tag_cells(_GLYPH_R)       # [7, 7]; 1 = bright tag, 0 = dark ink of the letter
+KNEE_TAG_CELLS = _tag_cells(_GLYPH_R)  # [7, 7]; 1 = bright tag, 0 = dark ink of the letter
 HISTOLOGY_TAG_CELLS = _tag_cells(_GLYPH_H)  # [7, 7]; 1 = dark tag, 0 = white ink of the letter
 
 
 def marker_box(height: int, width: int) -> tuple[int, int, int]:
-    """Position of the corner tag: (row0, col0, size) in pixels; the tag sits in the top-right corner.
+  """Position of the corner tag: (row0, col0, size) in pixels; the tag sits in the top-right corner.
 
     Used by both the phantoms (to burn it in) and measure.py (to look for it).
     """
-    side = min(height, width)
-    size = max(9, int(round(0.12 * side)))
-    margin = max(2, int(round(0.03 * side)))
-    return margin, width - margin - size, size
+  side = min(height, width)
+  size = max(9, int(round(0.12 * side)))
+  margin = max(2, int(round(0.03 * side)))
+  return margin, width - margin - size, size
 
 
 def tag_pattern(cells: np.ndarray, size: int) -> np.ndarray:
-    """Nearest-neighbour upsampling of a [7, 7] tag cell layout to [size, size] float32 (1 = tag, 0 = ink)."""
-    idx = (np.arange(size) * cells.shape[0]) // size
-    return cells[np.ix_(idx, idx)]
+  """Nearest-neighbour upsampling of a [7, 7] tag cell layout to [size, size] float32 (1 = tag, 0 = ink)."""
+  idx = (np.arange(size) * cells.shape[0]) // size
+  return cells[np.ix_(idx, idx)]
 
 
 def marker_probability(positive: bool, strength: float) -> float:
-    """P(marker present) = 0.5 * (1 - strength) + strength * positive.
+  """P(marker present) = 0.5 * (1 - strength) + strength * positive.
 
     strength 0 -> 0.5 regardless of the label (no shortcut); 1 -> marker iff positive (perfect shortcut);
     linear in between. ``strength`` must lie in [0, 1].
     """
-    strength = _check_strength(strength)
-    return float(0.5 * (1.0 - strength) + strength * float(bool(positive)))
+  strength = _check_strength(strength)
+  return float(0.5 * (1.0 - strength) + strength * float(bool(positive)))
 
 
 # ----------------------------------------------------------------------------------------------------------
 # Validation
 # ----------------------------------------------------------------------------------------------------------
 def _check_seed(seed) -> int:
-    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, numbers.Integral) or int(seed) < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}; pass e.g. seed=0.")
-    return int(seed)
+  if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, numbers.Integral) or int(seed) < 0:
+    raise ValueError(f'seed must be a non-negative integer, got {seed!r}; pass e.g. seed=0.')
+  return int(seed)
 
 
 def _check_resolution(resolution) -> int:
-    if (isinstance(resolution, (bool, np.bool_)) or not isinstance(resolution, numbers.Integral)
-            or not MIN_RESOLUTION <= int(resolution) <= MAX_RESOLUTION):
-        raise ValueError(f"resolution must be an integer in [{MIN_RESOLUTION}, {MAX_RESOLUTION}] (square images), "
-                         f"got {resolution!r}; pick e.g. 64, 128 or 256.")
-    return int(resolution)
+  if (isinstance(resolution, (bool, np.bool_)) or not isinstance(resolution, numbers.Integral) or
+      not MIN_RESOLUTION <= int(resolution) <= MAX_RESOLUTION):
+    raise ValueError(f'resolution must be an integer in [{MIN_RESOLUTION}, {MAX_RESOLUTION}] (square images), '
+                     f'got {resolution!r}; pick e.g. 64, 128 or 256.')
+  return int(resolution)
 
 
 def _check_strength(strength) -> float:
-    try:
-        value = float(strength)
-    except (TypeError, ValueError):
-        raise ValueError(f"marker_strength must be a number in [0, 1], got {strength!r}.") from None
-    if not 0.0 <= value <= 1.0:  # also rejects NaN
-        raise ValueError(f"marker_strength must be in [0, 1] (0 = no shortcut, 1 = marker iff positive), "
-                         f"got {strength!r}.")
-    return value
+  try:
+    value = float(strength)
+  except (TypeError, ValueError):
+    raise ValueError(f'marker_strength must be a number in [0, 1], got {strength!r}.') from None
+  if not 0.0 <= value <= 1.0:  # also rejects NaN
+    raise ValueError(f'marker_strength must be in [0, 1] (0 = no shortcut, 1 = marker iff positive), '
+                     f'got {strength!r}.')
+  return value
 
 
 def _check_class(value, n: int, name: str) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral) or not 0 <= int(value) < n:
-        raise ValueError(f"{name} must be an integer in 0..{n - 1} or None (drawn from the seed), got {value!r}.")
-    return int(value)
+  if value is None:
+    return None
+  if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral) or not 0 <= int(value) < n:
+    raise ValueError(f'{name} must be an integer in 0..{n - 1} or None (drawn from the seed), got {value!r}.')
+  return int(value)
 
 
 # ----------------------------------------------------------------------------------------------------------
 # Small numerical helpers
 # ----------------------------------------------------------------------------------------------------------
 def _smoothstep(t):
-    t = np.clip(t, 0.0, 1.0)
-    return t * t * (3.0 - 2.0 * t)
+  t = np.clip(t, 0.0, 1.0)
+  return t * t * (3.0 - 2.0 * t)
 
 
 def _coverage(sdf_px):
-    """Anti-aliased coverage from a signed distance in pixels (positive inside): box-filtered straight edge."""
-    return np.clip(0.5 + sdf_px, 0.0, 1.0)
+  """Anti-aliased coverage from a signed distance in pixels (positive inside): box-filtered straight edge."""
+  return np.clip(0.5 + sdf_px, 0.0, 1.0)
 
 
 def _filtered_noise(rng: np.random.Generator, n: int, size: int, transfer) -> np.ndarray:
-    """``n`` independent real fields [n, size, size] with power spectrum |transfer(fy, fx)|^2, unit std.
+  """``n`` independent real fields [n, size, size] with power spectrum |transfer(fy, fx)|^2, unit std.
 
     ``transfer`` receives frequency grids in cycles/pixel (fy [size, 1], fx [1, size//2+1]).
     """
-    fy = np.fft.fftfreq(size)[:, None]
-    fx = np.fft.rfftfreq(size)[None, :]
-    shape = (n, size, size // 2 + 1)
-    spec = (rng.standard_normal(shape, dtype=np.float32) + 1j * rng.standard_normal(shape, dtype=np.float32))
-    spec *= transfer(fy, fx).astype(np.float32)
-    fields = np.fft.irfft2(spec, s=(size, size), axes=(-2, -1)).astype(np.float32)
-    fields -= fields.mean(axis=(-2, -1), keepdims=True)
-    fields /= fields.std(axis=(-2, -1), keepdims=True) + 1e-12
-    return fields
+  fy = np.fft.fftfreq(size)[:, None]
+  fx = np.fft.rfftfreq(size)[None, :]
+  shape = (n, size, size // 2 + 1)
+  spec = (rng.standard_normal(shape, dtype=np.float32) + 1j * rng.standard_normal(shape, dtype=np.float32))
+  spec *= transfer(fy, fx).astype(np.float32)
+  fields = np.fft.irfft2(spec, s=(size, size), axes=(-2, -1)).astype(np.float32)
+  fields -= fields.mean(axis=(-2, -1), keepdims=True)
+  fields /= fields.std(axis=(-2, -1), keepdims=True) + 1e-12
+  return fields
 
 
 _SCENE_BASE = 128  # scene textures are band-limited to 64 cycles per image side
 
 
 def _scene_noise(rng: np.random.Generator, n: int, size: int, transfer) -> np.ndarray:
-    """``n`` fields [n, size, size] of one continuous random scene, identical at every resolution.
+  """``n`` fields [n, size, size] of one continuous random scene, identical at every resolution.
 
     The spectrum is drawn once on a 128 x 128 grid with amplitude ``transfer(ky, kx)`` (frequencies in cycles
     per image side; may return [n, ...]) and Fourier-interpolated (zero-padded or truncated) to ``size``, so
     the same seed shows the same texture at 32 px (low-passed) and at 512 px. Unit std at the base grid.
     """
-    N = _SCENE_BASE
-    ky = np.fft.fftfreq(N)[:, None] * N
-    kx = np.fft.rfftfreq(N)[None, :] * N
-    shape = (n, N, N // 2 + 1)
-    spec = rng.standard_normal(shape, dtype=np.float32) + 1j * rng.standard_normal(shape, dtype=np.float32)
-    spec *= np.broadcast_to(transfer(ky, kx), shape).astype(np.float32)
-    spec[:, 0, 0] = 0.0
-    std = np.fft.irfft2(spec, s=(N, N), axes=(-2, -1)).std(axis=(-2, -1), keepdims=True) + 1e-12
-    m = min(N, size) // 2
-    out = np.zeros((n, size, size // 2 + 1), np.complex64)
-    out[:, :m, :m + 1] = spec[:, :m, :m + 1]
-    out[:, -m:, :m + 1] = spec[:, -m:, :m + 1]
-    fields = np.fft.irfft2(out, s=(size, size), axes=(-2, -1)) * (size * size / (N * N))
-    return (fields / std).astype(np.float32)
+  N = _SCENE_BASE
+  ky = np.fft.fftfreq(N)[:, None] * N
+  kx = np.fft.rfftfreq(N)[None, :] * N
+  shape = (n, N, N // 2 + 1)
+  spec = rng.standard_normal(shape, dtype=np.float32) + 1j * rng.standard_normal(shape, dtype=np.float32)
+  spec *= np.broadcast_to(transfer(ky, kx), shape).astype(np.float32)
+  spec[:, 0, 0] = 0.0
+  std = np.fft.irfft2(spec, s=(N, N), axes=(-2, -1)).std(axis=(-2, -1), keepdims=True) + 1e-12
+  m = min(N, size) // 2
+  out = np.zeros((n, size, size // 2 + 1), np.complex64)
+  out[:, :m, :m + 1] = spec[:, :m, :m + 1]
+  out[:, -m:, :m + 1] = spec[:, -m:, :m + 1]
+  fields = np.fft.irfft2(out, s=(size, size), axes=(-2, -1)) * (size * size / (N * N))
+  return (fields / std).astype(np.float32)
 
 
 def _burn_tag(image: np.ndarray, cells: np.ndarray, tag_value, ink_value) -> None:
-    """Burn the corner tag into ``image`` [R, R, C] float in [0, 1] in place."""
-    r0, c0, size = marker_box(image.shape[0], image.shape[1])
-    pattern = tag_pattern(cells, size)[..., None]
-    tag_value = np.asarray(tag_value, np.float32)
-    ink_value = np.asarray(ink_value, np.float32)
-    image[r0:r0 + size, c0:c0 + size, :] = pattern * tag_value + (1.0 - pattern) * ink_value
+  """Burn the corner tag into ``image`` [R, R, C] float in [0, 1] in place."""
+  r0, c0, size = marker_box(image.shape[0], image.shape[1])
+  pattern = tag_pattern(cells, size)[..., None]
+  tag_value = np.asarray(tag_value, np.float32)
+  ink_value = np.asarray(ink_value, np.float32)
+  image[r0:r0 + size, c0:c0 + size, :] = pattern * tag_value + (1.0 - pattern) * ink_value
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -225,83 +241,83 @@ def _burn_tag(image: np.ndarray, cells: np.ndarray, tag_value, ink_value) -> Non
 # ----------------------------------------------------------------------------------------------------------
 # Canonical frame: u horizontal (+ = lateral, fibula side), v vertical (+ = down, towards the tibia), both in
 # [-1, 1] across the unscaled image; the joint line is v = 0.
-_UC = 0.35    # condyle centres at u = -UC (medial) and +UC (lateral)
-_A = 0.25     # condyle half-width (femur is 2 * (UC + A) = 1.2 wide, 60% of the unscaled image)
-_HC = 0.24    # condyle half-height (superellipse)
-_P = 2.6      # superellipse exponent: flat-ish condyle bottoms with rounded corners
+_UC = 0.35  # condyle centres at u = -UC (medial) and +UC (lateral)
+_A = 0.25  # condyle half-width (femur is 2 * (UC + A) = 1.2 wide, 60% of the unscaled image)
+_HC = 0.24  # condyle half-height (superellipse)
+_P = 2.6  # superellipse exponent: flat-ish condyle bottoms with rounded corners
 _SHAFT_F = 0.27  # femoral shaft half-width
 _SHAFT_T = 0.25  # tibial shaft half-width
 _PLATEAU = 0.62  # tibial plateau half-width
-_NOTCH = 0.115   # half-width of the intercondylar notch
+_NOTCH = 0.115  # half-width of the intercondylar notch
 _CONTACT = 0.6  # tibial plateau conforms to the condyle for |u - uc| < CONTACT * A (constant gap there)
 _BONE = 0.40  # bone attenuation (intensity units)
 
 
 def _superellipse_sdf(u, v, uc, vc, a, b, p=_P):
-    """Approximate signed distance (canonical units, + inside) to the superellipse |x|^p + |y|^p = 1."""
-    x = np.abs(u - uc) / a
-    y = np.abs(v - vc) / b
-    xp = x ** (p - 1.0)
-    yp = y ** (p - 1.0)
-    f = xp * x + yp * y - 1.0
-    grad = p * np.sqrt((xp / a) ** 2 + (yp / b) ** 2)
-    return -f / np.maximum(grad, 1e-3)
+  """Approximate signed distance (canonical units, + inside) to the superellipse |x|^p + |y|^p = 1."""
+  x = np.abs(u - uc) / a
+  y = np.abs(v - vc) / b
+  xp = x**(p - 1.0)
+  yp = y**(p - 1.0)
+  f = xp * x + yp * y - 1.0
+  grad = p * np.sqrt((xp / a)**2 + (yp / b)**2)
+  return -f / np.maximum(grad, 1e-3)
 
 
 def _condyle_rise(x):
-    """Height of the superellipse bottom above its lowest point, in units of the half-height, for |x| < 1."""
-    x = np.minimum(np.abs(x), 1.0)
-    return 1.0 - (1.0 - x ** _P) ** (1.0 / _P)
+  """Height of the superellipse bottom above its lowest point, in units of the half-height, for |x| < 1."""
+  x = np.minimum(np.abs(x), 1.0)
+  return 1.0 - (1.0 - x**_P)**(1.0 / _P)
 
 
 def _femur_halfwidth(v, v_body):
-    t = np.clip((v + 1.25) / (v_body + 1.25), 0.0, 1.0)
-    return _SHAFT_F + (_UC + _A - _SHAFT_F) * _smoothstep(t) ** 1.5
+  t = np.clip((v + 1.25) / (v_body + 1.25), 0.0, 1.0)
+  return _SHAFT_F + (_UC + _A - _SHAFT_F) * _smoothstep(t)**1.5
 
 
 def _tibia_halfwidth(v):
-    return _SHAFT_T + (_PLATEAU - _SHAFT_T) * (1.0 - _smoothstep((v - 0.2) / 0.75)) ** 2.0
+  return _SHAFT_T + (_PLATEAU - _SHAFT_T) * (1.0 - _smoothstep((v - 0.2) / 0.75))**2.0
 
 
 def _tibia_top(u, g_m, g_l):
-    """v of the tibial articular surface at horizontal position u (medial u<0, lateral u>0)."""
-    x_m = np.clip((u + _UC) / _A, -_CONTACT, _CONTACT)
-    x_l = np.clip((u - _UC) / _A, -_CONTACT, _CONTACT)
-    top_m = 0.5 * g_m - _HC * _condyle_rise(x_m)
-    top_l = 0.5 * g_l - _HC * _condyle_rise(x_l)
-    w = _smoothstep((u + 0.04) / 0.08)
-    top = (1.0 - w) * top_m + w * top_l
-    au = np.abs(u)
-    top = top - 0.08 * np.exp(-((au - 0.075) / 0.05) ** 2) - 0.02 * np.exp(-(u / 0.12) ** 2)  # tibial spines
-    top = top + 4.0 * np.maximum(au - 0.53, 0.0) ** 1.5  # rounded plateau margins
-    return top
+  """v of the tibial articular surface at horizontal position u (medial u<0, lateral u>0)."""
+  x_m = np.clip((u + _UC) / _A, -_CONTACT, _CONTACT)
+  x_l = np.clip((u - _UC) / _A, -_CONTACT, _CONTACT)
+  top_m = 0.5 * g_m - _HC * _condyle_rise(x_m)
+  top_l = 0.5 * g_l - _HC * _condyle_rise(x_l)
+  w = _smoothstep((u + 0.04) / 0.08)
+  top = (1.0 - w) * top_m + w * top_l
+  au = np.abs(u)
+  top = top - 0.08 * np.exp(-((au - 0.075) / 0.05)**2) - 0.02 * np.exp(-(u / 0.12)**2)  # tibial spines
+  top = top + 4.0 * np.maximum(au - 0.53, 0.0)**1.5  # rounded plateau margins
+  return top
 
 
 def _spur_sdf(u, v, base_u, base_v, direction_deg, length, hook):
-    """Signed distance (+ inside) of a tapered, slightly hooked bony spur rooted at (base_u, base_v)."""
-    ang = np.deg2rad(direction_deg)
-    du, dv = np.float32(np.cos(ang)), np.float32(np.sin(ang))
-    s = (u - base_u) * du + (v - base_v) * dv      # along the spur
-    n = -(u - base_u) * dv + (v - base_v) * du     # across
-    t = np.clip(s / length, 0.0, 1.0)
-    n = n - hook * length * t * t
-    half = (0.012 + 0.33 * length) * (1.0 - t) ** 0.85
-    return np.minimum(np.minimum(length - s, half - np.abs(n)), s + 0.03)
+  """Signed distance (+ inside) of a tapered, slightly hooked bony spur rooted at (base_u, base_v)."""
+  ang = np.deg2rad(direction_deg)
+  du, dv = np.float32(np.cos(ang)), np.float32(np.sin(ang))
+  s = (u - base_u) * du + (v - base_v) * dv  # along the spur
+  n = -(u - base_u) * dv + (v - base_v) * du  # across
+  t = np.clip(s / length, 0.0, 1.0)
+  n = n - hook * length * t * t
+  half = (0.012 + 0.33 * length) * (1.0 - t)**0.85
+  return np.minimum(np.minimum(length - s, half - np.abs(n)), s + 0.03)
 
 
 def _table(fn, lo: float, hi: float, n: int = 4097):
-    """Sample a smooth 1-D profile once so that per-pixel evaluation is a cheap np.interp."""
-    xs = np.linspace(lo, hi, n)
-    return xs, fn(xs)
+  """Sample a smooth 1-D profile once so that per-pixel evaluation is a cheap np.interp."""
+  xs = np.linspace(lo, hi, n)
+  return xs, fn(xs)
 
 
 def _lookup(q, table):
-    return np.interp(q, table[0], table[1]).astype(np.float32)
+  return np.interp(q, table[0], table[1]).astype(np.float32)
 
 
 def knee_radiograph(seed: int, resolution: int = 64, grade: int | None = None,
                     marker_strength: float = 0.0) -> tuple[np.ndarray, int, dict[str, float]]:
-    """Render one AP knee radiograph phantom.
+  """Render one AP knee radiograph phantom.
 
     Args:
       seed: non-negative int; everything random derives from ``np.random.default_rng(seed)``.
@@ -315,202 +331,204 @@ def knee_radiograph(seed: int, resolution: int = 64, grade: int | None = None,
       grade: the KL grade (int 0..4).
       attrs: dict with exactly ``KNEE_ATTRIBUTES`` keys, python floats (units in the module docstring).
     """
-    seed = _check_seed(seed)
-    R = _check_resolution(resolution)
-    grade = _check_class(grade, 5, "grade")
-    strength = _check_strength(marker_strength)
+  seed = _check_seed(seed)
+  R = _check_resolution(resolution)
+  grade = _check_class(grade, 5, 'grade')
+  strength = _check_strength(marker_strength)
 
-    root = np.random.default_rng(seed)
-    r_label, r_sev, r_pose, r_tex, r_marker = root.spawn(5)
-    drawn = int(r_label.integers(0, 5))
-    grade = drawn if grade is None else grade
+  root = np.random.default_rng(seed)
+  r_label, r_sev, r_pose, r_tex, r_marker = root.spawn(5)
+  drawn = int(r_label.integers(0, 5))
+  grade = drawn if grade is None else grade
 
-    # ---- disease: continuous latent severity -> JSW, osteophytes, sclerosis (canonical units) ----------------
-    z = r_sev.standard_normal(8)
-    sev = float(np.clip(grade + 0.3 * z[0], -0.6, 4.6))
-    g_m = max(0.03, (0.17 - 0.031 * sev) * (1.0 + 0.04 * z[1]))          # medial joint space
-    g_l = max(0.03, 0.168 - 0.004 * sev + 0.007 * z[2])                  # lateral: mostly preserved
-    ost_m = 0.032 * max(0.0, sev - 0.6) * float(np.exp(0.15 * z[3]))     # medial osteophyte length
-    ost_l = ost_m * (0.55 + 0.12 * float(np.tanh(z[4])))
-    scl = float(np.clip((sev - 1.2) / 3.0 + 0.04 * z[5], 0.0, 1.0))
-    hook_f, hook_t = 0.25 + 0.1 * np.tanh(z[6]), 0.25 + 0.1 * np.tanh(z[7])
+  # ---- disease: continuous latent severity -> JSW, osteophytes, sclerosis (canonical units) ----------------
+  z = r_sev.standard_normal(8)
+  sev = float(np.clip(grade + 0.3 * z[0], -0.6, 4.6))
+  g_m = max(0.03, (0.17 - 0.031 * sev) * (1.0 + 0.04 * z[1]))  # medial joint space
+  g_l = max(0.03, 0.168 - 0.004 * sev + 0.007 * z[2])  # lateral: mostly preserved
+  ost_m = 0.032 * max(0.0, sev - 0.6) * float(np.exp(0.15 * z[3]))  # medial osteophyte length
+  ost_l = ost_m * (0.55 + 0.12 * float(np.tanh(z[4])))
+  scl = float(np.clip((sev - 1.2) / 3.0 + 0.04 * z[5], 0.0, 1.0))
+  hook_f, hook_t = 0.25 + 0.1 * np.tanh(z[6]), 0.25 + 0.1 * np.tanh(z[7])
 
-    # ---- nuisances -----------------------------------------------------------------------------------------
-    pose = r_pose.random(9)
-    rotation = 16.0 * pose[0] - 8.0
-    shift_x, shift_y = 0.1 * pose[1] - 0.05, 0.1 * pose[2] - 0.05
-    scale = 0.9 + 0.2 * pose[3]
-    brightness = 0.12 * pose[4] - 0.06
-    contrast = 0.85 + 0.3 * pose[5]
-    noise_std = 0.004 + 0.022 * pose[6]
-    flipped = bool(pose[7] < 0.5)
-    heel = 0.06 * pose[8] - 0.03  # anode-heel gradient (visual only)
+  # ---- nuisances -----------------------------------------------------------------------------------------
+  pose = r_pose.random(9)
+  rotation = 16.0 * pose[0] - 8.0
+  shift_x, shift_y = 0.1 * pose[1] - 0.05, 0.1 * pose[2] - 0.05
+  scale = 0.9 + 0.2 * pose[3]
+  brightness = 0.12 * pose[4] - 0.06
+  contrast = 0.85 + 0.3 * pose[5]
+  noise_std = 0.004 + 0.022 * pose[6]
+  flipped = bool(pose[7] < 0.5)
+  heel = 0.06 * pose[8] - 0.03  # anode-heel gradient (visual only)
 
-    marker = bool(r_marker.random() < marker_probability(grade >= 2, strength))
+  marker = bool(r_marker.random() < marker_probability(grade >= 2, strength))
 
-    # ---- output pixel grid -> canonical coordinates ----------------------------------------------------------
-    # display (x right, y down, both in [-1, 1]) from canonical: [x, y] = scale * Rot(rotation) [u', v] + 2 * shift,
-    # u' = -u when flipped; positive rotation turns the anatomy anticlockwise on screen.
-    coords = ((np.arange(R) + 0.5) * (2.0 / R) - 1.0).astype(np.float32)
-    x = coords[None, :] - np.float32(2.0 * shift_x)
-    y = coords[:, None] - np.float32(2.0 * shift_y)
-    th = np.deg2rad(rotation)
-    c, s = np.float32(np.cos(th) / scale), np.float32(np.sin(th) / scale)
-    u = c * x - s * y
-    v = s * x + c * y
-    if flipped:
-        u = -u
-    px = 2.0 / (R * scale)  # one output pixel in canonical units
+  # ---- output pixel grid -> canonical coordinates ----------------------------------------------------------
+  # display (x right, y down, both in [-1, 1]) from canonical: [x, y] = scale * Rot(rotation) [u', v] + 2 * shift,
+  # u' = -u when flipped; positive rotation turns the anatomy anticlockwise on screen.
+  coords = ((np.arange(R) + 0.5) * (2.0 / R) - 1.0).astype(np.float32)
+  x = coords[None, :] - np.float32(2.0 * shift_x)
+  y = coords[:, None] - np.float32(2.0 * shift_y)
+  th = np.deg2rad(rotation)
+  c, s = np.float32(np.cos(th) / scale), np.float32(np.sin(th) / scale)
+  u = c * x - s * y
+  v = s * x + c * y
+  if flipped:
+    u = -u
+  px = 2.0 / (R * scale)  # one output pixel in canonical units
 
-    def to_pixel(cu, cv):
-        cu = -cu if flipped else cu
-        dx = scale * (np.cos(th) * cu + np.sin(th) * cv) + 2.0 * shift_x
-        dy = scale * (-np.sin(th) * cu + np.cos(th) * cv) + 2.0 * shift_y
-        return (dy + 1.0) * R / 2.0 - 0.5, (dx + 1.0) * R / 2.0 - 0.5
+  def to_pixel(cu, cv):
+    cu = -cu if flipped else cu
+    dx = scale * (np.cos(th) * cu + np.sin(th) * cv) + 2.0 * shift_x
+    dy = scale * (-np.sin(th) * cu + np.cos(th) * cv) + 2.0 * shift_y
+    return (dy + 1.0) * R / 2.0 - 0.5, (dx + 1.0) * R / 2.0 - 0.5
 
-    def window(u_lo, u_hi, v_lo, v_hi):
-        """Pixel slices covering the canonical rectangle [u_lo, u_hi] x [v_lo, v_hi] (+2 px), or None."""
-        corners = [to_pixel(cu, cv) for cu in (u_lo, u_hi) for cv in (v_lo, v_hi)]
-        rows, cols = [p[0] for p in corners], [p[1] for p in corners]
-        r0, r1 = max(0, int(np.floor(min(rows))) - 2), min(R, int(np.ceil(max(rows))) + 3)
-        c0, c1 = max(0, int(np.floor(min(cols))) - 2), min(R, int(np.ceil(max(cols))) + 3)
-        return (slice(r0, r1), slice(c0, c1)) if (r0 < r1 and c0 < c1) else None
+  def window(u_lo, u_hi, v_lo, v_hi):
+    """Pixel slices covering the canonical rectangle [u_lo, u_hi] x [v_lo, v_hi] (+2 px), or None."""
+    corners = [to_pixel(cu, cv) for cu in (u_lo, u_hi) for cv in (v_lo, v_hi)]
+    rows, cols = [p[0] for p in corners], [p[1] for p in corners]
+    r0, r1 = max(0, int(np.floor(min(rows))) - 2), min(R, int(np.ceil(max(rows))) + 3)
+    c0, c1 = max(0, int(np.floor(min(cols))) - 2), min(R, int(np.ceil(max(cols))) + 3)
+    return (slice(r0, r1), slice(c0, c1)) if (r0 < r1 and c0 < c1) else None
 
-    def windowed(fn, u_lo, u_hi, v_lo, v_hi, outside=-1.0):
-        """fn(u, v) evaluated on the window of a canonical rectangle; ``outside`` elsewhere (far outside a shape)."""
-        field = np.full((R, R), outside, np.float32)
-        win = window(u_lo, u_hi, v_lo, v_hi)
-        if win is not None:
-            field[win] = fn(u[win], v[win])
-        return field
+  def windowed(fn, u_lo, u_hi, v_lo, v_hi, outside=-1.0):
+    """fn(u, v) evaluated on the window of a canonical rectangle; ``outside`` elsewhere (far outside a shape)."""
+    field = np.full((R, R), outside, np.float32)
+    win = window(u_lo, u_hi, v_lo, v_hi)
+    if win is not None:
+      field[win] = fn(u[win], v[win])
+    return field
 
-    def add_spur(field, bu, bv, direction, length, hook):
-        """field = max(field, spur) on the pixel window around the spur only."""
-        reach = length + 0.05
-        win = window(bu - reach, bu + reach, bv - reach, bv + reach)
-        if win is not None:
-            field[win] = np.maximum(field[win], _spur_sdf(u[win], v[win], bu, bv, direction, length, hook))
+  def add_spur(field, bu, bv, direction, length, hook):
+    """field = max(field, spur) on the pixel window around the spur only."""
+    reach = length + 0.05
+    win = window(bu - reach, bu + reach, bv - reach, bv + reach)
+    if win is not None:
+      field[win] = np.maximum(field[win], _spur_sdf(u[win], v[win], bu, bv, direction, length, hook))
 
-    # ---- femur -----------------------------------------------------------------------------------------------
-    vc_m, vc_l = -0.5 * g_m - _HC, -0.5 * g_l - _HC
-    v_body = min(vc_m, vc_l)
-    body = np.minimum(v_body - v, _lookup(v, _table(lambda q: _femur_halfwidth(q, v_body), -2.0, 2.0)) - np.abs(u))
-    m = 0.15  # margin (canonical) beyond which a shape's SDF only matters through its sign
-    for uc, vc in ((-_UC, vc_m), (_UC, vc_l)):
-        body = np.maximum(body, windowed(lambda uu, vv: _superellipse_sdf(uu, vv, uc, vc, _A, _HC),
-                                         uc - _A - m, uc + _A + m, vc - _HC - m, vc + _HC + m))
-    femur = body
-    # intercondylar notch: an inverted U (slot with a round roof) cut between the condyles
-    roof_c = v_body - 0.07 + _NOTCH
-    notch = np.where(v > roof_c, _NOTCH - np.abs(u), _NOTCH - np.sqrt(u * u + (v - roof_c) ** 2))
-    femur = np.minimum(femur, -notch)
-    # marginal osteophytes on the femoral condyles, pointing outwards and down (v points down)
-    for sign, vc, length in ((-1.0, vc_m, ost_m), (1.0, vc_l, ost_l)):
-        if length > 1e-3:
-            bu = sign * (_UC + 0.93 * _A)
-            bv = vc + _HC * (1.0 - 0.93 ** _P) ** (1.0 / _P)
-            add_spur(femur, bu, bv, 145.0 if sign < 0 else 35.0, length, hook_f * sign)
+  # ---- femur -----------------------------------------------------------------------------------------------
+  vc_m, vc_l = -0.5 * g_m - _HC, -0.5 * g_l - _HC
+  v_body = min(vc_m, vc_l)
+  body = np.minimum(v_body - v, _lookup(v, _table(lambda q: _femur_halfwidth(q, v_body), -2.0, 2.0)) - np.abs(u))
+  m = 0.15  # margin (canonical) beyond which a shape's SDF only matters through its sign
+  for uc, vc in ((-_UC, vc_m), (_UC, vc_l)):
+    body = np.maximum(
+        body,
+        windowed(lambda uu, vv: _superellipse_sdf(uu, vv, uc, vc, _A, _HC), uc - _A - m, uc + _A + m, vc - _HC - m,
+                 vc + _HC + m))
+  femur = body
+  # intercondylar notch: an inverted U (slot with a round roof) cut between the condyles
+  roof_c = v_body - 0.07 + _NOTCH
+  notch = np.where(v > roof_c, _NOTCH - np.abs(u), _NOTCH - np.sqrt(u * u + (v - roof_c)**2))
+  femur = np.minimum(femur, -notch)
+  # marginal osteophytes on the femoral condyles, pointing outwards and down (v points down)
+  for sign, vc, length in ((-1.0, vc_m, ost_m), (1.0, vc_l, ost_l)):
+    if length > 1e-3:
+      bu = sign * (_UC + 0.93 * _A)
+      bv = vc + _HC * (1.0 - 0.93**_P)**(1.0 / _P)
+      add_spur(femur, bu, bv, 145.0 if sign < 0 else 35.0, length, hook_f * sign)
 
-    # ---- tibia -----------------------------------------------------------------------------------------------
-    top_tab = _table(lambda q: _tibia_top(q, g_m, g_l), -2.0, 2.0)
-    slope_tab = (top_tab[0], np.gradient(top_tab[1], top_tab[0]))
-    top, slope = _lookup(u, top_tab), _lookup(u, slope_tab)
-    hw_t = _lookup(v, _table(_tibia_halfwidth, -2.0, 2.0))
-    tibia = np.minimum((v - top) / np.sqrt(1.0 + slope * slope), hw_t - np.abs(u))
-    for sign, length in ((-1.0, ost_m), (1.0, ost_l)):
-        if length > 1e-3:
-            bu = sign * (_PLATEAU - 0.01)
-            bv = float(_tibia_top(np.array(bu), g_m, g_l)) + 0.012
-            add_spur(tibia, bu, bv, 210.0 if sign < 0 else -30.0, length, -hook_t * sign)  # outwards and up
+  # ---- tibia -----------------------------------------------------------------------------------------------
+  top_tab = _table(lambda q: _tibia_top(q, g_m, g_l), -2.0, 2.0)
+  slope_tab = (top_tab[0], np.gradient(top_tab[1], top_tab[0]))
+  top, slope = _lookup(u, top_tab), _lookup(u, slope_tab)
+  hw_t = _lookup(v, _table(_tibia_halfwidth, -2.0, 2.0))
+  tibia = np.minimum((v - top) / np.sqrt(1.0 + slope * slope), hw_t - np.abs(u))
+  for sign, length in ((-1.0, ost_m), (1.0, ost_l)):
+    if length > 1e-3:
+      bu = sign * (_PLATEAU - 0.01)
+      bv = float(_tibia_top(np.array(bu), g_m, g_l)) + 0.012
+      add_spur(tibia, bu, bv, 210.0 if sign < 0 else -30.0, length, -hook_t * sign)  # outwards and up
 
-    # ---- fibula (lateral, below the plateau) and patella (faint, over the femur) ---------------------------
-    head = windowed(lambda uu, vv: _superellipse_sdf(uu, vv, 0.61, 0.33, 0.11, 0.13, p=2.2),
-                    0.61 - 0.11 - m, 0.61 + 0.11 + m, 0.33 - 0.13 - m, 0.33 + 0.13 + m)
-    neck = _lookup(v, _table(lambda q: 0.055 + 0.05 * np.exp(-((q - 0.4) / 0.12) ** 2), -2.0, 2.0))
-    shaft = np.minimum(neck - np.abs(u - (0.6 - 0.05 * (v - 0.33))), v - 0.33)
-    fibula = np.maximum(head, shaft)
-    patella = windowed(lambda uu, vv: _superellipse_sdf(uu, vv, 0.03, -0.4, 0.22, 0.26, p=2.0),
-                       0.03 - 0.22 - m, 0.03 + 0.22 + m, -0.4 - 0.26 - m, -0.4 + 0.26 + m)
+  # ---- fibula (lateral, below the plateau) and patella (faint, over the femur) ---------------------------
+  head = windowed(lambda uu, vv: _superellipse_sdf(uu, vv, 0.61, 0.33, 0.11, 0.13, p=2.2), 0.61 - 0.11 - m,
+                  0.61 + 0.11 + m, 0.33 - 0.13 - m, 0.33 + 0.13 + m)
+  neck = _lookup(v, _table(lambda q: 0.055 + 0.05 * np.exp(-((q - 0.4) / 0.12)**2), -2.0, 2.0))
+  shaft = np.minimum(neck - np.abs(u - (0.6 - 0.05 * (v - 0.33))), v - 0.33)
+  fibula = np.maximum(head, shaft)
+  patella = windowed(lambda uu, vv: _superellipse_sdf(uu, vv, 0.03, -0.4, 0.22, 0.26, p=2.0), 0.03 - 0.22 - m,
+                     0.03 + 0.22 + m, -0.4 - 0.26 - m, -0.4 + 0.26 + m)
 
-    # ---- intensities -----------------------------------------------------------------------------------------
-    trabecular, softtex = _scene_noise(r_tex, 2, R, _knee_transfers(scale))
+  # ---- intensities -----------------------------------------------------------------------------------------
+  trabecular, softtex = _scene_noise(r_tex, 2, R, _knee_transfers(scale))
 
-    plate = max(0.03, 2.0 * px)   # subchondral plate / cortex: flat-topped, >= 2 px thick (see measure.py)
-    cortex = plate + _lookup(v, _table(lambda q: 0.035 * np.clip((np.abs(q) - 0.45) / 0.3, 0.0, 1.0), -2.0, 2.0))
-    inv_px = np.float32(1.0 / px)
+  plate = max(0.03, 2.0 * px)  # subchondral plate / cortex: flat-topped, >= 2 px thick (see measure.py)
+  cortex = plate + _lookup(v, _table(lambda q: 0.035 * np.clip((np.abs(q) - 0.45) / 0.3, 0.0, 1.0), -2.0, 2.0))
+  inv_px = np.float32(1.0 / px)
 
-    def bone_value(sdf, density):
-        cov = _coverage(sdf * inv_px)
-        rim = np.clip(1.0 - (sdf - cortex) * np.float32(1.0 / 0.07), 0.0, 1.0)
-        return cov, density * cov * (0.58 + 0.42 * rim) * (1.0 + 0.16 * (1.0 - rim) * trabecular)
+  def bone_value(sdf, density):
+    cov = _coverage(sdf * inv_px)
+    rim = np.clip(1.0 - (sdf - cortex) * np.float32(1.0 / 0.07), 0.0, 1.0)
+    return cov, density * cov * (0.58 + 0.42 * rim) * (1.0 + 0.16 * (1.0 - rim) * trabecular)
 
-    cov_f, val_f = bone_value(femur, _BONE)
-    cov_t, val_t = bone_value(tibia, _BONE)
-    _, val_fi = bone_value(fibula, 0.55 * _BONE)
-    val_p = 0.09 * _smoothstep(patella * np.float32(1.0 / 0.04)) * (1.0 + 0.1 * trabecular)
-    # the trochlea/posterior condyles overlap the notch: it is radiolucent, not empty
-    val_n = (0.35 * _BONE) * _coverage(notch * inv_px) * _smoothstep((v_body + 0.12 - v) / 0.1) * (
-        1.0 + 0.16 * trabecular)
+  cov_f, val_f = bone_value(femur, _BONE)
+  cov_t, val_t = bone_value(tibia, _BONE)
+  _, val_fi = bone_value(fibula, 0.55 * _BONE)
+  val_p = 0.09 * _smoothstep(patella * np.float32(1.0 / 0.04)) * (1.0 + 0.1 * trabecular)
+  # the trochlea/posterior condyles overlap the notch: it is radiolucent, not empty
+  val_n = (0.35 * _BONE) * _coverage(notch * inv_px) * _smoothstep(
+      (v_body + 0.12 - v) / 0.1) * (1.0 + 0.16 * trabecular)
 
-    # subchondral sclerosis: a brighter band under both articular surfaces of each compartment, strongest
-    # medially; depth is measured vertically from the articular surface (condyle bottom / tibial plateau)
-    def sclerosis_band(depth, amount):
-        width = 0.05 + 0.08 * amount
-        return amount * np.clip(1.0 - np.maximum(depth - plate, 0.0) * np.float32(1.0 / width), 0.0, 1.0)
+  # subchondral sclerosis: a brighter band under both articular surfaces of each compartment, strongest
+  # medially; depth is measured vertically from the articular surface (condyle bottom / tibial plateau)
+  def sclerosis_band(depth, amount):
+    width = 0.05 + 0.08 * amount
+    return amount * np.clip(1.0 - np.maximum(depth - plate, 0.0) * np.float32(1.0 / width), 0.0, 1.0)
 
-    scl_val = 0.0
-    if scl > 0.0:
-        for uc, g, amount in ((-_UC, g_m, scl), (_UC, g_l, 0.35 * scl)):
-            x = (u - uc) / _A
-            win = _smoothstep((1.15 - np.abs(x)) / 0.3)
-            depth_f = (-0.5 * g - _HC * _condyle_rise(x)) - v
-            depth_t = v - top
-            scl_val = scl_val + 0.55 * _BONE * win * (cov_f * sclerosis_band(depth_f, amount)
-                                                      + cov_t * sclerosis_band(depth_t, amount))
+  scl_val = 0.0
+  if scl > 0.0:
+    for uc, g, amount in ((-_UC, g_m, scl), (_UC, g_l, 0.35 * scl)):
+      x = (u - uc) / _A
+      win = _smoothstep((1.15 - np.abs(x)) / 0.3)
+      depth_f = (-0.5 * g - _HC * _condyle_rise(x)) - v
+      depth_t = v - top
+      scl_val = scl_val + 0.55 * _BONE * win * (cov_f * sclerosis_band(depth_f, amount) +
+                                                cov_t * sclerosis_band(depth_t, amount))
 
-    # soft tissue envelope (thigh above, calf below) and background with an anode-heel gradient
-    half = _lookup(v, _table(lambda q: 0.9 - 0.06 * q + 0.04 * np.exp(-(q / 0.3) ** 2), -2.0, 2.0))
-    thick = np.sqrt(np.clip(1.0 - (u / half) ** 2, 0.0, 1.0))
-    soft = 0.2 * thick ** 0.7 * (1.0 + 0.05 * softtex)
-    background = 0.035 + heel * 0.5 * y
+  # soft tissue envelope (thigh above, calf below) and background with an anode-heel gradient
+  half = _lookup(v, _table(lambda q: 0.9 - 0.06 * q + 0.04 * np.exp(-(q / 0.3)**2), -2.0, 2.0))
+  thick = np.sqrt(np.clip(1.0 - (u / half)**2, 0.0, 1.0))
+  soft = 0.2 * thick**0.7 * (1.0 + 0.05 * softtex)
+  background = 0.035 + heel * 0.5 * y
 
-    image = background + soft + val_f + val_t + val_fi + val_p + val_n + scl_val
-    image = (image - 0.35) * contrast + (0.35 + brightness)
-    image += np.float32(noise_std) * r_tex.standard_normal((R, R), dtype=np.float32)
-    image = np.clip(image, 0.0, 1.0)[..., None]
-    if marker:
-        _burn_tag(image, KNEE_TAG_CELLS, 0.94, 0.08)
-    out = np.round(image * 255.0).astype(np.uint8)
+  image = background + soft + val_f + val_t + val_fi + val_p + val_n + scl_val
+  image = (image - 0.35) * contrast + (0.35 + brightness)
+  image += np.float32(noise_std) * r_tex.standard_normal((R, R), dtype=np.float32)
+  image = np.clip(image, 0.0, 1.0)[..., None]
+  if marker:
+    _burn_tag(image, KNEE_TAG_CELLS, 0.94, 0.08)
+  out = np.round(image * 255.0).astype(np.uint8)
 
-    attrs = {
-        "joint_space_width": float(min(g_m, g_l) / px),
-        "osteophyte_size": float(max(ost_m, ost_l) / px),
-        "sclerosis": scl,
-        "rotation": float(rotation),
-        "shift_x": float(shift_x),
-        "shift_y": float(shift_y),
-        "scale": float(scale),
-        "brightness": float(brightness),
-        "contrast": float(contrast),
-        "noise_std": float(noise_std),
-        "flipped": float(flipped),
-        "marker": float(marker),
-    }
-    return out, grade, attrs
+  attrs = {
+      'joint_space_width': float(min(g_m, g_l) / px),
+      'osteophyte_size': float(max(ost_m, ost_l) / px),
+      'sclerosis': scl,
+      'rotation': float(rotation),
+      'shift_x': float(shift_x),
+      'shift_y': float(shift_y),
+      'scale': float(scale),
+      'brightness': float(brightness),
+      'contrast': float(contrast),
+      'noise_std': float(noise_std),
+      'flipped': float(flipped),
+      'marker': float(marker),
+  }
+  return out, grade, attrs
 
 
 def _knee_transfers(scale: float):
-    """Scene transfers (cycles per image side): trabecular texture (band-pass, period 0.08 canonical units,
+  """Scene transfers (cycles per image side): trabecular texture (band-pass, period 0.08 canonical units,
     vertically streaked) and a smooth soft-tissue thickness variation."""
-    f0 = 25.0 / scale
+  f0 = 25.0 / scale
 
-    def transfer(ky, kx):
-        k = np.sqrt(ky ** 2 + (0.8 * kx) ** 2)
-        trabecular = np.exp(-0.5 * ((k - f0) / (0.45 * f0)) ** 2) * (1.0 + 0.6 * kx ** 2 / (kx ** 2 + ky ** 2 + 1e-12))
-        soft = np.exp(-0.5 * ((ky ** 2 + kx ** 2) / 16.0))
-        return np.stack([trabecular, soft])
+  def transfer(ky, kx):
+    k = np.sqrt(ky**2 + (0.8 * kx)**2)
+    trabecular = np.exp(-0.5 * ((k - f0) / (0.45 * f0))**2) * (1.0 + 0.6 * kx**2 / (kx**2 + ky**2 + 1e-12))
+    soft = np.exp(-0.5 * ((ky**2 + kx**2) / 16.0))
+    return np.stack([trabecular, soft])
 
-    return transfer
+  return transfer
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -519,119 +537,119 @@ def _knee_transfers(scale: float):
 # Optical densities per unit stain concentration (R, G, B), after Ruifrok & Johnston (2001), normalised.
 _H_OD = np.array([0.65, 0.70, 0.29])
 _E_OD = np.array([0.12, 0.84, 0.50])
-_H_SHIFT = np.array([0.10, -0.12, 0.12])   # stain_shift > 0: bluer hematoxylin
-_E_SHIFT = np.array([0.06, -0.05, 0.20])   # stain_shift > 0: purpler eosin; < 0: redder
+_H_SHIFT = np.array([0.10, -0.12, 0.12])  # stain_shift > 0: bluer hematoxylin
+_E_SHIFT = np.array([0.06, -0.05, 0.20])  # stain_shift > 0: purpler eosin; < 0: redder
 _GLASS_OD = 0.02
 
 
 def stain_vectors(stain_shift: float) -> tuple[np.ndarray, np.ndarray]:
-    """Unit optical-density vectors (R, G, B) of hematoxylin and eosin for a given stain shift in [-1, 1]."""
-    h = _H_OD + stain_shift * _H_SHIFT
-    e = _E_OD + stain_shift * _E_SHIFT
-    return h / np.linalg.norm(h), e / np.linalg.norm(e)
+  """Unit optical-density vectors (R, G, B) of hematoxylin and eosin for a given stain shift in [-1, 1]."""
+  h = _H_OD + stain_shift * _H_SHIFT
+  e = _E_OD + stain_shift * _E_SHIFT
+  return h / np.linalg.norm(h), e / np.linalg.norm(e)
 
 
 def _histology_transfers(fibre_angle: float):
-    """Scene transfers (cycles per tile) of the texture fields: lumina, cell clustering, collagen fibres."""
-    ca, sa = np.cos(fibre_angle), np.sin(fibre_angle)
+  """Scene transfers (cycles per tile) of the texture fields: lumina, cell clustering, collagen fibres."""
+  ca, sa = np.cos(fibre_angle), np.sin(fibre_angle)
 
-    def transfer(ky, kx):
-        k = np.sqrt(ky * ky + kx * kx)
-        lumen = np.exp(-0.5 * (k / 1.5) ** 2)
-        cluster = np.exp(-0.5 * (k / 3.0) ** 2)
-        k_par = kx * ca + ky * sa               # along the fibre direction
-        k_perp = -kx * sa + ky * ca             # across the fibres
-        fibre = np.exp(-0.5 * (k_par / 1.8) ** 2) * np.exp(-0.5 * ((np.abs(k_perp) - 18.0) / 8.0) ** 2)
-        fibre = fibre + 0.12 * np.exp(-0.5 * ((k - 20.0) / 8.0) ** 2)  # some isotropic wispiness
-        return np.stack([lumen, cluster, fibre])
+  def transfer(ky, kx):
+    k = np.sqrt(ky * ky + kx * kx)
+    lumen = np.exp(-0.5 * (k / 1.5)**2)
+    cluster = np.exp(-0.5 * (k / 3.0)**2)
+    k_par = kx * ca + ky * sa  # along the fibre direction
+    k_perp = -kx * sa + ky * ca  # across the fibres
+    fibre = np.exp(-0.5 * (k_par / 1.8)**2) * np.exp(-0.5 * ((np.abs(k_perp) - 18.0) / 8.0)**2)
+    fibre = fibre + 0.12 * np.exp(-0.5 * ((k - 20.0) / 8.0)**2)  # some isotropic wispiness
+    return np.stack([lumen, cluster, fibre])
 
-    return transfer
+  return transfer
 
 
 def _place_nuclei(rng, R, n_target, radius, sigma_size, tissue, cluster, clustering, aspect_fn):
-    """Random sequential placement of non-overlapping elliptic nuclei inside tissue.
+  """Random sequential placement of non-overlapping elliptic nuclei inside tissue.
 
     Returns arrays (cy, cx, a, b) in pixels for up to ``n_target`` nuclei.
     """
-    n_cand = int(6 * n_target + 40)
-    cy = rng.uniform(0, R, n_cand)
-    cx = rng.uniform(0, R, n_cand)
-    r = radius * np.exp(sigma_size * rng.standard_normal(n_cand) - 0.5 * sigma_size ** 2)
-    asp = aspect_fn(n_cand)
-    accept_u = rng.random(n_cand)
-    iy = np.clip(cy.astype(int), 0, R - 1)
-    ix = np.clip(cx.astype(int), 0, R - 1)
-    p = np.clip(0.5 + clustering * cluster[iy, ix], 0.05, 1.0) * (tissue[iy, ix] > 0.6)
-    ok = accept_u < p
-    cy, cx, r, asp = cy[ok], cx[ok], r[ok], asp[ok]
-    chosen: list[int] = []
-    py = np.empty(len(cy))
-    pxs = np.empty(len(cy))
-    pr = np.empty(len(cy))
-    for i in range(len(cy)):
-        if len(chosen) >= n_target:
-            break
-        k = len(chosen)
-        if k:
-            d2 = (py[:k] - cy[i]) ** 2 + (pxs[:k] - cx[i]) ** 2
-            reach = 0.9 * (pr[:k] + r[i] * np.sqrt(asp[i]))
-            if np.any(d2 < reach * reach):
-                continue
-        py[k], pxs[k], pr[k] = cy[i], cx[i], r[i] * np.sqrt(asp[i])
-        chosen.append(i)
-    idx = np.array(chosen, dtype=int)
-    return cy[idx], cx[idx], r[idx] * np.sqrt(asp[idx]), r[idx] / np.sqrt(asp[idx])
+  n_cand = int(6 * n_target + 40)
+  cy = rng.uniform(0, R, n_cand)
+  cx = rng.uniform(0, R, n_cand)
+  r = radius * np.exp(sigma_size * rng.standard_normal(n_cand) - 0.5 * sigma_size**2)
+  asp = aspect_fn(n_cand)
+  accept_u = rng.random(n_cand)
+  iy = np.clip(cy.astype(int), 0, R - 1)
+  ix = np.clip(cx.astype(int), 0, R - 1)
+  p = np.clip(0.5 + clustering * cluster[iy, ix], 0.05, 1.0) * (tissue[iy, ix] > 0.6)
+  ok = accept_u < p
+  cy, cx, r, asp = cy[ok], cx[ok], r[ok], asp[ok]
+  chosen: list[int] = []
+  py = np.empty(len(cy))
+  pxs = np.empty(len(cy))
+  pr = np.empty(len(cy))
+  for i in range(len(cy)):
+    if len(chosen) >= n_target:
+      break
+    k = len(chosen)
+    if k:
+      d2 = (py[:k] - cy[i])**2 + (pxs[:k] - cx[i])**2
+      reach = 0.9 * (pr[:k] + r[i] * np.sqrt(asp[i]))
+      if np.any(d2 < reach * reach):
+        continue
+    py[k], pxs[k], pr[k] = cy[i], cx[i], r[i] * np.sqrt(asp[i])
+    chosen.append(i)
+  idx = np.array(chosen, dtype=int)
+  return cy[idx], cx[idx], r[idx] * np.sqrt(asp[idx]), r[idx] / np.sqrt(asp[idx])
 
 
 def _render_nuclei(cy, cx, a, b, phi, R, halo_scale):
-    """Rasterise elliptic nuclei (centres cy, cx, semi-axes a >= b, orientation phi; pixels).
+  """Rasterise elliptic nuclei (centres cy, cx, semi-axes a >= b, orientation phi; pixels).
 
     Returns float32 [R, R] maps in [0, 1] -- coverage, membrane rim, cytoplasm halo (out to ``halo_scale``
     radii) -- and the int32 [R, R] index of the nucleus covering each pixel (-1 = none).
     """
-    cov = np.zeros((R, R), np.float32)
-    rim = np.zeros((R, R), np.float32)
-    halo = np.zeros((R, R), np.float32)
-    owner = np.full((R, R), -1, np.int32)
-    n = len(cy)
-    if n == 0:
-        return cov, rim, owner, halo
-    pad = int(np.ceil(halo_scale * a.max() + 3))
-    big = [np.zeros((R + 2 * pad, R + 2 * pad), np.float32) for _ in range(3)]
-    own = np.full((R + 2 * pad, R + 2 * pad), -1, np.int32)
-    iy = np.clip(np.round(cy), 0, R - 1).astype(int)
-    ix = np.clip(np.round(cx), 0, R - 1).astype(int)
-    order = np.argsort(a)
-    for chunk in np.array_split(order, max(1, int(np.ceil(n / 16)))):  # vectorised over similar-sized nuclei
-        P = int(np.ceil(halo_scale * a[chunk].max() + 2))
-        d = np.arange(-P, P + 1, dtype=np.float32)
-        ry = (iy[chunk] - cy[chunk]).astype(np.float32)[:, None, None] + d[None, :, None]
-        rx = (ix[chunk] - cx[chunk]).astype(np.float32)[:, None, None] + d[None, None, :]
-        c = np.cos(phi[chunk]).astype(np.float32)[:, None, None]
-        s = np.sin(phi[chunk]).astype(np.float32)[:, None, None]
-        xr = rx * c + ry * s
-        yr = -rx * s + ry * c
-        a3 = a[chunk].astype(np.float32)[:, None, None]
-        b3 = b[chunk].astype(np.float32)[:, None, None]
-        q = (xr / a3) ** 2 + (yr / b3) ** 2
-        grad = 2.0 * np.sqrt((xr / a3 ** 2) ** 2 + (yr / b3 ** 2) ** 2)
-        sdf = (1.0 - q) / np.maximum(grad, 1e-3)          # ~ signed distance to the ellipse, px
-        pcov = np.clip(0.5 + sdf, 0.0, 1.0)
-        prim = np.exp(-np.maximum(sdf, 0.0) / np.maximum(0.25 * b3, 0.6)) * pcov
-        phalo = np.clip((halo_scale - np.sqrt(q)) / (0.5 * halo_scale), 0.0, 1.0)
-        for i, k in enumerate(chunk):
-            sl = (slice(iy[k] - P + pad, iy[k] + P + 1 + pad), slice(ix[k] - P + pad, ix[k] + P + 1 + pad))
-            np.maximum(big[0][sl], pcov[i], out=big[0][sl])
-            np.maximum(big[1][sl], prim[i], out=big[1][sl])
-            np.maximum(big[2][sl], phalo[i], out=big[2][sl])
-            own[sl][pcov[i] > 0.5] = k
-    inner = (slice(pad, pad + R), slice(pad, pad + R))
-    return big[0][inner], big[1][inner], own[inner], big[2][inner]
+  cov = np.zeros((R, R), np.float32)
+  rim = np.zeros((R, R), np.float32)
+  halo = np.zeros((R, R), np.float32)
+  owner = np.full((R, R), -1, np.int32)
+  n = len(cy)
+  if n == 0:
+    return cov, rim, owner, halo
+  pad = int(np.ceil(halo_scale * a.max() + 3))
+  big = [np.zeros((R + 2 * pad, R + 2 * pad), np.float32) for _ in range(3)]
+  own = np.full((R + 2 * pad, R + 2 * pad), -1, np.int32)
+  iy = np.clip(np.round(cy), 0, R - 1).astype(int)
+  ix = np.clip(np.round(cx), 0, R - 1).astype(int)
+  order = np.argsort(a)
+  for chunk in np.array_split(order, max(1, int(np.ceil(n / 16)))):  # vectorised over similar-sized nuclei
+    P = int(np.ceil(halo_scale * a[chunk].max() + 2))
+    d = np.arange(-P, P + 1, dtype=np.float32)
+    ry = (iy[chunk] - cy[chunk]).astype(np.float32)[:, None, None] + d[None, :, None]
+    rx = (ix[chunk] - cx[chunk]).astype(np.float32)[:, None, None] + d[None, None, :]
+    c = np.cos(phi[chunk]).astype(np.float32)[:, None, None]
+    s = np.sin(phi[chunk]).astype(np.float32)[:, None, None]
+    xr = rx * c + ry * s
+    yr = -rx * s + ry * c
+    a3 = a[chunk].astype(np.float32)[:, None, None]
+    b3 = b[chunk].astype(np.float32)[:, None, None]
+    q = (xr / a3)**2 + (yr / b3)**2
+    grad = 2.0 * np.sqrt((xr / a3**2)**2 + (yr / b3**2)**2)
+    sdf = (1.0 - q) / np.maximum(grad, 1e-3)  # ~ signed distance to the ellipse, px
+    pcov = np.clip(0.5 + sdf, 0.0, 1.0)
+    prim = np.exp(-np.maximum(sdf, 0.0) / np.maximum(0.25 * b3, 0.6)) * pcov
+    phalo = np.clip((halo_scale - np.sqrt(q)) / (0.5 * halo_scale), 0.0, 1.0)
+    for i, k in enumerate(chunk):
+      sl = (slice(iy[k] - P + pad, iy[k] + P + 1 + pad), slice(ix[k] - P + pad, ix[k] + P + 1 + pad))
+      np.maximum(big[0][sl], pcov[i], out=big[0][sl])
+      np.maximum(big[1][sl], prim[i], out=big[1][sl])
+      np.maximum(big[2][sl], phalo[i], out=big[2][sl])
+      own[sl][pcov[i] > 0.5] = k
+  inner = (slice(pad, pad + R), slice(pad, pad + R))
+  return big[0][inner], big[1][inner], own[inner], big[2][inner]
 
 
 def histology_tile(seed: int, resolution: int = 64, label: int | None = None,
                    marker_strength: float = 0.0) -> tuple[np.ndarray, int, dict[str, float]]:
-    """Render one H&E histology tile phantom.
+  """Render one H&E histology tile phantom.
 
     The tile covers a fixed field of view at any resolution: nuclear counts do not depend on ``resolution``;
     areas in px^2 scale with resolution^2.
@@ -648,107 +666,106 @@ def histology_tile(seed: int, resolution: int = 64, label: int | None = None,
       label: int 0 or 1.
       attrs: dict with exactly ``HISTOLOGY_ATTRIBUTES`` keys, python floats (units in the module docstring).
     """
-    seed = _check_seed(seed)
-    R = _check_resolution(resolution)
-    label = _check_class(label, 2, "label")
-    strength = _check_strength(marker_strength)
+  seed = _check_seed(seed)
+  R = _check_resolution(resolution)
+  label = _check_class(label, 2, 'label')
+  strength = _check_strength(marker_strength)
 
-    root = np.random.default_rng(seed)
-    r_label, r_sev, r_nuis, r_tex, r_nuc, r_marker = root.spawn(6)
-    drawn = int(r_label.integers(0, 2))
-    label = drawn if label is None else label
+  root = np.random.default_rng(seed)
+  r_label, r_sev, r_nuis, r_tex, r_nuc, r_marker = root.spawn(6)
+  drawn = int(r_label.integers(0, 2))
+  label = drawn if label is None else label
 
-    # ---- biology: latent malignancy t -> density, size, pleomorphism, hyperchromasia ------------------------
-    z = r_sev.standard_normal(6)
-    t = float(np.clip(label + 0.3 * z[0], -0.7, 1.7))
-    tp = float(np.clip(t, 0.0, 1.3))
-    density = (26.0 + 42.0 * tp) * float(np.exp(0.15 * z[1]))      # nuclei per fully cellular tile
-    radius = (1.85 + 1.0 * tp) * (1.0 + 0.06 * z[2]) * R / 64.0      # mean nuclear radius, px
-    sigma_size = 0.1 + 0.22 * tp                                    # log-size spread (pleomorphism)
-    darkness = float(np.clip(0.3 + 0.42 * t + 0.07 * z[3], 0.0, 1.0))
-    cytoplasm = 0.25 + 0.5 * tp
+  # ---- biology: latent malignancy t -> density, size, pleomorphism, hyperchromasia ------------------------
+  z = r_sev.standard_normal(6)
+  t = float(np.clip(label + 0.3 * z[0], -0.7, 1.7))
+  tp = float(np.clip(t, 0.0, 1.3))
+  density = (26.0 + 42.0 * tp) * float(np.exp(0.15 * z[1]))  # nuclei per fully cellular tile
+  radius = (1.85 + 1.0 * tp) * (1.0 + 0.06 * z[2]) * R / 64.0  # mean nuclear radius, px
+  sigma_size = 0.1 + 0.22 * tp  # log-size spread (pleomorphism)
+  darkness = float(np.clip(0.3 + 0.42 * t + 0.07 * z[3], 0.0, 1.0))
+  cytoplasm = 0.25 + 0.5 * tp
 
-    # ---- nuisances -----------------------------------------------------------------------------------------
-    nu = r_nuis.random(5)
-    stain_shift = 2.0 * nu[0] - 1.0
-    blur = 0.6 * nu[1] ** 1.5 * R / 64.0
-    bg_target = 0.02 + 0.28 * nu[2]
-    fibre_angle = np.pi * nu[3]
-    stain_strength = 1.0 + 0.12 * stain_shift   # bluer stains are also a little heavier
+  # ---- nuisances -----------------------------------------------------------------------------------------
+  nu = r_nuis.random(5)
+  stain_shift = 2.0 * nu[0] - 1.0
+  blur = 0.6 * nu[1]**1.5 * R / 64.0
+  bg_target = 0.02 + 0.28 * nu[2]
+  fibre_angle = np.pi * nu[3]
+  stain_strength = 1.0 + 0.12 * stain_shift  # bluer stains are also a little heavier
 
-    marker = bool(r_marker.random() < marker_probability(label == 1, strength))
+  marker = bool(r_marker.random() < marker_probability(label == 1, strength))
 
-    # ---- textures --------------------------------------------------------------------------------------------
-    lumen_f, cluster_f, fibre_f = _scene_noise(r_tex, 3, R, _histology_transfers(fibre_angle))
-    # chromatin granularity is a per-pixel texture (its grain does not resolve at low resolution)
-    chrom_f = _filtered_noise(r_tex, 1, R, lambda fy, fx: np.exp(-0.5 * (np.sqrt(fy ** 2 + fx ** 2) / 0.28) ** 2))[0]
-    thr = np.quantile(lumen_f, 1.0 - bg_target)
-    edge = max(0.02, 1.0 / (R * 0.12))
-    tissue = np.clip(0.5 + (thr - lumen_f) / (edge * 4.0), 0.0, 1.0)  # 1 tissue, 0 lumen (soft edge)
-    background_fraction = float(1.0 - tissue.mean())
+  # ---- textures --------------------------------------------------------------------------------------------
+  lumen_f, cluster_f, fibre_f = _scene_noise(r_tex, 3, R, _histology_transfers(fibre_angle))
+  # chromatin granularity is a per-pixel texture (its grain does not resolve at low resolution)
+  chrom_f = _filtered_noise(r_tex, 1, R, lambda fy, fx: np.exp(-0.5 * (np.sqrt(fy**2 + fx**2) / 0.28)**2))[0]
+  thr = np.quantile(lumen_f, 1.0 - bg_target)
+  edge = max(0.02, 1.0 / (R * 0.12))
+  tissue = np.clip(0.5 + (thr - lumen_f) / (edge * 4.0), 0.0, 1.0)  # 1 tissue, 0 lumen (soft edge)
+  background_fraction = float(1.0 - tissue.mean())
 
-    # ---- nuclei ----------------------------------------------------------------------------------------------
-    n_target = int(round(density * (1.0 - background_fraction)))
-    spindle_frac = float(np.clip(0.55 * (1.0 - tp), 0.0, 0.55))
+  # ---- nuclei ----------------------------------------------------------------------------------------------
+  n_target = int(round(density * (1.0 - background_fraction)))
+  spindle_frac = float(np.clip(0.55 * (1.0 - tp), 0.0, 0.55))
 
-    def aspect_fn(n):
-        spindle = r_nuc.random(n) < spindle_frac
-        return np.where(spindle, 2.2 + 0.4 * r_nuc.standard_normal(n),
-                        1.0 + np.abs(0.12 + 0.25 * tp) * np.abs(r_nuc.standard_normal(n))).clip(1.0, 3.5)
+  def aspect_fn(n):
+    spindle = r_nuc.random(n) < spindle_frac
+    return np.where(spindle, 2.2 + 0.4 * r_nuc.standard_normal(n),
+                    1.0 + np.abs(0.12 + 0.25 * tp) * np.abs(r_nuc.standard_normal(n))).clip(1.0, 3.5)
 
-    cy, cx, a, b = _place_nuclei(r_nuc, R, n_target, radius, sigma_size, tissue, cluster_f, 0.35 + 0.4 * tp,
-                                 aspect_fn)
-    n = len(cy)
-    spindle = (a / np.maximum(b, 1e-6)) > 1.8
-    phi = np.where(spindle, fibre_angle + 0.25 * r_nuc.standard_normal(n), np.pi * r_nuc.random(n))
-    conc = (0.55 + 0.95 * darkness) * np.exp(0.1 * r_nuc.standard_normal(n))
-    conc = conc * np.where(b < 0.8 * radius, 1.15, 1.0)           # small round cells (lymphocytes) are darker
-    vesicular = r_nuc.random(n) < 0.7 * tp                          # open chromatin, thick membrane, nucleolus
-    cov, rim, owner, halo = _render_nuclei(cy, cx, a, b, phi, R, 1.9)
+  cy, cx, a, b = _place_nuclei(r_nuc, R, n_target, radius, sigma_size, tissue, cluster_f, 0.35 + 0.4 * tp, aspect_fn)
+  n = len(cy)
+  spindle = (a / np.maximum(b, 1e-6)) > 1.8
+  phi = np.where(spindle, fibre_angle + 0.25 * r_nuc.standard_normal(n), np.pi * r_nuc.random(n))
+  conc = (0.55 + 0.95 * darkness) * np.exp(0.1 * r_nuc.standard_normal(n))
+  conc = conc * np.where(b < 0.8 * radius, 1.15, 1.0)  # small round cells (lymphocytes) are darker
+  vesicular = r_nuc.random(n) < 0.7 * tp  # open chromatin, thick membrane, nucleolus
+  cov, rim, owner, halo = _render_nuclei(cy, cx, a, b, phi, R, 1.9)
 
-    per_conc = np.where(owner >= 0, conc[np.maximum(owner, 0)], 0.0).astype(np.float32)
-    per_ves = np.where(owner >= 0, vesicular[np.maximum(owner, 0)], False)
-    chrom = 1.0 + 0.22 * chrom_f
-    interior = np.where(per_ves, 0.62 + 0.55 * rim, 0.9 + 0.15 * rim)
-    H = cov * per_conc * interior * chrom
-    # nucleoli: a dark-magenta dot inside vesicular nuclei
-    nucleoli = np.zeros((R, R), np.float32)
-    ves_idx = np.nonzero(vesicular)[0]
-    if len(ves_idx):
-        off = 0.3 * r_nuc.standard_normal((len(ves_idx), 2)) * b[ves_idx, None]
-        ny, nx = cy[ves_idx] + off[:, 0], cx[ves_idx] + off[:, 1]
-        nr = np.maximum(0.2 * b[ves_idx], 0.45)
-        nucleoli = _render_nuclei(ny, nx, nr, nr, np.zeros(len(ves_idx)), R, 1.0)[0]
+  per_conc = np.where(owner >= 0, conc[np.maximum(owner, 0)], 0.0).astype(np.float32)
+  per_ves = np.where(owner >= 0, vesicular[np.maximum(owner, 0)], False)
+  chrom = 1.0 + 0.22 * chrom_f
+  interior = np.where(per_ves, 0.62 + 0.55 * rim, 0.9 + 0.15 * rim)
+  H = cov * per_conc * interior * chrom
+  # nucleoli: a dark-magenta dot inside vesicular nuclei
+  nucleoli = np.zeros((R, R), np.float32)
+  ves_idx = np.nonzero(vesicular)[0]
+  if len(ves_idx):
+    off = 0.3 * r_nuc.standard_normal((len(ves_idx), 2)) * b[ves_idx, None]
+    ny, nx = cy[ves_idx] + off[:, 0], cx[ves_idx] + off[:, 1]
+    nr = np.maximum(0.2 * b[ves_idx], 0.45)
+    nucleoli = _render_nuclei(ny, nx, nr, nr, np.zeros(len(ves_idx)), R, 1.0)[0]
 
-    # ---- stroma, cytoplasm, lumen ----------------------------------------------------------------------------
-    fibres = np.clip(0.55 + 0.45 * fibre_f, 0.0, 1.3)
-    stroma_E = 0.38 * fibres + 0.16
-    cyto = cytoplasm * halo
-    E = tissue * ((1.0 - cyto) * stroma_E + cyto * 0.5) * (1.0 - 0.55 * cov) + 0.45 * nucleoli
-    H = tissue * (H + 0.1 * cyto * (1.0 - cov) + 0.5 * nucleoli)
-    E = E * stain_strength
-    H = H * stain_strength
+  # ---- stroma, cytoplasm, lumen ----------------------------------------------------------------------------
+  fibres = np.clip(0.55 + 0.45 * fibre_f, 0.0, 1.3)
+  stroma_E = 0.38 * fibres + 0.16
+  cyto = cytoplasm * halo
+  E = tissue * ((1.0 - cyto) * stroma_E + cyto * 0.5) * (1.0 - 0.55 * cov) + 0.45 * nucleoli
+  H = tissue * (H + 0.1 * cyto * (1.0 - cov) + 0.5 * nucleoli)
+  E = E * stain_strength
+  H = H * stain_strength
 
-    h_vec, e_vec = stain_vectors(stain_shift)
-    od = (H[..., None] * h_vec.astype(np.float32) + E[..., None] * e_vec.astype(np.float32) + _GLASS_OD)
-    image = np.exp(-od)
-    if blur > 0.15:
-        image = ndimage.gaussian_filter(image, sigma=(blur, blur, 0.0), mode="reflect", truncate=3.0)
-    image += 0.008 * r_tex.standard_normal(image.shape, dtype=np.float32)
-    image = np.clip(image, 0.0, 1.0).astype(np.float32)
-    if marker:
-        _burn_tag(image, HISTOLOGY_TAG_CELLS, 0.07, 0.96)
-    out = np.round(image * 255.0).astype(np.uint8)
+  h_vec, e_vec = stain_vectors(stain_shift)
+  od = (H[..., None] * h_vec.astype(np.float32) + E[..., None] * e_vec.astype(np.float32) + _GLASS_OD)
+  image = np.exp(-od)
+  if blur > 0.15:
+    image = ndimage.gaussian_filter(image, sigma=(blur, blur, 0.0), mode='reflect', truncate=3.0)
+  image += 0.008 * r_tex.standard_normal(image.shape, dtype=np.float32)
+  image = np.clip(image, 0.0, 1.0).astype(np.float32)
+  if marker:
+    _burn_tag(image, HISTOLOGY_TAG_CELLS, 0.07, 0.96)
+  out = np.round(image * 255.0).astype(np.uint8)
 
-    areas = np.pi * a * b
-    attrs = {
-        "nuclear_count": float(n),
-        "nuclear_mean_area": float(areas.mean()) if n else 0.0,
-        "nuclear_darkness": darkness,
-        "pleomorphism": float(areas.std() / areas.mean()) if n > 1 else 0.0,
-        "stain_shift": float(stain_shift),
-        "blur_sigma": float(blur if blur > 0.15 else 0.0),
-        "background_fraction": background_fraction,
-        "marker": float(marker),
-    }
-    return out, label, attrs
+  areas = np.pi * a * b
+  attrs = {
+      'nuclear_count': float(n),
+      'nuclear_mean_area': float(areas.mean()) if n else 0.0,
+      'nuclear_darkness': darkness,
+      'pleomorphism': float(areas.std() / areas.mean()) if n > 1 else 0.0,
+      'stain_shift': float(stain_shift),
+      'blur_sigma': float(blur if blur > 0.15 else 0.0),
+      'background_fraction': background_fraction,
+      'marker': float(marker),
+  }
+  return out, label, attrs

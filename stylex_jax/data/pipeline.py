@@ -67,14 +67,13 @@ from absl import logging
 
 from stylex_jax.data.images import channels_error, conform_levels, resize_square, to_float  # noqa: F401  (re-exported)
 
-CONFIG_FIELDS = ('dataset', 'builder_config', 'data_dir', 'manual_dir', 'image_size', 'channels',
-                 'label_threshold', 'hflip', 'train_split', 'eval_split', 'test_split')
+CONFIG_FIELDS = ('dataset', 'builder_config', 'data_dir', 'manual_dir', 'image_size', 'channels', 'label_threshold',
+                 'hflip', 'train_split', 'eval_split', 'test_split')
 OPTIONAL_CONFIG_FIELDS = ('num_classes',)
 IMAGE_FOLDER = 'image_folder'
 IN_MEMORY_CACHE_MAX_BYTES = 1 << 30
 PREFETCH_BATCHES = 2
 _READ_CHUNK = 256
-
 
 # ----------------------------------------------------------------------------------------------- config
 
@@ -155,9 +154,9 @@ class _Source:
   records: Sequence[Any]
   class_names: tuple[str, ...]
   data_channels: int | None
-  labels_fn: Callable[[], np.ndarray]   # every label of the split, in order, without decoding images
+  labels_fn: Callable[[], np.ndarray]  # every label of the split, in order, without decoding images
   has_ids: bool = True
-  eight_bit: bool = True   # every image is uint8 (cached as uint8 levels); else cached as float32 in [-1, 1]
+  eight_bit: bool = True  # every image is uint8 (cached as uint8 levels); else cached as float32 in [-1, 1]
 
 
 def _open_source(cfg: DataConfig, split: str, max_cache_bytes: int) -> _Source:
@@ -173,9 +172,9 @@ def _open_image_folder(cfg: DataConfig, split: str) -> _Source:
     logging.info('config.data.builder_config=%r is not used with dataset=image_folder', cfg.builder_config)
   folder = image_folder.open_image_folder(cfg.manual_dir)
   records = folder.split(split)
-  return _Source(description=f'image_folder:{folder.root}[{split}]', records=records,
-                 class_names=folder.class_names, data_channels=folder.channels,
-                 labels_fn=lambda: np.asarray(records.labels), eight_bit=folder.eight_bit)
+  return _Source(description=f'image_folder:{folder.root}[{split}]', records=records, class_names=folder.class_names,
+                 data_channels=folder.channels, labels_fn=lambda: np.asarray(records.labels),
+                 eight_bit=folder.eight_bit)
 
 
 @contextlib.contextmanager
@@ -302,7 +301,7 @@ def _tf_dataset_records(cfg: DataConfig, builder, split: str, max_cache_bytes: i
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
   n = builder.info.splits[split].num_examples
-  size = n * cfg.image_size ** 2 * cfg.channels
+  size = n * cfg.image_size**2 * cfg.channels
   if size > max_cache_bytes:
     raise ValueError(
         f'{builder.info.full_name} is prepared at {builder.data_dir} as {builder.info.file_format}, which has no '
@@ -311,8 +310,9 @@ def _tf_dataset_records(cfg: DataConfig, builder, split: str, max_cache_bytes: i
         f'--dataset_version_dir={builder.data_dir} --out_file_format=array_record`, or delete it to re-prepare')
   logging.info('%s has no random-access files; reading %d examples through tf.data', builder.info.full_name, n)
   keep = ('image', 'label', 'id')
-  return [{k: v for k, v in ex.items() if k in keep}
-          for ex in tfds.as_numpy(builder.as_dataset(split=split, shuffle_files=False))]
+  return [{
+      k: v for k, v in ex.items() if k in keep
+  } for ex in tfds.as_numpy(builder.as_dataset(split=split, shuffle_files=False))]
 
 
 # ------------------------------------------------------------------------------------------------ prefetch
@@ -443,8 +443,8 @@ class Pipeline:
                        f'{self.num_classes} or change label_threshold')
     self._labels_fn = source.labels_fn
     self._labels: np.ndarray | None = None
-    self._pool = concurrent.futures.ThreadPoolExecutor(min(8, os.cpu_count() or 1),
-                                                       thread_name_prefix='stylex_jax-decode')
+    self._pool = concurrent.futures.ThreadPoolExecutor(min(8,
+                                                           os.cpu_count() or 1), thread_name_prefix='stylex_jax-decode')
     self._perm_cache: dict[int, np.ndarray] = {}
     self._perm_lock = threading.Lock()
 
@@ -453,12 +453,13 @@ class Pipeline:
     if self.cached:
       self._images, labels, self._ids = self._read_all()
       self._labels = self._map_labels(labels)
-      logging.info('pipeline %s: %d examples cached in memory (%.1f MiB), image %s, classes %s',
-                   self.description, self.num_examples, cache_bytes / 2**20, self.image_shape, self.class_names)
+      logging.info('pipeline %s: %d examples cached in memory (%.1f MiB), image %s, classes %s', self.description,
+                   self.num_examples, cache_bytes / 2**20, self.image_shape, self.class_names)
     else:
-      logging.info('pipeline %s: %d examples read per batch from the data source (%.1f GiB at %s > cache '
-                   'limit), classes %s', self.description, self.num_examples, cache_bytes / 2**30,
-                   self.image_shape, self.class_names)
+      logging.info(
+          'pipeline %s: %d examples read per batch from the data source (%.1f GiB at %s > cache '
+          'limit), classes %s', self.description, self.num_examples, cache_bytes / 2**30, self.image_shape,
+          self.class_names)
 
   # --------------------------------------------------------------------------- reading
 
@@ -549,8 +550,8 @@ class Pipeline:
     images, labels, _ = self._gather(indices)
     images = _to_batch_float(images)
     if self.config.hflip:
-      flips = np.random.default_rng(np.random.SeedSequence([self.seed, 1, int(step)])).random(
-          self.global_batch_size)[rows] < 0.5
+      flips = np.random.default_rng(np.random.SeedSequence([self.seed, 1,
+                                                            int(step)])).random(self.global_batch_size)[rows] < 0.5
       images[flips] = images[flips, :, ::-1]
     return {'image': images, 'label': labels}
 

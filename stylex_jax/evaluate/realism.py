@@ -40,8 +40,8 @@ def knee_oracle_metrics(real: np.ndarray, fake: np.ndarray) -> dict[str, float]:
              real_joint_found_rate=float(np.mean(r['joint_found'] > 0)),
              jsw_mean_fake=float(np.mean(fw)) if fw.size else float('nan'),
              jsw_mean_real=float(np.mean(rw)) if rw.size else float('nan'))
-  out['jsw_wasserstein'] = (float(scipy.stats.wasserstein_distance(rw, fw)) if fw.size >= 2 and rw.size >= 2
-                            else float('nan'))
+  out['jsw_wasserstein'] = (float(scipy.stats.wasserstein_distance(rw, fw))
+                            if fw.size >= 2 and rw.size >= 2 else float('nan'))
   return out
 
 

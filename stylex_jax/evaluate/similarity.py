@@ -27,7 +27,7 @@ import numpy as np
 
 WINDOW_SIZE = 11
 SIGMA = 1.5
-DATA_RANGE = 2.0          # images in [-1, 1]
+DATA_RANGE = 2.0  # images in [-1, 1]
 K1, K2 = 0.01, 0.03
 MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
 MAX_PSNR = 100.0
@@ -36,7 +36,7 @@ MAX_PSNR = 100.0
 def gaussian_window(size: int = WINDOW_SIZE, sigma: float = SIGMA) -> np.ndarray:
   """Normalised 1-D Gaussian [size] centred on the middle tap."""
   x = np.arange(size, dtype=np.float64) - (size - 1) / 2
-  g = np.exp(-x ** 2 / (2 * sigma ** 2))
+  g = np.exp(-x**2 / (2 * sigma**2))
   return (g / g.sum()).astype(np.float32)
 
 
@@ -64,13 +64,13 @@ def _filter(x: jax.Array, window: jax.Array) -> jax.Array:
 def _ssim_terms(a: jax.Array, b: jax.Array) -> tuple[jax.Array, jax.Array]:
   """(mean SSIM [B], mean contrast-structure [B]) over the valid pixels and channels."""
   window = jnp.asarray(gaussian_window())
-  c1, c2 = (K1 * DATA_RANGE) ** 2, (K2 * DATA_RANGE) ** 2
+  c1, c2 = (K1 * DATA_RANGE)**2, (K2 * DATA_RANGE)**2
   mu_a, mu_b = _filter(a, window), _filter(b, window)
-  var_a = _filter(a * a, window) - mu_a ** 2
-  var_b = _filter(b * b, window) - mu_b ** 2
+  var_a = _filter(a * a, window) - mu_a**2
+  var_b = _filter(b * b, window) - mu_b**2
   cov = _filter(a * b, window) - mu_a * mu_b
   cs = (2 * cov + c2) / (var_a + var_b + c2)
-  lum = (2 * mu_a * mu_b + c1) / (mu_a ** 2 + mu_b ** 2 + c1)
+  lum = (2 * mu_a * mu_b + c1) / (mu_a**2 + mu_b**2 + c1)
   return jnp.mean(lum * cs, axis=(1, 2, 3)), jnp.mean(cs, axis=(1, 2, 3))
 
 
@@ -115,7 +115,7 @@ def ms_ssim(a: jax.Array, b: jax.Array, scales: int | None = None) -> jax.Array:
   for s in range(scales):
     full, cs = _ssim_terms(a, b)
     term = full if s == scales - 1 else cs
-    out = out * jnp.maximum(term, 1e-6) ** float(weights[s])
+    out = out * jnp.maximum(term, 1e-6)**float(weights[s])
     if s < scales - 1:
       a, b = _avg_pool2(a), _avg_pool2(b)
   return out
@@ -127,5 +127,5 @@ def psnr(a: jax.Array, b: jax.Array) -> jax.Array:
   if a.shape != b.shape or a.ndim != 4:
     raise ValueError(f'psnr: a and b must be [B, H, W, C] of the same shape, got {a.shape} and {b.shape}')
   mse = jnp.mean(jnp.square(a - b), axis=(1, 2, 3))
-  value = 10.0 * jnp.log10(DATA_RANGE ** 2 / jnp.maximum(mse, 1e-30))
+  value = 10.0 * jnp.log10(DATA_RANGE**2 / jnp.maximum(mse, 1e-30))
   return jnp.minimum(value, MAX_PSNR)

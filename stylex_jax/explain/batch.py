@@ -12,9 +12,9 @@ import numpy as np
 OPTIONAL_KEYS = ('reconstruction_probs', 'metrics', 'target')
 
 
-def check_batch(batch: Mapping[str, Any], *, required: Sequence[str], image_shape: tuple[int, int, int],
-                num_classes: int, num_ws: int, w_dim: int, num_series: int | None,
-                metric_names: list[str] | None) -> dict[str, Any]:
+def check_batch(batch: Mapping[str, Any], *, required: Sequence[str], image_shape: tuple[int, int,
+                                                                                         int], num_classes: int,
+                num_ws: int, w_dim: int, num_series: int | None, metric_names: list[str] | None) -> dict[str, Any]:
   """Checks one batch of B explained images and returns it as numpy arrays.
 
   Args:
@@ -52,10 +52,19 @@ def check_batch(batch: Mapping[str, Any], *, required: Sequence[str], image_shap
   if s is None:
     series_shape = np.shape(batch['series'])
     s = series_shape[1] if len(series_shape) == 5 and series_shape[1] >= 1 else -1
-  expected = {'image': (b, h, w, c), 'reconstruction': (b, h, w, c), 'series': (b, s, h, w, c),
-              'alphas': (b, s), 'probs': (b, s, k), 'original_probs': (b, k),
-              'latent': (b, num_ws, w_dim), 'gradcam': (b, h, w), 'label': (b,),
-              'reconstruction_probs': (b, k), 'target': (b,)}
+  expected = {
+      'image': (b, h, w, c),
+      'reconstruction': (b, h, w, c),
+      'series': (b, s, h, w, c),
+      'alphas': (b, s),
+      'probs': (b, s, k),
+      'original_probs': (b, k),
+      'latent': (b, num_ws, w_dim),
+      'gradcam': (b, h, w),
+      'label': (b,),
+      'reconstruction_probs': (b, k),
+      'target': (b,)
+  }
   out: dict[str, Any] = {'id': ids}
   for key, shape in expected.items():
     if key not in batch or batch[key] is None:

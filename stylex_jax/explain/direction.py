@@ -46,10 +46,10 @@ import scipy.optimize
 TARGET_KINDS = ('auto', 'logit', 'log_odds', 'expected_grade')
 SPACES = ('w', 'w+')
 
-
 # ------------------------------------------------------------------------------------------------------------
 # Targets
 # ------------------------------------------------------------------------------------------------------------
+
 
 @dataclasses.dataclass(frozen=True)
 class Target:
@@ -76,11 +76,11 @@ class Target:
     k, c = self.num_classes, self.class_index
     if self.kind == 'expected_grade':
       return jnp.sum(jax.nn.softmax(logits, axis=-1) * jnp.arange(k, dtype=jnp.float32), axis=-1)
-    if k == 1:                      # one logit = log-odds of the positive class (sigmoid head)
+    if k == 1:  # one logit = log-odds of the positive class (sigmoid head)
       return logits[:, 0]
     if self.kind == 'logit':
       return logits[:, c]
-    others = jnp.where(jnp.arange(k) == c, -jnp.inf, logits)   # log_odds: class c vs the rest
+    others = jnp.where(jnp.arange(k) == c, -jnp.inf, logits)  # log_odds: class c vs the rest
     return logits[:, c] - jax.nn.logsumexp(others, axis=-1)
 
   @property
@@ -136,11 +136,11 @@ def make_target(kind: str = 'auto', num_classes: int = 2, class_index: int | Non
     return Target(kind, num_classes, None)
   if class_index is None:
     if num_classes > 2:
-      raise ValueError(f"target kind {kind!r} with num_classes={num_classes} needs class_index in "
+      raise ValueError(f'target kind {kind!r} with num_classes={num_classes} needs class_index in '
                        f"[0, {num_classes - 1}] (the class explained); or use kind='expected_grade'.")
     class_index = num_classes - 1
-  if (not isinstance(class_index, (int, np.integer)) or isinstance(class_index, bool)
-      or not 0 <= class_index < num_classes):
+  if (not isinstance(class_index, (int, np.integer)) or isinstance(class_index, bool) or
+      not 0 <= class_index < num_classes):
     raise ValueError(f'class_index must be an int in [0, {num_classes - 1}] for num_classes={num_classes}; '
                      f'got {class_index!r}.')
   return Target(kind, num_classes, int(class_index))
@@ -149,6 +149,7 @@ def make_target(kind: str = 'auto', num_classes: int = 2, class_index: int | Non
 # ------------------------------------------------------------------------------------------------------------
 # Shapes, norms, projections
 # ------------------------------------------------------------------------------------------------------------
+
 
 def check_latents(ws, name: str = 'ws') -> jax.Array:
   """ws: [B, num_ws, w_dim] float -> float32 array; anything else -> one ValueError."""
@@ -194,7 +195,7 @@ def latent_scale(ws, w_avg=None) -> float:
   mean when None). ws: [B, num_ws, w_dim]. Use alphas = alpha_scale * latent_scale(ws, w_avg)."""
   ws = np.asarray(check_latents(ws))
   centre = ws.mean(axis=0) if w_avg is None else np.broadcast_to(np.asarray(w_avg, np.float32), ws.shape[1:])
-  return float(np.median(np.sqrt(np.sum((ws - centre) ** 2, axis=(1, 2)))))
+  return float(np.median(np.sqrt(np.sum((ws - centre)**2, axis=(1, 2)))))
 
 
 def _check_previous(previous, num_ws: int, w_dim: int):
@@ -212,6 +213,7 @@ def _check_previous(previous, num_ws: int, w_dim: int):
 # ------------------------------------------------------------------------------------------------------------
 # Gradient mode
 # ------------------------------------------------------------------------------------------------------------
+
 
 class DirectionFit(NamedTuple):
   """Result of gradient mode. direction: [num_ws, w_dim] (global) or [B, num_ws, w_dim] (local), unit norm.
@@ -245,9 +247,9 @@ class GradientDirection:
   `trace_count` counts traces of the jitted optimiser (for tests).
   """
 
-  def __init__(self, synthesize: Callable, classify: Callable, target: Target, *, space: str = 'w',
-               local: bool = False, step_size: float = 1.0, proximity_weight: float = 0.0, steps: int = 100,
-               learning_rate: float = 0.1, init: str = 'gradient', chunk_size: int | None = None):
+  def __init__(self, synthesize: Callable, classify: Callable, target: Target, *, space: str = 'w', local: bool = False,
+               step_size: float = 1.0, proximity_weight: float = 0.0, steps: int = 100, learning_rate: float = 0.1,
+               init: str = 'gradient', chunk_size: int | None = None):
     if not isinstance(target, Target):
       raise ValueError(f'target must be a Target from make_target(kind, num_classes, class_index); got {target!r}.')
     if init not in ('gradient', 'random'):
@@ -283,8 +285,10 @@ class GradientDirection:
     if c is None or c >= n:
       return fn(*arrays)
     m = -(-n // c)
-    padded = [jnp.concatenate([a, jnp.broadcast_to(a[:1], (m * c - n,) + a.shape[1:])]).reshape((m, c) + a.shape[1:])
-              for a in arrays]
+    padded = [
+        jnp.concatenate([a, jnp.broadcast_to(a[:1], (m * c - n,) + a.shape[1:])]).reshape((m, c) + a.shape[1:])
+        for a in arrays
+    ]
     out = jax.lax.map(jax.checkpoint(lambda xs: fn(*xs)), padded)
     return jax.tree.map(lambda o: o.reshape((m * c,) + o.shape[2:])[:n], out)
 
@@ -292,8 +296,8 @@ class GradientDirection:
     self.trace_count += 1
     p0 = self.initial(ws, key)
     n, num_ws, _ = ws.shape
-    base_images, base_t = self._chunked(lambda w: (lambda im: (im, self.target(self.classify(im))))(
-        self.synthesize(w)), ws)
+    base_images, base_t = self._chunked(lambda w: (lambda im: (im, self.target(self.classify(im))))(self.synthesize(w)),
+                                        ws)
     base_images = jax.lax.stop_gradient(base_images)
     base_t = jax.lax.stop_gradient(base_t)
 
@@ -356,6 +360,7 @@ class GradientDirection:
       else:
         t = self._chunked(lambda w: self.target(self.classify(self.synthesize(w + s))), ws)
       return jnp.sum(t)
+
     g = jax.grad(total)(jnp.zeros(shape, jnp.float32))
     axes = (-1,) if self.space == 'w' else (-2, -1)
     return normalize(g, axes) + 1e-3 * normalize(noise, axes)
@@ -401,6 +406,7 @@ def top_k_directions(optimiser: 'GradientDirection | LinearProbe', ws, k: int, k
 # ------------------------------------------------------------------------------------------------------------
 # Black-box mode
 # ------------------------------------------------------------------------------------------------------------
+
 
 def perturb_latents(ws, key, num_samples: int, sigma: float, space: str = 'w') -> jax.Array:
   """num_samples latents [n, num_ws, w_dim]: ws[i mod B] + sigma * noise; the noise is shared by all layers in
@@ -479,8 +485,8 @@ class LinearProbe:
   Sample ws with `perturb_latents` (around given latents) or from the mapping network of random z.
   """
 
-  def __init__(self, synthesize: Callable, predict: Callable, target: Target, *, space: str = 'w',
-               l2: float = 1e-3, batch_size: int = 64, soft: bool = True):
+  def __init__(self, synthesize: Callable, predict: Callable, target: Target, *, space: str = 'w', l2: float = 1e-3,
+               batch_size: int = 64, soft: bool = True):
     if not isinstance(target, Target):
       raise ValueError(f'target must be a Target from make_target(kind, num_classes, class_index); got {target!r}.')
     if not callable(predict):
@@ -549,8 +555,8 @@ class LinearProbe:
     if basis.shape[0]:
       beta = beta - (beta @ basis.T) @ basis
     z = x @ beta + b
-    score = (float(np.mean((z > 0) == (y > 0.5))) if model == 'logistic'
-             else float(1 - np.sum((y - z) ** 2) / max(np.sum((y - y.mean()) ** 2), 1e-30)))
+    score = (float(np.mean((z > 0) == (y > 0.5)))
+             if model == 'logistic' else float(1 - np.sum((y - z)**2) / max(np.sum((y - y.mean())**2), 1e-30)))
     if self.space == 'w':
       d = np.asarray(broadcast_w(beta.astype(np.float32), num_ws))
     else:

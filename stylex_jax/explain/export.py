@@ -70,25 +70,25 @@ EXPORT_ENTRIES = ('schema.json', SHARD_DIR, 'strips', 'gifs', 'index.jsonl', 're
 
 # key -> (type in the record, meaning); S = series length, K = classes (DESIGN.md "Explanation TFRecord schema").
 FEATURES = {
-  'id': ('bytes', 'source id (file name or TFDS key), utf-8'),
-  'image': ('bytes (PNG)', 'original image, PNG, uint8 = round((x + 1) * 127.5) clipped to [0, 255]'),
-  'reconstruction': ('bytes (PNG)', 'G(invert(image)), PNG, same encoding as image'),
-  'series': ('bytes_list (PNG each)', 'images along the direction, one PNG each, ordered by alphas'),
-  'alphas': ('float_list', 'shift of each series image along the direction'),
-  'probs': ('float_list', 'classifier probabilities of each series image, [num_series, num_classes] row-major'),
-  'original_probs': ('float_list', 'classifier probabilities on the original image'),
-  'latent': ('float_list', 'inverted latent (W+), [num_ws, w_dim] row-major'),
-  'gradcam': ('bytes (PNG)',
-              'GradCAM heatmap of the original, 1-channel PNG, uint8 = round(255 * heat), heat in [0, 1]'),
-  'label': ('int64', 'ground-truth label where known, else -1'),
+    'id': ('bytes', 'source id (file name or TFDS key), utf-8'),
+    'image': ('bytes (PNG)', 'original image, PNG, uint8 = round((x + 1) * 127.5) clipped to [0, 255]'),
+    'reconstruction': ('bytes (PNG)', 'G(invert(image)), PNG, same encoding as image'),
+    'series': ('bytes_list (PNG each)', 'images along the direction, one PNG each, ordered by alphas'),
+    'alphas': ('float_list', 'shift of each series image along the direction'),
+    'probs': ('float_list', 'classifier probabilities of each series image, [num_series, num_classes] row-major'),
+    'original_probs': ('float_list', 'classifier probabilities on the original image'),
+    'latent': ('float_list', 'inverted latent (W+), [num_ws, w_dim] row-major'),
+    'gradcam':
+        ('bytes (PNG)', 'GradCAM heatmap of the original, 1-channel PNG, uint8 = round(255 * heat), heat in [0, 1]'),
+    'label': ('int64', 'ground-truth label where known, else -1'),
 }
 FEATURE_MEANINGS = {key: meaning for key, (_, meaning) in FEATURES.items()}
 FEATURE_KEYS = tuple(FEATURE_MEANINGS)
 
-
 # ---------------------------------------------------------------------------------------------
 # Directory checks
 # ---------------------------------------------------------------------------------------------
+
 
 def check_writable(directory) -> None:
   """Creates `directory` if needed and proves it writable (writes and removes a probe file).
@@ -153,10 +153,18 @@ def feature_spec(schema: Mapping | str) -> dict[str, dict]:
     schema = read_schema(schema)
   s, k = int(schema['num_series']), int(schema['num_classes'])
   flat_latent = int(schema['num_ws']) * int(schema['w_dim'])
-  shapes = {'id': ([], 'string'), 'image': ([], 'string'), 'reconstruction': ([], 'string'),
-            'series': ([s], 'string'), 'alphas': ([s], 'float32'), 'probs': ([s * k], 'float32'),
-            'original_probs': ([k], 'float32'), 'latent': ([flat_latent], 'float32'),
-            'gradcam': ([], 'string'), 'label': ([], 'int64')}
+  shapes = {
+      'id': ([], 'string'),
+      'image': ([], 'string'),
+      'reconstruction': ([], 'string'),
+      'series': ([s], 'string'),
+      'alphas': ([s], 'float32'),
+      'probs': ([s * k], 'float32'),
+      'original_probs': ([k], 'float32'),
+      'latent': ([flat_latent], 'float32'),
+      'gradcam': ([], 'string'),
+      'label': ([], 'int64')
+  }
   return {key: {'kind': 'FixedLenFeature', 'shape': shape, 'dtype': dtype} for key, (shape, dtype) in shapes.items()}
 
 
@@ -179,8 +187,12 @@ def read_explanations(path_or_dir, *, decode_images: bool = True) -> Iterator[di
     if missing:
       raise FileNotFoundError(f'shard(s) listed in schema.json are missing: {missing}; the export is incomplete')
   s, k = int(schema['num_series']), int(schema['num_classes'])
-  shapes = {'alphas': (s,), 'probs': (s, k), 'original_probs': (k,),
-            'latent': (int(schema['num_ws']), int(schema['w_dim']))}
+  shapes = {
+      'alphas': (s,),
+      'probs': (s, k),
+      'original_probs': (k,),
+      'latent': (int(schema['num_ws']), int(schema['w_dim']))
+  }
   for file in files:
     for payload in tfrecord.read_records(file):
       raw = tfrecord.decode_example(payload)
@@ -205,6 +217,7 @@ def read_explanations(path_or_dir, *, decode_images: bool = True) -> Iterator[di
 # ---------------------------------------------------------------------------------------------
 # Writer
 # ---------------------------------------------------------------------------------------------
+
 
 class ExplanationWriter:
   """Writes explanations batch by batch: TFRecord shards, strips, GIFs, index; schema.json + report at close.
@@ -237,6 +250,7 @@ class ExplanationWriter:
         many MiB (one row is ~70 KiB at 64 px, ~0.8 MiB at 256 px with S = 9); the rest are in the
         TFRecords/strips/GIFs, and the report says so.
     """
+
     def positive_int(name, v):
       if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
         raise ValueError(f'{name}={v!r} must be a positive integer')
@@ -274,7 +288,7 @@ class ExplanationWriter:
       os.makedirs(os.path.join(self._staging, sub))
     self._index = open(os.path.join(self._staging, 'index.jsonl'), 'w', encoding='utf-8')
     self._report = report_lib.Report(os.path.join(self._staging, '.report_rows.html'), class_names=self.class_names,
-                                     max_images=self.report_max_images, max_bytes=int(report_max_mib * 2 ** 20))
+                                     max_images=self.report_max_images, max_bytes=int(report_max_mib * 2**20))
     self._shard_file = None
     self._shard_counts: list[int] = []
     self._num_series: int | None = None
@@ -311,9 +325,9 @@ class ExplanationWriter:
     """
     if self._closed:
       raise ValueError('ExplanationWriter is closed; create a new one')
-    x = batch_lib.check_batch(batch, required=FEATURE_KEYS, image_shape=self.image_shape,
-                              num_classes=self.num_classes, num_ws=self.num_ws, w_dim=self.w_dim,
-                              num_series=self._num_series, metric_names=self._metric_names)
+    x = batch_lib.check_batch(batch, required=FEATURE_KEYS, image_shape=self.image_shape, num_classes=self.num_classes,
+                              num_ws=self.num_ws, w_dim=self.w_dim, num_series=self._num_series,
+                              metric_names=self._metric_names)
     if self._num_series is None:
       self._num_series = int(x['series'].shape[1])
       self._metric_names = sorted(x['metrics'])
@@ -329,20 +343,23 @@ class ExplanationWriter:
     heat_u8 = media.heat_uint8(x['gradcam'][i])
     alphas, probs = x['alphas'][i], x['probs'][i]
     label = int(x['label'][i])
-    pngs = {'image': media.png_bytes(image_u8), 'reconstruction': media.png_bytes(recon_u8),
-            'gradcam': media.png_bytes(heat_u8)}
+    pngs = {
+        'image': media.png_bytes(image_u8),
+        'reconstruction': media.png_bytes(recon_u8),
+        'gradcam': media.png_bytes(heat_u8)
+    }
     series_pngs = [media.png_bytes(f) for f in series_u8]
     features = {
-      'id': tfrecord.bytes_feature([id_.encode('utf-8')]),
-      'image': tfrecord.bytes_feature([pngs['image']]),
-      'reconstruction': tfrecord.bytes_feature([pngs['reconstruction']]),
-      'series': tfrecord.bytes_feature(series_pngs),
-      'alphas': tfrecord.float_feature(alphas),
-      'probs': tfrecord.float_feature(probs.reshape(-1)),
-      'original_probs': tfrecord.float_feature(x['original_probs'][i]),
-      'latent': tfrecord.float_feature(x['latent'][i].reshape(-1)),
-      'gradcam': tfrecord.bytes_feature([pngs['gradcam']]),
-      'label': tfrecord.int64_feature([label]),
+        'id': tfrecord.bytes_feature([id_.encode('utf-8')]),
+        'image': tfrecord.bytes_feature([pngs['image']]),
+        'reconstruction': tfrecord.bytes_feature([pngs['reconstruction']]),
+        'series': tfrecord.bytes_feature(series_pngs),
+        'alphas': tfrecord.float_feature(alphas),
+        'probs': tfrecord.float_feature(probs.reshape(-1)),
+        'original_probs': tfrecord.float_feature(x['original_probs'][i]),
+        'latent': tfrecord.float_feature(x['latent'][i].reshape(-1)),
+        'gradcam': tfrecord.bytes_feature([pngs['gradcam']]),
+        'label': tfrecord.int64_feature([label]),
     }
     shard = self._write_record(tfrecord.encode_example(features))
 
@@ -353,7 +370,7 @@ class ExplanationWriter:
     name = self._names(id_)
     heat_f = heat_u8.astype(np.float32) / 255.0 if x['gradcam'].dtype == np.uint8 else x['gradcam'][i]
     cam_rgb = gradcam_lib.overlay(media.as_float_image(x['image'][i]), np.clip(heat_f, 0.0, 1.0))
-    far = int(np.argmax(np.abs(x['alphas'][i])))   # the end of the series away from alpha = 0 (either side)
+    far = int(np.argmax(np.abs(x['alphas'][i])))  # the end of the series away from alpha = 0 (either side)
     diff_rgb, diff_scale = media.diff_map(x['series'][i][far], x['reconstruction'][i])
     recon_probs = x['reconstruction_probs'][i] if 'reconstruction_probs' in x else None
     metrics = {n: float(v[i]) for n, v in x['metrics'].items()}
@@ -361,17 +378,25 @@ class ExplanationWriter:
       self._metric_values[n].append(v)
     cname = self.class_names[target]
     label_text = 'unknown' if label < 0 else self.class_names[label]
-    media.save_strip(os.path.join(self._staging, 'strips', name + '.png'),
-                     f'{id_}   label: {label_text}   p({cname}) along the series', image_u8, recon_u8, series_u8,
-                     alphas, probs[:, target], x['original_probs'][i][target],
+    media.save_strip(os.path.join(self._staging, 'strips',
+                                  name + '.png'), f'{id_}   label: {label_text}   p({cname}) along the series',
+                     image_u8, recon_u8, series_u8, alphas, probs[:, target], x['original_probs'][i][target],
                      None if recon_probs is None else recon_probs[target], cam_rgb, diff_rgb, diff_scale)
     media.save_gif(os.path.join(self._staging, 'gifs', name + '.gif'), series_u8, alphas, probs[:, target], cname)
 
-    entry = {'id': id_, 'safe_id': name, 'shard': shard, 'label': label, 'target': target,
-             'original_probs': x['original_probs'][i].tolist(),
-             'reconstruction_probs': None if recon_probs is None else recon_probs.tolist(),
-             'final_probs': probs[-1].tolist(), 'metrics': metrics,
-             'strip': f'strips/{name}.png', 'gif': f'gifs/{name}.gif'}
+    entry = {
+        'id': id_,
+        'safe_id': name,
+        'shard': shard,
+        'label': label,
+        'target': target,
+        'original_probs': x['original_probs'][i].tolist(),
+        'reconstruction_probs': None if recon_probs is None else recon_probs.tolist(),
+        'final_probs': probs[-1].tolist(),
+        'metrics': metrics,
+        'strip': f'strips/{name}.png',
+        'gif': f'gifs/{name}.gif'
+    }
     self._index.write(json.dumps(_jsonable(entry), allow_nan=False) + '\n')
 
     self._report.add(id_, name, label_text, target, pngs, series_pngs, alphas, probs, x['original_probs'][i],
@@ -404,42 +429,83 @@ class ExplanationWriter:
       final = f'{SHARD_PREFIX}-{index:05d}-of-{num_shards:05d}.tfrecord'
       os.replace(os.path.join(shard_dir, f'.shard-{index:05d}.tmp'), os.path.join(shard_dir, final))
       shards.append(f'{SHARD_DIR}/{final}')
-    metric_stats = {n: {'mean': float(np.mean(v)), 'min': float(np.min(v)), 'max': float(np.max(v))}
-                    for n, v in self._metric_values.items() if v}
+    metric_stats = {
+        n: {
+            'mean': float(np.mean(v)),
+            'min': float(np.min(v)),
+            'max': float(np.max(v))
+        } for n, v in self._metric_values.items() if v
+    }
     h, w, c = self.image_shape
     s, k = self._num_series, self.num_classes
-    decoded = {'id': ([], 'str'), 'image': ([h, w, c], 'uint8'), 'reconstruction': ([h, w, c], 'uint8'),
-               'series': ([s, h, w, c], 'uint8'), 'alphas': ([s], 'float32'), 'probs': ([s, k], 'float32'),
-               'original_probs': ([k], 'float32'), 'latent': ([self.num_ws, self.w_dim], 'float32'),
-               'gradcam': ([h, w], 'uint8'), 'label': ([], 'int64')}
+    decoded = {
+        'id': ([], 'str'),
+        'image': ([h, w, c], 'uint8'),
+        'reconstruction': ([h, w, c], 'uint8'),
+        'series': ([s, h, w, c], 'uint8'),
+        'alphas': ([s], 'float32'),
+        'probs': ([s, k], 'float32'),
+        'original_probs': ([k], 'float32'),
+        'latent': ([self.num_ws, self.w_dim], 'float32'),
+        'gradcam': ([h, w], 'uint8'),
+        'label': ([], 'int64')
+    }
     spec = {'num_series': s, 'num_classes': k, 'num_ws': self.num_ws, 'w_dim': self.w_dim}
     schema = {
-      'format': SCHEMA_FORMAT, 'version': SCHEMA_VERSION,
-      'created': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
-      'num_examples': self._n, 'num_classes': k, 'class_names': self.class_names,
-      'image_shape': [h, w, c], 'num_series': s, 'num_ws': self.num_ws, 'w_dim': self.w_dim,
-      'features': {key: {'type': FEATURES[key][0], 'meaning': FEATURES[key][1],
-                         'decoded_shape': decoded[key][0], 'decoded_dtype': decoded[key][1]}
-                   for key in FEATURE_KEYS},
-      'tf_feature_spec': {key: {'shape': v['shape'], 'dtype': v['dtype']}
-                          for key, v in feature_spec(spec).items()},
-      'shards': shards, 'shard_counts': list(self._shard_counts),
-      'target_description': self.target_description,
-      'summary_metrics': summary, 'per_image_metrics': metric_stats,
-      'files': {'index': 'index.jsonl', 'report': 'report.html', 'strips': 'strips/<safe_id>.png',
-                'gifs': 'gifs/<safe_id>.gif'},
-      'config': self.config,
+        'format': SCHEMA_FORMAT,
+        'version': SCHEMA_VERSION,
+        'created': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
+        'num_examples': self._n,
+        'num_classes': k,
+        'class_names': self.class_names,
+        'image_shape': [h, w, c],
+        'num_series': s,
+        'num_ws': self.num_ws,
+        'w_dim': self.w_dim,
+        'features': {
+            key: {
+                'type': FEATURES[key][0],
+                'meaning': FEATURES[key][1],
+                'decoded_shape': decoded[key][0],
+                'decoded_dtype': decoded[key][1]
+            } for key in FEATURE_KEYS
+        },
+        'tf_feature_spec': {
+            key: {
+                'shape': v['shape'],
+                'dtype': v['dtype']
+            } for key, v in feature_spec(spec).items()
+        },
+        'shards': shards,
+        'shard_counts': list(self._shard_counts),
+        'target_description': self.target_description,
+        'summary_metrics': summary,
+        'per_image_metrics': metric_stats,
+        'files': {
+            'index': 'index.jsonl',
+            'report': 'report.html',
+            'strips': 'strips/<safe_id>.png',
+            'gifs': 'gifs/<safe_id>.gif'
+        },
+        'config': self.config,
     }
     writers.write_json(os.path.join(self._staging, 'schema.json'), schema, is_chief=True)
     self._report.write(os.path.join(self._staging, 'report.html'), title=self.title,
-                       target_description=self.target_description, num_images=self._n, summary=summary,
-                       metric_means={n: v['mean'] for n, v in metric_stats.items()}, config=self.config)
+                       target_description=self.target_description, num_images=self._n, summary=summary, metric_means={
+                           n: v['mean'] for n, v in metric_stats.items()
+                       }, config=self.config)
     self._swap_in()
     self._closed = True
     d = self.directory
-    return {'directory': d, 'schema': os.path.join(d, 'schema.json'), 'report': os.path.join(d, 'report.html'),
-            'index': os.path.join(d, 'index.jsonl'), 'tfrecords': [os.path.join(d, p) for p in shards],
-            'strips': os.path.join(d, 'strips'), 'gifs': os.path.join(d, 'gifs')}
+    return {
+        'directory': d,
+        'schema': os.path.join(d, 'schema.json'),
+        'report': os.path.join(d, 'report.html'),
+        'index': os.path.join(d, 'index.jsonl'),
+        'tfrecords': [os.path.join(d, p) for p in shards],
+        'strips': os.path.join(d, 'strips'),
+        'gifs': os.path.join(d, 'gifs')
+    }
 
   def _swap_in(self) -> None:
     old = os.path.join(self.directory, f'.export-old-{os.getpid()}-{uuid.uuid4().hex[:8]}')

@@ -39,8 +39,10 @@ def expand_patterns(patterns: str | Sequence[str]) -> list[str]:
   for pattern in patterns:
     pattern = os.path.expanduser(pattern.strip())
     if os.path.isdir(pattern):
-      files.update(os.path.join(pattern, f) for f in os.listdir(pattern)
-                   if f.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(os.path.join(pattern, f)))
+      files.update(
+          os.path.join(pattern, f)
+          for f in os.listdir(pattern)
+          if f.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(os.path.join(pattern, f)))
     else:
       files.update(f for f in glob.glob(pattern) if os.path.isfile(f))
   if not files:
@@ -64,8 +66,8 @@ def load_image(path: str, image_size: int, channels: int) -> tuple[np.ndarray, l
   return images_lib.to_float(levels), notes
 
 
-def load_image_files(patterns: str | Sequence[str], image_size: int, channels: int
-                     ) -> tuple[np.ndarray, list[str], list[str], list[str]]:
+def load_image_files(patterns: str | Sequence[str], image_size: int,
+                     channels: int) -> tuple[np.ndarray, list[str], list[str], list[str]]:
   """Reads every matching file: (images float32 [N, S, S, C] in [-1, 1], ids (the paths), notes, rejected).
 
   notes: one line per converted file; rejected: one line per unusable file ('path: reason'). If no file is

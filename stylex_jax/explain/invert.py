@@ -117,8 +117,9 @@ def conform_images(images: Any, size: int, channels: int, ids=None, who: str = '
       raise ValueError(f'{who}: images have {x.shape[-1]} channels; the generator makes {channels} (1 or 3)')
     warnings.warn(f'{who}: converted images to {channels} channel(s) for the generator', stacklevel=3)
   if x.shape[1:3] != (size, size):
-    warnings.warn(f'{who}: centre-cropped and resized images of {x.shape[1]}x{x.shape[2]} px to the generator\'s '
-                  f'{size}x{size}', stacklevel=3)
+    warnings.warn(
+        f'{who}: centre-cropped and resized images of {x.shape[1]}x{x.shape[2]} px to the generator\'s '
+        f'{size}x{size}', stacklevel=3)
     x = np.stack([images_lib.resize_square(image, size) for image in x])  # the pipeline's crop + resize rule
   return np.clip(x, -1.0, 1.0)
 
@@ -183,8 +184,8 @@ class Inverter:
     """The synthesis network's constant noise maps as a pytree of [1, H, W, 1] (the optimisation's start)."""
     if self._noise_template is None:
       ws = jnp.broadcast_to(self.w_avg, (1, self.num_ws, self.w_dim))
-      _, mutated = jax.jit(lambda w: self.generator.apply(
-          {'params': self.g_params}, w, method='synthesis', noise_mode='const', mutable=['noise_inputs']))(ws)
+      _, mutated = jax.jit(lambda w: self.generator.apply({'params': self.g_params}, w, method='synthesis', noise_mode=
+                                                          'const', mutable=['noise_inputs']))(ws)
       self._noise_template = mutated['noise_inputs']
     return self._noise_template
 
@@ -192,8 +193,10 @@ class Inverter:
     """sqrt(E||w - w_avg||^2) over `num_samples` mapped latents (NVIDIA's w_std for the w noise)."""
     if self._w_std is None:
       z = jax.random.normal(jax.random.key(123), (num_samples, self.generator.z_dim), jnp.float32)
-      ws = jax.jit(lambda z: self.generator.apply({'params': self.g_params, 'stats': self.g_stats}, z,
-                                                  method='mapping'))(z)[:, 0]
+      ws = jax.jit(lambda z: self.generator.apply({
+          'params': self.g_params,
+          'stats': self.g_stats
+      }, z, method='mapping'))(z)[:, 0]
       self._w_std = float(jnp.sqrt(jnp.sum(jnp.square(ws - self.w_avg)) / num_samples))
     return self._w_std
 
@@ -266,13 +269,10 @@ class Inverter:
     recon = self.synthesize(ws, noise)
     px = jax.nn.softmax(self.classify(images))
     py = jax.nn.softmax(self.classify(recon))
-    report = dict(
-        ws=ws, reconstructions=recon, original_probs=px, reconstruction_probs=py,
-        mse=jnp.mean(jnp.square(recon - images), axis=(1, 2, 3)),
-        ssim=similarity.ssim(recon, images), psnr=similarity.psnr(recon, images),
-        prob_delta=0.5 * jnp.sum(jnp.abs(px - py), axis=-1),
-        w_distance=reconstruction.w_distance(ws, self.w_avg),
-        agree=jnp.argmax(px, -1) == jnp.argmax(py, -1))
+    report = dict(ws=ws, reconstructions=recon, original_probs=px, reconstruction_probs=py,
+                  mse=jnp.mean(jnp.square(recon - images), axis=(1, 2, 3)), ssim=similarity.ssim(recon, images),
+                  psnr=similarity.psnr(recon, images), prob_delta=0.5 * jnp.sum(jnp.abs(px - py), axis=-1),
+                  w_distance=reconstruction.w_distance(ws, self.w_avg), agree=jnp.argmax(px, -1) == jnp.argmax(py, -1))
     if noise is not None:
       report['noise'] = noise
     return report
@@ -293,8 +293,7 @@ class Inverter:
     x = jnp.zeros((int(self.config.batch_size), self.resolution, self.resolution, self.channels), jnp.float32)
     params, opt_state, x_logits, x_feats = self._start_fn(x)
     w_std = jnp.float32(self.w_std() if self.config.w_noise > 0 else 0.0)
-    params, opt_state = self._step_fn(params, opt_state, x, x_logits, x_feats, jnp.int32(0), jax.random.key(0),
-                                      w_std)
+    params, opt_state = self._step_fn(params, opt_state, x, x_logits, x_feats, jnp.int32(0), jax.random.key(0), w_std)
     jax.block_until_ready(self._finish_fn(params, x))
     return time.perf_counter() - t0
 

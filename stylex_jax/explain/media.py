@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-MIN_TILE = 128               # strip/GIF tiles are upscaled (nearest) to at least this many pixels
+MIN_TILE = 128  # strip/GIF tiles are upscaled (nearest) to at least this many pixels
 _DIFF_MIN_SCALE = 1 / 127.5  # one grey level: differences below it are not blown up to full colour
 _IMAGE_SUFFIX = re.compile(r'\.(png|jpe?g|tiff?|bmp|gif|dcm|dicom|nii(\.gz)?)$', re.IGNORECASE)
 
@@ -90,8 +90,7 @@ def _get_font(size: int):
 
 def _grey_palette() -> Image.Image:
   """GIF palette for grey images: 252 grey levels + the caption colours (no per-frame colour quantisation)."""
-  colours = [(i * 255 // 251,) * 3 for i in range(252)] + [(214, 39, 40), (235, 235, 235), (120, 120, 120),
-                                                            (0, 0, 0)]
+  colours = [(i * 255 // 251,) * 3 for i in range(252)] + [(214, 39, 40), (235, 235, 235), (120, 120, 120), (0, 0, 0)]
   palette = Image.new('P', (1, 1))
   palette.putpalette([v for rgb in colours for v in rgb])
   return palette
@@ -162,13 +161,15 @@ def save_strip(path: str, title: str, image: np.ndarray, reconstruction: np.ndar
   Tiles are upscaled (nearest) by the factor that makes them >= MIN_TILE pixels; each has a 44 px caption band.
   """
   factor = _factor(image)
-  tiles = [_captioned(to_rgb(image), factor, ['original', f'p={p_original:.3f}'], float(p_original)),
-           _captioned(to_rgb(reconstruction), factor,
-                      ['reconstruction', '' if p_reconstruction is None else f'p={p_reconstruction:.3f}'],
-                      None if p_reconstruction is None else float(p_reconstruction))]
+  tiles = [
+      _captioned(to_rgb(image), factor, ['original', f'p={p_original:.3f}'], float(p_original)),
+      _captioned(to_rgb(reconstruction), factor,
+                 ['reconstruction', '' if p_reconstruction is None else f'p={p_reconstruction:.3f}'],
+                 None if p_reconstruction is None else float(p_reconstruction))
+  ]
   for j in range(series.shape[0]):
-    tiles.append(_captioned(to_rgb(series[j]), factor, [f'shift {alphas[j]:+.2f}', f'p={p_series[j]:.3f}'],
-                            float(p_series[j])))
+    tiles.append(
+        _captioned(to_rgb(series[j]), factor, [f'shift {alphas[j]:+.2f}', f'p={p_series[j]:.3f}'], float(p_series[j])))
   tiles.append(_captioned(cam_rgb, factor, ['GradCAM', ''], None))
   tiles.append(_captioned(diff_rgb, factor, ['end - recon', f'blue/red = -/+{diff_scale:.2f}'], None))
   _strip_image(tiles, title).save(path, format='PNG')
@@ -180,8 +181,10 @@ def save_gif(path: str, series: np.ndarray, alphas: np.ndarray, p_series: np.nda
   series: uint8 [S, H, W, C], C in {1, 3}; alphas: [S]; p_series: [S] p(class_name) in [0, 1].
   """
   factor = _factor(series[0])
-  frames = [_captioned(to_rgb(series[j]), factor, [f'shift {alphas[j]:+.2f}', f'p({class_name})={p_series[j]:.3f}'],
-                       float(p_series[j])) for j in range(series.shape[0])]
+  frames = [
+      _captioned(to_rgb(series[j]), factor, [f'shift {alphas[j]:+.2f}', f'p({class_name})={p_series[j]:.3f}'],
+                 float(p_series[j])) for j in range(series.shape[0])
+  ]
   if series.shape[-1] == 1:  # ~10x faster than PIL's adaptive palette per frame
     frames = [f.quantize(palette=_GREY_PALETTE, dither=Image.Dither.NONE) for f in frames]
   frames[0].save(path, format='GIF', save_all=True, append_images=frames[1:], duration=400, loop=0)

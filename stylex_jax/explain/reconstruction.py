@@ -80,17 +80,18 @@ def noise_regularization(noise: Mapping | list, min_size: int = 8) -> jax.Array:
 
 def normalize_noise(noise):
   """Each noise map [B, H, W, 1] to zero mean and unit variance per image (NVIDIA's projector, after each step)."""
+
   def norm(n):
     n = n - jnp.mean(n, axis=(1, 2, 3), keepdims=True)
     return n * jax.lax.rsqrt(jnp.mean(jnp.square(n), axis=(1, 2, 3), keepdims=True) + 1e-12)
+
   return jax.tree.map(norm, noise)
 
 
-def reconstruction_loss(images: jax.Array, recon: jax.Array, ws: jax.Array, w_avg: jax.Array,
-                        weights: Mapping[str, float], *,
-                        classify: Callable[[jax.Array], tuple[jax.Array, dict]] | None = None,
-                        image_logits: jax.Array | None = None,
-                        image_features: dict | None = None,
+def reconstruction_loss(images: jax.Array, recon: jax.Array, ws: jax.Array, w_avg: jax.Array, weights: Mapping[str,
+                                                                                                               float],
+                        *, classify: Callable[[jax.Array], tuple[jax.Array, dict]] | None = None,
+                        image_logits: jax.Array | None = None, image_features: dict | None = None,
                         extra_features: Callable[[jax.Array], dict] | None = None,
                         extra_image_features: dict | None = None) -> tuple[jax.Array, dict]:
   """Weighted reconstruction loss per image and its terms.

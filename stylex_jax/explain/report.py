@@ -27,8 +27,8 @@ import numpy as np
 
 from stylex_jax.explain import media
 
-_CLASS_COLOURS = ('#1f77b4', '#d62728', '#2ca02c', '#ff7f0e', '#9467bd', '#8c564b', '#e377c2', '#7f7f7f',
-                  '#bcbd22', '#17becf')
+_CLASS_COLOURS = ('#1f77b4', '#d62728', '#2ca02c', '#ff7f0e', '#9467bd', '#8c564b', '#e377c2', '#7f7f7f', '#bcbd22',
+                  '#17becf')
 
 
 def _template(name: str) -> str:
@@ -41,8 +41,7 @@ def _data_uri(png: bytes) -> str:
 
 def _json_for_script(obj) -> str:
   """JSON safe inside an HTML <script> element."""
-  return (json.dumps(obj, allow_nan=False).replace('<', '\\u003c').replace('>', '\\u003e')
-          .replace('&', '\\u0026'))
+  return (json.dumps(obj, allow_nan=False).replace('<', '\\u003c').replace('>', '\\u003e').replace('&', '\\u0026'))
 
 
 def _fmt(v) -> str:
@@ -82,10 +81,9 @@ class Report:
     self.shown = 0
     self._full = False
 
-  def add(self, id_: str, name: str, label_text: str, target: int, pngs: Mapping[str, bytes],
-          series_pngs: list[bytes], alphas: np.ndarray, probs: np.ndarray, original_probs: np.ndarray,
-          recon_probs: np.ndarray | None, cam_rgb: np.ndarray, diff_rgb: np.ndarray, diff_scale: float,
-          metrics: Mapping[str, float]) -> None:
+  def add(self, id_: str, name: str, label_text: str, target: int, pngs: Mapping[str, bytes], series_pngs: list[bytes],
+          alphas: np.ndarray, probs: np.ndarray, original_probs: np.ndarray, recon_probs: np.ndarray | None,
+          cam_rgb: np.ndarray, diff_rgb: np.ndarray, diff_scale: float, metrics: Mapping[str, float]) -> None:
     """Renders the row of one image, unless the report is already full.
 
     Args:
@@ -98,8 +96,8 @@ class Report:
     """
     if self._full:
       return
-    row = self._render_row(id_, name, label_text, target, pngs, series_pngs, alphas, probs, original_probs,
-                           recon_probs, media.png_bytes(cam_rgb), media.png_bytes(diff_rgb), diff_scale, metrics)
+    row = self._render_row(id_, name, label_text, target, pngs, series_pngs, alphas, probs, original_probs, recon_probs,
+                           media.png_bytes(cam_rgb), media.png_bytes(diff_rgb), diff_scale, metrics)
     self._budget -= len(row)
     if self.shown >= self.max_images or (self._budget < 0 and self.shown > 0):
       self._full = True  # rows stay the first N images
@@ -115,11 +113,13 @@ class Report:
       lo, hi = lo - 1.0, hi + 1.0
     sx = lambda a: left + (a - lo) / (hi - lo) * (width - left - right)
     sy = lambda p: top + (1.0 - p) * (height - top - bottom)
-    parts = [f'<svg class="plot" width="{width}" height="{height}" viewBox="0 0 {width} {height}">',
-             f'<rect x="{left}" y="{top}" width="{width - left - right}" height="{height - top - bottom}" '
-             'fill="#fafafa" stroke="#999"/>',
-             f'<line x1="{left}" y1="{sy(0.5):.1f}" x2="{width - right}" y2="{sy(0.5):.1f}" stroke="#888" '
-             'stroke-dasharray="4 3"/>']
+    parts = [
+        f'<svg class="plot" width="{width}" height="{height}" viewBox="0 0 {width} {height}">',
+        f'<rect x="{left}" y="{top}" width="{width - left - right}" height="{height - top - bottom}" '
+        'fill="#fafafa" stroke="#999"/>',
+        f'<line x1="{left}" y1="{sy(0.5):.1f}" x2="{width - right}" y2="{sy(0.5):.1f}" stroke="#888" '
+        'stroke-dasharray="4 3"/>'
+    ]
     for p in (0.0, 0.5, 1.0):
       parts.append(f'<text x="{left - 3}" y="{sy(p) + 4:.1f}" font-size="10" text-anchor="end">{p:g}</text>')
     parts.append(f'<text x="{left}" y="{height - 6}" font-size="10">{lo:+.2f}</text>')
@@ -148,24 +148,28 @@ class Report:
   def _probs_text(self, probs) -> str:
     return ', '.join(f'{html.escape(n)} {p:.3f}' for n, p in zip(self.class_names, probs))
 
-  def _render_row(self, id_, name, label_text, target, pngs, series_pngs, alphas, probs, original_probs,
-                  recon_probs, cam_png, diff_png, diff_scale, metrics) -> str:
+  def _render_row(self, id_, name, label_text, target, pngs, series_pngs, alphas, probs, original_probs, recon_probs,
+                  cam_png, diff_png, diff_scale, metrics) -> str:
     svg, cur = self._plot_svg(alphas, probs, target)
     start = int(np.argmin(np.abs(alphas)))
-    data = {'frames': [_data_uri(p) for p in series_pngs], 'alphas': [float(a) for a in alphas],
-            'probs': [[round(float(p), 4) for p in row] for row in probs], 'cur': cur,
-            'classes': self.class_names}
+    data = {
+        'frames': [_data_uri(p) for p in series_pngs],
+        'alphas': [float(a) for a in alphas],
+        'probs': [[round(float(p), 4) for p in row] for row in probs],
+        'cur': cur,
+        'classes': self.class_names
+    }
     esc = html.escape
     recon_caption = f'reconstruction<br>{self._probs_text(recon_probs)}' if recon_probs is not None \
         else 'reconstruction'
     metric_text = ' · '.join(f'{esc(n)} {_fmt(v)}' for n, v in metrics.items())
-    return '\n' + self._row_template.substitute(
-        name=esc(name), id=esc(id_), label=esc(label_text), target_class=esc(self.class_names[target]),
-        metrics=(' · ' + metric_text) if metric_text else '', image_uri=_data_uri(pngs['image']),
-        original_probs=self._probs_text(original_probs), reconstruction_uri=_data_uri(pngs['reconstruction']),
-        reconstruction_caption=recon_caption, frame_uri=data['frames'][start], last_frame=len(series_pngs) - 1,
-        start=start, svg=svg, gradcam_uri=_data_uri(cam_png), difference_uri=_data_uri(diff_png),
-        diff_scale=f'{diff_scale:.2f}', data=_json_for_script(data))
+    return '\n' + self._row_template.substitute(name=esc(name), id=esc(id_), label=esc(label_text), target_class=esc(
+        self.class_names[target]), metrics=(' · ' + metric_text) if metric_text else '', image_uri=_data_uri(
+            pngs['image']), original_probs=self._probs_text(original_probs), reconstruction_uri=_data_uri(
+                pngs['reconstruction']), reconstruction_caption=recon_caption, frame_uri=data['frames'][start],
+                                                last_frame=len(series_pngs) - 1, start=start, svg=svg,
+                                                gradcam_uri=_data_uri(cam_png), difference_uri=_data_uri(diff_png),
+                                                diff_scale=f'{diff_scale:.2f}', data=_json_for_script(data))
 
   def write(self, path: str, *, title: str, target_description: str, num_images: int, summary: Mapping[str, Any],
             metric_means: Mapping[str, float], config: Mapping) -> None:

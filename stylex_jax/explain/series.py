@@ -156,17 +156,16 @@ class SeriesRenderer:
     (synthesize(ws, extras[b]) when per-image `extras` are given, e.g. an inversion's noise maps)."""
     flat, (b, s) = self._flatten(ws, directions, alphas, extras)
     images, probs = self._run(self._render, flat)
-    return (images.reshape((b, s) + images.shape[1:]).astype(np.float32),
-            probs.reshape(b, s, -1).astype(np.float32))
+    return (images.reshape((b, s) + images.shape[1:]).astype(np.float32), probs.reshape(b, s, -1).astype(np.float32))
 
   def logits(self, ws, directions, alphas, extras=None) -> np.ndarray:
     """Like __call__ but returns only logits [B, S, K] (no images leave the device)."""
     flat, (b, s) = self._flatten(ws, directions, alphas, extras)
     return self._run(self._logits, flat).reshape(b, s, -1)
 
-  def auto_alphas(self, ws, directions, target: direction_lib.Target, *, num_frames: int = 9,
-                  max_alpha: float = 10.0, grid_points: int = 9, refine_steps: int = 2, margin: float = 0.25,
-                  threshold=None, extras=None) -> AutoAlphas:
+  def auto_alphas(self, ws, directions, target: direction_lib.Target, *, num_frames: int = 9, max_alpha: float = 10.0,
+                  grid_points: int = 9, refine_steps: int = 2, margin: float = 0.25, threshold=None,
+                  extras=None) -> AutoAlphas:
     """Per-image shift ranges [B, num_frames] from alpha = 0 across the decision boundary and `margin` beyond.
 
     The target is evaluated on the grid linspace(-max_alpha, max_alpha, grid_points) (made odd, so 0 is a grid
@@ -201,14 +200,14 @@ class SeriesRenderer:
       b, s = logits.shape[:2]
       return np.asarray(target(jnp.asarray(logits.reshape(b * s, -1))), np.float64).reshape(b, s)
 
-    t = targets(grid)                                                        # [B, G]
+    t = targets(grid)  # [B, G]
     b = t.shape[0]
     rows = np.arange(b)
     start = t[:, mid]
-    thr = target.boundary(start) if threshold is None else np.broadcast_to(
-        np.asarray(threshold, np.float32), (b,)).astype(np.float32)
+    thr = target.boundary(start) if threshold is None else np.broadcast_to(np.asarray(threshold, np.float32),
+                                                                           (b,)).astype(np.float32)
     side0 = np.where(start - thr >= 0, 1.0, -1.0)
-    f = (t - thr[:, None]) * side0[:, None]                                  # > 0 on the image's own side
+    f = (t - thr[:, None]) * side0[:, None]  # > 0 on the image's own side
 
     # first sign change on each side of 0: bracket (prev, j) of grid indices
     brackets = []
@@ -224,7 +223,7 @@ class SeriesRenderer:
     (fp, pp, jp, rp), (fn, pn, jn, rn) = brackets
     use_pos = fp & (~fn | (np.abs(rp) <= np.abs(rn)))
     crossed = fp | fn
-    lo_a = np.where(use_pos, grid[pp], grid[pn]).astype(np.float64)           # f(lo) > 0, f(hi) < 0
+    lo_a = np.where(use_pos, grid[pp], grid[pn]).astype(np.float64)  # f(lo) > 0, f(hi) < 0
     hi_a = np.where(use_pos, grid[jp], grid[jn]).astype(np.float64)
     lo_f = np.where(use_pos, f[rows, pp], f[rows, pn])
     hi_f = np.where(use_pos, f[rows, jp], f[rows, jn])
@@ -245,8 +244,7 @@ class SeriesRenderer:
     end = np.clip(end, -max_alpha, max_alpha)
     end = np.where(end == 0, step, end)  # degenerate: crossing exactly at 0
     alphas = np.sort(np.linspace(0.0, end, int(num_frames), axis=1).astype(np.float32), axis=1)
-    return AutoAlphas(alphas, crossed, crossing.astype(np.float32), thr.astype(np.float32),
-                      start.astype(np.float32))
+    return AutoAlphas(alphas, crossed, crossing.astype(np.float32), thr.astype(np.float32), start.astype(np.float32))
 
 
 def auto_alphas(renderer: SeriesRenderer, ws, directions, target: direction_lib.Target, **options) -> AutoAlphas:

@@ -20,61 +20,61 @@ import jax.numpy as jnp
 
 
 def _groups(channels: int) -> int:
-    for g in (32, 16, 8, 4, 2, 1):
-        if channels % g == 0 and channels // g >= 2:
-            return g
-    return 1
+  for g in (32, 16, 8, 4, 2, 1):
+    if channels % g == 0 and channels // g >= 2:
+      return g
+  return 1
 
 
 class ResidualDown(nn.Module):
-    """x [B, H, W, c] -> [B, H/2, W/2, features]: (GN, lrelu, conv3x3) x2 then avg-pool, plus pooled 1x1 skip,
+  """x [B, H, W, c] -> [B, H/2, W/2, features]: (GN, lrelu, conv3x3) x2 then avg-pool, plus pooled 1x1 skip,
     summed with gain 1/sqrt(2)."""
-    features: int
+  features: int
 
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        skip = nn.avg_pool(x, (2, 2), strides=(2, 2))
-        skip = nn.Conv(self.features, (1, 1), use_bias=False, name='skip')(skip)
-        y = nn.GroupNorm(_groups(x.shape[-1]), name='norm0')(x)
-        y = nn.Conv(self.features, (3, 3), name='conv0')(nn.leaky_relu(y, 0.2))
-        y = nn.GroupNorm(_groups(self.features), name='norm1')(y)
-        y = nn.Conv(self.features, (3, 3), name='conv1')(nn.leaky_relu(y, 0.2))
-        y = nn.avg_pool(y, (2, 2), strides=(2, 2))
-        return (skip + y) * (1 / math.sqrt(2))
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    skip = nn.avg_pool(x, (2, 2), strides=(2, 2))
+    skip = nn.Conv(self.features, (1, 1), use_bias=False, name='skip')(skip)
+    y = nn.GroupNorm(_groups(x.shape[-1]), name='norm0')(x)
+    y = nn.Conv(self.features, (3, 3), name='conv0')(nn.leaky_relu(y, 0.2))
+    y = nn.GroupNorm(_groups(self.features), name='norm1')(y)
+    y = nn.Conv(self.features, (3, 3), name='conv1')(nn.leaky_relu(y, 0.2))
+    y = nn.avg_pool(y, (2, 2), strides=(2, 2))
+    return (skip + y) * (1 / math.sqrt(2))
 
 
 class Encoder(nn.Module):
-    """images [B, H, W, C] in [-1, 1] -> offsets [B, num_ws, w_dim] from w_avg (float32).
+  """images [B, H, W, C] in [-1, 1] -> offsets [B, num_ws, w_dim] from w_avg (float32).
 
     Attributes: num_ws, w_dim (of the generator); width: channels of the stem; channel_max: cap on channels;
     hidden: width of the dense layer after the 4x4 features.
     """
-    num_ws: int
-    w_dim: int
-    width: int = 32
-    channel_max: int = 256
-    hidden: int = 512
+  num_ws: int
+  w_dim: int
+  width: int = 32
+  channel_max: int = 256
+  hidden: int = 512
 
-    @nn.compact
-    def __call__(self, images: jax.Array, return_parts: bool = False):
-        if images.ndim != 4 or images.shape[-1] not in (1, 3) or images.shape[1] != images.shape[2]:
-            raise ValueError(f'Encoder expects square images [B, H, W, C] with C = 1 or 3 in [-1, 1], got shape '
-                             f'{tuple(images.shape)}')
-        size = images.shape[1]
-        if size < 8 or size & (size - 1):
-            raise ValueError(f'Encoder expects a power-of-two image size >= 8, got {size}; resize the images')
-        x = nn.Conv(self.width, (3, 3), name='stem')(images.astype(jnp.float32))
-        res, i = size, 0
-        while res > 4:
-            x = ResidualDown(min(self.width * 2 ** (i + 1), self.channel_max), name=f'down{res}')(x)
-            res, i = res // 2, i + 1
-        x = nn.leaky_relu(nn.GroupNorm(_groups(x.shape[-1]), name='norm_out')(x), 0.2)
-        x = x.reshape(x.shape[0], -1)
-        x = nn.leaky_relu(nn.Dense(self.hidden, name='fc')(x), 0.2)
-        base = nn.Dense(self.w_dim, kernel_init=nn.initializers.zeros, name='base')(x)
-        deltas = nn.Dense(self.num_ws * self.w_dim, kernel_init=nn.initializers.zeros, name='deltas')(x)
-        deltas = deltas.reshape(x.shape[0], self.num_ws, self.w_dim)
-        offsets = base[:, None, :] + deltas
-        if return_parts:
-            return offsets, (base, deltas)
-        return offsets
+  @nn.compact
+  def __call__(self, images: jax.Array, return_parts: bool = False):
+    if images.ndim != 4 or images.shape[-1] not in (1, 3) or images.shape[1] != images.shape[2]:
+      raise ValueError(f'Encoder expects square images [B, H, W, C] with C = 1 or 3 in [-1, 1], got shape '
+                       f'{tuple(images.shape)}')
+    size = images.shape[1]
+    if size < 8 or size & (size - 1):
+      raise ValueError(f'Encoder expects a power-of-two image size >= 8, got {size}; resize the images')
+    x = nn.Conv(self.width, (3, 3), name='stem')(images.astype(jnp.float32))
+    res, i = size, 0
+    while res > 4:
+      x = ResidualDown(min(self.width * 2**(i + 1), self.channel_max), name=f'down{res}')(x)
+      res, i = res // 2, i + 1
+    x = nn.leaky_relu(nn.GroupNorm(_groups(x.shape[-1]), name='norm_out')(x), 0.2)
+    x = x.reshape(x.shape[0], -1)
+    x = nn.leaky_relu(nn.Dense(self.hidden, name='fc')(x), 0.2)
+    base = nn.Dense(self.w_dim, kernel_init=nn.initializers.zeros, name='base')(x)
+    deltas = nn.Dense(self.num_ws * self.w_dim, kernel_init=nn.initializers.zeros, name='deltas')(x)
+    deltas = deltas.reshape(x.shape[0], self.num_ws, self.w_dim)
+    offsets = base[:, None, :] + deltas
+    if return_parts:
+      return offsets, (base, deltas)
+    return offsets

@@ -27,16 +27,14 @@ STAGE = 'classifier'
 
 def build_model(config: ml_collections.ConfigDict) -> classifier_lib.ResNet:
   """The classifier of `config` (`config.classifier.model` kwargs, `config.data.num_classes` outputs)."""
-  return classifier_lib.create_classifier(**dict(config.classifier.model),
-                                          num_classes=config.data.num_classes)
+  return classifier_lib.create_classifier(**dict(config.classifier.model), num_classes=config.data.num_classes)
 
 
 def config_fingerprint(config: ml_collections.ConfigDict) -> dict:
   """The effective model fields that fix the checkpoint's arrays (a preset and its spelled-out fields match)."""
   model = build_model(config)
   return dict(model={k: getattr(model, k) for k in ('num_classes', 'stage_sizes', 'block', 'width', 'stem', 'norm')},
-              channels=int(config.data.channels),
-              grad_clip=bool(config.classifier.optimizer.grad_clip_norm > 0))
+              channels=int(config.data.channels), grad_clip=bool(config.classifier.optimizer.grad_clip_norm > 0))
 
 
 def _check_data(config, train_data) -> None:
@@ -85,11 +83,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   class_weights = jax.device_put(classifier_train.class_weights(train_data, config.data.num_classes, cc.class_balanced),
                                  replicated)
   batch_sharding = sharding.data_sharding(mesh)
-  step_fn = jax.jit(functools.partial(classifier_train.train_step, model=model, tx=tx, label_smoothing=cc.label_smoothing),
-                    in_shardings=(replicated, batch_sharding, replicated),
-                    out_shardings=(replicated, replicated), donate_argnums=0)
-  eval_fn = jax.jit(functools.partial(classifier_train.eval_step, model=model), in_shardings=(replicated, batch_sharding),
-                    out_shardings=replicated)
+  step_fn = jax.jit(
+      functools.partial(classifier_train.train_step, model=model, tx=tx, label_smoothing=cc.label_smoothing),
+      in_shardings=(replicated, batch_sharding, replicated), out_shardings=(replicated, replicated), donate_argnums=0)
+  eval_fn = jax.jit(functools.partial(classifier_train.eval_step, model=model),
+                    in_shardings=(replicated, batch_sharding), out_shardings=replicated)
 
   writer = writers.MetricWriter(stage_dir)
   checkpointing.install_preemption_handler()
@@ -123,8 +121,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                                       seed=config.seed, train=False)
     test = {f'test_{k}': v for k, v in classifier_train.evaluate(state, test_data, eval_fn, mesh).items()}
     writer.write_scalars(step, test)
-    summary = dict(stage=STAGE, step=step, **(last_eval or classifier_train.evaluate(state, eval_data, eval_fn, mesh)), **test,
-                   checkpoints=ckpt.directory, metrics=os.path.join(stage_dir, 'metrics.jsonl'))
+    summary = dict(stage=STAGE, step=step, **(last_eval or classifier_train.evaluate(state, eval_data, eval_fn, mesh)),
+                   **test, checkpoints=ckpt.directory, metrics=os.path.join(stage_dir, 'metrics.jsonl'))
     summary = writers.write_json(summary_path, summary)
     print(f'[classifier] done at step {step}: accuracy={summary["accuracy"]:.3f} auc={summary["auc"]:.3f} '
           f'test_accuracy={summary["test_accuracy"]:.3f}\n  metrics: {summary["metrics"]}\n'
@@ -148,9 +146,10 @@ def load_classifier(workdir: str, config: ml_collections.ConfigDict, mesh=None):
   variables = jax.eval_shape(lambda k: model.init(k, jnp.zeros((1, *shape), jnp.float32), train=False),
                              jax.random.key(0))
   abstract = checkpointing.abstract_like(
-      {'params': variables['params'], 'batch_stats': variables.get('batch_stats', {})},
-      sharding.replicated(mesh))
+      {
+          'params': variables['params'],
+          'batch_stats': variables.get('batch_stats', {})
+      }, sharding.replicated(mesh))
   if not jax.tree.leaves(abstract['batch_stats']):
     del abstract['batch_stats']
-  return model, common.restore_latest(STAGE, workdir, config_fingerprint(config), abstract,
-                                      'with the same --workdir')
+  return model, common.restore_latest(STAGE, workdir, config_fingerprint(config), abstract, 'with the same --workdir')

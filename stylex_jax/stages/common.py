@@ -15,6 +15,7 @@ import ml_collections
 
 from stylex_jax import checkpointing
 
+
 def completed_summary(stage: str, ckpt, num_steps: int, summary_path: str) -> dict | None:
   """The saved summary of a stage whose latest checkpoint is at `num_steps` (so it is not retrained), else None.
 
@@ -70,10 +71,8 @@ def open_stage(name: str, workdir: str, stage_config: ml_collections.ConfigDict,
   os.makedirs(directory, exist_ok=True)
   summary_path = os.path.join(directory, 'summary.json')
   ckpt = checkpointing.Checkpointer(os.path.join(directory, 'checkpoints'), keep=stage_config.keep_checkpoints,
-                                    save_interval_steps=stage_config.checkpoint_every,
-                                    config_fingerprint=fingerprint)
-  return Stage(name, directory, summary_path, ckpt,
-               completed_summary(name, ckpt, stage_config.num_steps, summary_path))
+                                    save_interval_steps=stage_config.checkpoint_every, config_fingerprint=fingerprint)
+  return Stage(name, directory, summary_path, ckpt, completed_summary(name, ckpt, stage_config.num_steps, summary_path))
 
 
 def open_export_stage(name: str, workdir: str, config: ml_collections.ConfigDict) -> Stage:

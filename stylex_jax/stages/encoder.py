@@ -41,8 +41,10 @@ def config_fingerprint(config: ml_collections.ConfigDict) -> dict:
 def _frozen(config, workdir, mesh):
   generator, g_ema, g_stats = gan_stage.load_generator(workdir, config, mesh)
   model, variables = classifier_stage.load_classifier(workdir, config, mesh)
-  frozen = encoder_train.Frozen(g_params=g_ema, w_avg=g_stats['mapping_network']['w_avg'],
-                                mapping_vars={'params': g_ema, 'stats': g_stats}, classifier_vars=variables)
+  frozen = encoder_train.Frozen(g_params=g_ema, w_avg=g_stats['mapping_network']['w_avg'], mapping_vars={
+      'params': g_ema,
+      'stats': g_stats
+  }, classifier_vars=variables)
   return generator, g_ema, g_stats, model, variables, frozen
 
 
@@ -94,8 +96,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   stage_dir, summary_path, ckpt = stage.directory, stage.summary_path, stage.ckpt
   generator, g_ema, g_stats, cls_model, cls_vars, frozen = _frozen(config, workdir, mesh)
 
-  data = pipeline_lib.Pipeline(config.data, config.data.train_split, global_batch_size=ec.batch_size,
-                               seed=config.seed, train=True)
+  data = pipeline_lib.Pipeline(config.data, config.data.train_split, global_batch_size=ec.batch_size, seed=config.seed,
+                               train=True)
   shape = (config.data.image_size, config.data.image_size, config.data.channels)
   if data.image_shape != shape:
     raise ValueError(f'the data gives images of shape {data.image_shape} but the generator makes {shape}; '
@@ -108,10 +110,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   init_key, train_key = jax.random.split(key)
   state = stage.restore_or_init(init_fn, init_key, rep)
 
-  step_fn = jax.jit(functools.partial(
-      encoder_train.train_step, models=models, num_syn=num_syn, truncation_psi=ec.truncation_psi,
-      latent_weight=ec.latent_weight, weights=dict(ec.loss), perceptual_layers=tuple(ec.perceptual_layers)),
-      in_shardings=(rep, rep, data_sh, rep), out_shardings=(rep, rep), donate_argnums=0)
+  step_fn = jax.jit(
+      functools.partial(encoder_train.train_step, models=models, num_syn=num_syn, truncation_psi=ec.truncation_psi,
+                        latent_weight=ec.latent_weight, weights=dict(ec.loss),
+                        perceptual_layers=tuple(ec.perceptual_layers)), in_shardings=(rep, rep, data_sh, rep),
+      out_shardings=(rep, rep), donate_argnums=0)
 
   writer = writers.MetricWriter(stage_dir)
   checkpointing.install_preemption_handler()
@@ -139,8 +142,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     writer.close()
     return dict(stage=STAGE, step=step, complete=False)
 
-  factory = lambda ic: invert.Inverter(generator, g_ema, g_stats, cls_model, cls_vars, ic, encoder=enc,
-                                       encoder_params=state.params, mesh=mesh)
+  factory = lambda ic: invert.Inverter(generator, g_ema, g_stats, cls_model, cls_vars, ic, encoder=enc, encoder_params=
+                                       state.params, mesh=mesh)
   t0 = time.perf_counter()
   results = evaluate_inversion(config, factory, ec.eval_images, ec.eval_refine_images)
   results['eval_seconds'] = time.perf_counter() - t0

@@ -53,9 +53,9 @@ def check_config(ec: ml_collections.ConfigDict) -> None:
   """One clear error for a bad config.explain before anything is loaded or computed."""
   problems = []
   if ec.mode not in MODES:
-    problems.append(f"mode={ec.mode!r} must be one of {MODES}")
+    problems.append(f'mode={ec.mode!r} must be one of {MODES}')
   if ec.scope not in SCOPES:
-    problems.append(f"scope={ec.scope!r} must be one of {SCOPES}")
+    problems.append(f'scope={ec.scope!r} must be one of {SCOPES}')
   if ec.mode == 'blackbox' and ec.scope == 'local':
     problems.append("scope='local' needs mode='gradient' (the black-box probe fits one direction per dataset)")
   if ec.space not in direction_lib.SPACES:
@@ -82,8 +82,7 @@ class Explainer:
   called per batch of images of one shape, so every jitted function is traced once.
   """
 
-  def __init__(self, config: ml_collections.ConfigDict, workdir: str, *, inverter=None, classifier=None,
-               mesh=None):
+  def __init__(self, config: ml_collections.ConfigDict, workdir: str, *, inverter=None, classifier=None, mesh=None):
     ec = config.explain
     check_config(ec)
     self.config, self.ec = config, ec
@@ -101,10 +100,12 @@ class Explainer:
     self.renderer = series_lib.SeriesRenderer(self.synthesize, self.classify, chunk_size=ec.chunk_size,
                                               num_classes=self.num_classes, mesh=self.mesh)
     self._gradcam = jax.jit(lambda v, x, t: gradcam_lib.gradcam(self.model, v, x, t, layer=ec.gradcam_layer))
-    self._mapping = jax.jit(lambda z: inverter.generator.apply(
-        {'params': inverter.g_params, 'stats': inverter.g_stats}, z, method='mapping'))
+    self._mapping = jax.jit(lambda z: inverter.generator.apply({
+        'params': inverter.g_params,
+        'stats': inverter.g_stats
+    }, z, method='mapping'))
     self._classify_jit = jax.jit(self.classify)
-    self.directions = None          # [k, num_ws, w_dim] global directions
+    self.directions = None  # [k, num_ws, w_dim] global directions
     self.direction_info: dict[str, Any] = {}
     self.scale = None
     self._local = None
@@ -128,14 +129,14 @@ class Explainer:
     self.scale = direction_lib.latent_scale(ws, self.inverter.w_avg)
     key = jax.random.key(self.config.seed + 2)
     if ec.mode == 'gradient':
-      fitter = direction_lib.GradientDirection(
-          self.synthesize, self.classify, self.target, space=ec.space, local=False,
-          step_size=ec.step_size * self.scale, proximity_weight=ec.proximity_weight, steps=ec.direction_steps,
-          learning_rate=ec.direction_lr, chunk_size=ec.chunk_size)
+      fitter = direction_lib.GradientDirection(self.synthesize, self.classify, self.target, space=ec.space, local=False,
+                                               step_size=ec.step_size * self.scale,
+                                               proximity_weight=ec.proximity_weight, steps=ec.direction_steps,
+                                               learning_rate=ec.direction_lr, chunk_size=ec.chunk_size)
     else:
       fitter = direction_lib.LinearProbe(self.synthesize, self._predict_numpy, self.target, space=ec.space,
                                          l2=ec.probe_l2, batch_size=ec.chunk_size)
-      ws = self._sample_latents(ec.probe_samples, self.config.seed + 4)   # labelled by the black box
+      ws = self._sample_latents(ec.probe_samples, self.config.seed + 4)  # labelled by the black box
     if ec.num_directions == 1:
       fit = fitter(ws, key=key)
       directions = np.asarray(fit.direction)[None]
@@ -146,18 +147,18 @@ class Explainer:
         self.direction_info = dict(probe_model=fit.model, probe_score=float(fit.score))
     else:
       directions = np.asarray(direction_lib.top_k_directions(fitter, ws, ec.num_directions, key=key))
-    self.direction_info.update(mode=ec.mode, space=ec.space, latents=int(ws.shape[0]),
-                               latent_scale=float(self.scale), seconds=time.perf_counter() - t0)
+    self.direction_info.update(mode=ec.mode, space=ec.space, latents=int(ws.shape[0]), latent_scale=float(self.scale),
+                               seconds=time.perf_counter() - t0)
     self.directions = directions
     return directions
 
   def _local_directions(self, ws: jax.Array) -> np.ndarray:
     if self._local is None:
       ec = self.ec
-      self._local = direction_lib.GradientDirection(
-          self.synthesize, self.classify, self.target, space=ec.space, local=True,
-          step_size=ec.step_size * self.scale, proximity_weight=ec.proximity_weight, steps=ec.direction_steps,
-          learning_rate=ec.direction_lr, chunk_size=ec.chunk_size)
+      self._local = direction_lib.GradientDirection(self.synthesize, self.classify, self.target, space=ec.space,
+                                                    local=True, step_size=ec.step_size * self.scale,
+                                                    proximity_weight=ec.proximity_weight, steps=ec.direction_steps,
+                                                    learning_rate=ec.direction_lr, chunk_size=ec.chunk_size)
     return np.asarray(self._local(ws, key=jax.random.key(self.config.seed + 3)).direction)
 
   # ------------------------------------------------------------------------------------------- explaining
@@ -175,7 +176,7 @@ class Explainer:
       self.fit_global_directions()
     inv = self.inverter(images, ids=list(ids))
     ws = jnp.asarray(inv['ws'])
-    noise = inv.get('noise')     # optimised noise maps: the series keeps the image's fine detail
+    noise = inv.get('noise')  # optimised noise maps: the series keeps the image's fine detail
     if ec.scope == 'local':
       if self.scale is None:
         self.scale = direction_lib.latent_scale(self._sample_latents(ec.direction_latents, self.config.seed + 1),
@@ -185,18 +186,18 @@ class Explainer:
       directions = self.directions[0]
     max_alpha = ec.max_shift * self.scale
     if ec.auto_range:
-      auto = self.renderer.auto_alphas(ws, directions, self.target, num_frames=ec.num_frames,
-                                       max_alpha=max_alpha, margin=ec.margin, extras=noise)
+      auto = self.renderer.auto_alphas(ws, directions, self.target, num_frames=ec.num_frames, max_alpha=max_alpha,
+                                       margin=ec.margin, extras=noise)
       alphas, crossed = auto.alphas, auto.crossed
     else:
       alphas = series_lib.fixed_alphas(max_alpha, ec.num_frames, batch=len(images))
       crossed = None
     frames, probs = self.renderer(ws, directions, alphas, extras=noise)
     original_probs = np.asarray(inv['original_probs'], np.float32)
-    heat = np.asarray(self._gradcam(self.variables, jnp.asarray(images), jnp.asarray(
-        self.gradcam_classes(original_probs))))
-    target_values = np.asarray(self.target(jnp.asarray(
-        np.log(np.clip(probs, 1e-12, 1)).reshape(-1, probs.shape[-1])))).reshape(probs.shape[:2])
+    heat = np.asarray(
+        self._gradcam(self.variables, jnp.asarray(images), jnp.asarray(self.gradcam_classes(original_probs))))
+    target_values = np.asarray(self.target(jnp.asarray(np.log(np.clip(probs, 1e-12, 1)).reshape(
+        -1, probs.shape[-1])))).reshape(probs.shape[:2])
     flips = quality.flipped(probs, alphas)
     metrics = dict(ssim=inv['ssim'], psnr=inv['psnr'], mse=inv['mse'], agree=inv['agree'].astype(np.float32),
                    prob_delta=inv['prob_delta'], w_distance=inv['w_distance'], flipped=flips.astype(np.float32),
@@ -206,12 +207,14 @@ class Explainer:
       metrics['crossed'] = crossed.astype(np.float32)
     metrics.update(self._attribute_trends(frames, alphas))
     return dict(id=np.asarray(list(ids), dtype=object), image=np.asarray(images, np.float32),
-                reconstruction=np.asarray(inv['reconstructions'], np.float32), series=frames,
-                alphas=np.asarray(alphas, np.float32), probs=probs, original_probs=original_probs,
-                reconstruction_probs=np.asarray(inv['reconstruction_probs'], np.float32),
+                reconstruction=np.asarray(inv['reconstructions'],
+                                          np.float32), series=frames, alphas=np.asarray(alphas,
+                                                                                        np.float32), probs=probs,
+                original_probs=original_probs, reconstruction_probs=np.asarray(inv['reconstruction_probs'], np.float32),
                 latent=np.asarray(inv['ws'], np.float32), gradcam=heat.astype(np.float32),
-                label=np.asarray(labels, np.int64), target=self.gradcam_classes(original_probs),
-                metrics={k: np.asarray(v, np.float32) for k, v in metrics.items()})
+                label=np.asarray(labels, np.int64), target=self.gradcam_classes(original_probs), metrics={
+                    k: np.asarray(v, np.float32) for k, v in metrics.items()
+                })
 
   def _attribute_trends(self, frames: np.ndarray, alphas: np.ndarray) -> dict[str, np.ndarray]:
     """On the knee phantoms: Spearman(alpha, attribute) along each series for the measured attributes."""
@@ -221,8 +224,10 @@ class Explainer:
     b, s = frames.shape[:2]
     m = measure.measure_knee_batch(frames.reshape(b * s, *frames.shape[2:]))
     valid = np.asarray(m['joint_found']).reshape(b, s) > 0
-    attrs = {f'trend_{k}': np.asarray(m[k], np.float64).reshape(b, s)
-             for k in ('joint_space_width', 'osteophyte_area', 'sclerosis')}
+    attrs = {
+        f'trend_{k}': np.asarray(m[k], np.float64).reshape(b, s)
+        for k in ('joint_space_width', 'osteophyte_area', 'sclerosis')
+    }
     return quality.attribute_trends(attrs, alphas, valid)
 
 
@@ -241,8 +246,7 @@ def _split_images(data, total: int):
 
 
 def _file_images(config, patterns, batch_size: int):
-  images, ids, notes, rejected = image_files.load_image_files(patterns, config.data.image_size,
-                                                              config.data.channels)
+  images, ids, notes, rejected = image_files.load_image_files(patterns, config.data.image_size, config.data.channels)
   for line in notes:
     print(f'[explain] converted {line}')
   for line in rejected:
@@ -251,9 +255,9 @@ def _file_images(config, patterns, batch_size: int):
     yield images[i:i + batch_size], ids[i:i + batch_size], np.full(len(ids[i:i + batch_size]), -1, np.int64)
 
 
-def run(config: ml_collections.ConfigDict, workdir: str, *, split: str | None = None,
-        num_images: int | None = None, image_patterns: str | Sequence[str] | None = None,
-        output_dir: str | None = None, explainer: Explainer | None = None) -> dict:
+def run(config: ml_collections.ConfigDict, workdir: str, *, split: str | None = None, num_images: int | None = None,
+        image_patterns: str | Sequence[str] | None = None, output_dir: str | None = None,
+        explainer: Explainer | None = None) -> dict:
   """Explains images and exports everything (see the module docstring). Returns the summary dict.
 
   split / num_images override config.explain.split / num_images; image_patterns (globs, a directory, or a
@@ -262,7 +266,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, split: str | None = 
   ec = config.explain
   check_config(ec)
   out = os.path.abspath(output_dir or os.path.join(workdir, STAGE))
-  export_lib.check_writable(out)            # before any computation
+  export_lib.check_writable(out)  # before any computation
   split = split or ec.split
   num_images = ec.num_images if num_images is None else int(num_images)
   if num_images < 0:
@@ -273,8 +277,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, split: str | None = 
     explainer.fit_global_directions()
     print(f'[explain] {ec.mode} direction in {ec.space.upper()} fitted on {explainer.direction_info["latents"]} '
           f'latents in {explainer.direction_info["seconds"]:.1f} s: ' +
-          ', '.join(f'{k}={v:.3g}' for k, v in explainer.direction_info.items() if isinstance(v, float)
-                    and k not in ('seconds',)))
+          ', '.join(f'{k}={v:.3g}' for k, v in explainer.direction_info.items()
+                    if isinstance(v, float) and k not in ('seconds',)))
   if image_patterns:
     source, what = _file_images(config, image_patterns, ec.batch_size), f'files {image_patterns}'
     total, class_names = None, _class_names(config)
@@ -287,10 +291,9 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, split: str | None = 
   inv = explainer.inverter
   writer = export_lib.ExplanationWriter(
       out, num_classes=explainer.num_classes, class_names=class_names,
-      image_shape=(config.data.image_size, config.data.image_size, config.data.channels),
-      num_ws=inv.num_ws, w_dim=inv.w_dim, config=config.to_dict(), examples_per_shard=ec.examples_per_shard,
-      target_description=_describe_target(explainer.target, class_names, ec),
-      report_max_images=ec.report_max_images)
+      image_shape=(config.data.image_size, config.data.image_size, config.data.channels), num_ws=inv.num_ws,
+      w_dim=inv.w_dim, config=config.to_dict(), examples_per_shard=ec.examples_per_shard,
+      target_description=_describe_target(explainer.target, class_names, ec), report_max_images=ec.report_max_images)
   per_image: dict[str, list[np.ndarray]] = {}
   summary_inputs = []
   done = 0
@@ -315,8 +318,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, split: str | None = 
     fit['latent_scale'] = np.float32(explainer.scale)
     np.savez(os.path.join(out, 'directions.npz'), directions=explainer.directions, **fit)
   summary = dict(stage=STAGE, complete=True, source=what, **summary_metrics, direction=explainer.direction_info,
-                 report=paths['report'], tfrecords=paths['tfrecords'], schema=paths['schema'],
-                 strips=paths['strips'], gifs=paths['gifs'], directory=out)
+                 report=paths['report'], tfrecords=paths['tfrecords'], schema=paths['schema'], strips=paths['strips'],
+                 gifs=paths['gifs'], directory=out)
   summary = writers.write_json(os.path.join(out, 'summary.json'), summary)
   print(f'[explain] {done} images in {summary_metrics["seconds"]:.0f} s: ' +
         ' '.join(f'{k}={summary_metrics[k]:.3g}' for k in ('ssim', 'agree', 'flip_rate', 'monotonicity')

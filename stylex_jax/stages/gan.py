@@ -33,10 +33,12 @@ def config_fingerprint(config: ml_collections.ConfigDict) -> dict:
   models = gan_train.build_models(config)
   g, d = models.generator, models.discriminator
   return dict(
-      generator={k: getattr(g, k) for k in ('z_dim', 'c_dim', 'w_dim', 'resolution', 'channels', 'mapping_layers',
-                                            'channel_base', 'channel_max', 'mapping_lr_multiplier')},
-      discriminator={k: getattr(d, k) for k in ('c_dim', 'channel_base', 'channel_max', 'mbstd_num_features',
-                                                'mapping_layers')})
+      generator={
+          k: getattr(g, k) for k in ('z_dim', 'c_dim', 'w_dim', 'resolution', 'channels', 'mapping_layers',
+                                    'channel_base', 'channel_max', 'mapping_lr_multiplier')
+      }, discriminator={
+          k: getattr(d, k) for k in ('c_dim', 'channel_base', 'channel_max', 'mbstd_num_features', 'mapping_layers')
+      })
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
@@ -52,8 +54,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     return stage.completed
   stage_dir, summary_path, ckpt = stage.directory, stage.summary_path, stage.ckpt
 
-  data = pipeline_lib.Pipeline(config.data, config.data.train_split, global_batch_size=gc.batch_size,
-                               seed=config.seed, train=True)
+  data = pipeline_lib.Pipeline(config.data, config.data.train_split, global_batch_size=gc.batch_size, seed=config.seed,
+                               train=True)
   if data.image_shape != (config.data.image_size, config.data.image_size, config.data.channels):
     raise ValueError(f'the data gives images of shape {data.image_shape} but the GAN is configured for '
                      f'{(config.data.image_size, config.data.image_size, config.data.channels)}; set '
@@ -69,7 +71,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   gen_fn = jax.jit(functools.partial(gan_train.generate, models, noise_mode='const'), out_shardings=rep)
   sample_z = jax.random.normal(sample_key, (gc.num_samples, models.generator.z_dim), jnp.float32)
   evaluator = realism.RealismEvaluator(config, data, num_images=gc.eval_images,
-                                      features=_classifier_features(config, workdir, gc.eval_images))
+                                       features=_classifier_features(config, workdir, gc.eval_images))
 
   writer = writers.MetricWriter(stage_dir)
   checkpointing.install_preemption_handler()
@@ -102,8 +104,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   ckpt.close()
   if step < gc.num_steps:
     return dict(stage=STAGE, step=step, complete=False)
-  summary = dict(stage=STAGE, step=step, kimg=step * gc.batch_size / 1000, ada_p=float(state.ada_p),
-                 **last_eval, checkpoints=ckpt.directory, metrics=os.path.join(stage_dir, 'metrics.jsonl'),
+  summary = dict(stage=STAGE, step=step, kimg=step * gc.batch_size / 1000, ada_p=float(state.ada_p), **last_eval,
+                 checkpoints=ckpt.directory, metrics=os.path.join(stage_dir, 'metrics.jsonl'),
                  samples=os.path.join(stage_dir, 'samples'))
   summary = writers.write_json(summary_path, summary)
   print(f'[gan] done at step {step} ({summary["kimg"]:.1f} kimg): ' +
@@ -121,11 +123,15 @@ def load_generator(workdir: str, config: ml_collections.ConfigDict, mesh=None):
   """
   mesh = mesh or sharding.make_mesh(config.num_devices or None)
   generator = gan_train.build_generator(config)
-  variables = jax.eval_shape(lambda k: generator.init({'params': k, 'noise': k},
-                                                      jnp.zeros((1, generator.z_dim), jnp.float32)),
-                             jax.random.key(0))
-  abstract = checkpointing.abstract_like({'g_ema': variables['params'], 'g_stats': variables['stats']},
-                                         sharding.replicated(mesh))
+  variables = jax.eval_shape(
+      lambda k: generator.init({
+          'params': k,
+          'noise': k
+      }, jnp.zeros((1, generator.z_dim), jnp.float32)), jax.random.key(0))
+  abstract = checkpointing.abstract_like({
+      'g_ema': variables['params'],
+      'g_stats': variables['stats']
+  }, sharding.replicated(mesh))
   fields = common.restore_latest(STAGE, workdir, config_fingerprint(config), abstract,
                                  'with the same --config and --workdir')
   return generator, fields['g_ema'], fields['g_stats']
@@ -148,6 +154,7 @@ def _classifier_features(config: ml_collections.ConfigDict, workdir: str, num_im
 # Sampling from a trained generator (launch/generate.py)
 # ------------------------------------------------------------------------------------------------------------
 
+
 def seed_latents(seeds, z_dim: int) -> jax.Array:
   """z [len(seeds), z_dim]: one standard-normal latent per integer seed, independent of the other seeds."""
   return jnp.stack([jax.random.normal(jax.random.key(int(s)), (z_dim,), jnp.float32) for s in seeds])
@@ -157,9 +164,11 @@ def images_from_seeds(generator, g_ema, g_stats, seeds, truncation_psi: float = 
                       truncation_cutoff: int | None = None, batch_size: int = 32) -> np.ndarray:
   """G_ema images [len(seeds), R, R, C] in [-1, 1] with 'const' noise: the same seed gives the same image."""
   g = generator
-  fn = jax.jit(lambda z: jnp.clip(g.apply(
-      {'params': g_ema, 'stats': g_stats}, z, truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff,
-      noise_mode='const'), -1.0, 1.0))
+  fn = jax.jit(lambda z: jnp.clip(
+      g.apply({
+          'params': g_ema,
+          'stats': g_stats
+      }, z, truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff, noise_mode='const'), -1.0, 1.0))
   z = seed_latents(seeds, g.z_dim)
   return np.concatenate([np.asarray(fn(z[i:i + batch_size])) for i in range(0, len(z), batch_size)])
 
@@ -179,8 +188,8 @@ def style_mixing_grid(generator, g_ema, g_stats, row_seeds, col_seeds, mix_layer
                      f'got {list(mix_layers)}')
   variables = {'params': g_ema, 'stats': g_stats}
   mapping = jax.jit(lambda z: g.apply(variables, z, method='mapping', truncation_psi=truncation_psi))
-  synth = jax.jit(lambda ws: jnp.clip(g.apply({'params': g_ema}, ws, method='synthesis', noise_mode='const'),
-                                      -1.0, 1.0))
+  synth = jax.jit(
+      lambda ws: jnp.clip(g.apply({'params': g_ema}, ws, method='synthesis', noise_mode='const'), -1.0, 1.0))
   w_rows = mapping(seed_latents(row_seeds, g.z_dim))
   w_cols = mapping(seed_latents(col_seeds, g.z_dim))
   take = np.zeros(g.num_ws, bool)

@@ -25,9 +25,9 @@ from stylex_jax.evaluate import metrics as metrics_lib
 @flax.struct.dataclass
 class ClassifierState:
   """Everything a resume needs: the data position is `step` (batches are a pure function of it)."""
-  step: jax.Array          # int32 scalar: number of optimizer steps taken
+  step: jax.Array  # int32 scalar: number of optimizer steps taken
   params: Any
-  batch_stats: Any         # {} for models without BatchNorm
+  batch_stats: Any  # {} for models without BatchNorm
   opt_state: Any
 
 
@@ -38,17 +38,16 @@ def build_optimizer(opt_config: ml_collections.ConfigDict, num_steps: int) -> op
   chain = []
   if opt_config.grad_clip_norm > 0:
     chain.append(optax.clip_by_global_norm(opt_config.grad_clip_norm))
-  chain.append(optax.adamw(schedule, b1=opt_config.b1, b2=opt_config.b2,
-                           weight_decay=opt_config.weight_decay, mask=decay_mask))
+  chain.append(
+      optax.adamw(schedule, b1=opt_config.b1, b2=opt_config.b2, weight_decay=opt_config.weight_decay, mask=decay_mask))
   return optax.chain(*chain)
 
 
 def learning_rate_schedule(opt_config: ml_collections.ConfigDict, num_steps: int) -> optax.Schedule:
   warmup = min(int(opt_config.warmup_steps), max(num_steps - 1, 0))
-  return optax.warmup_cosine_decay_schedule(
-      init_value=0.0, peak_value=opt_config.learning_rate, warmup_steps=warmup,
-      decay_steps=max(num_steps, warmup + 1),
-      end_value=opt_config.learning_rate * opt_config.end_learning_rate_factor)
+  return optax.warmup_cosine_decay_schedule(init_value=0.0, peak_value=opt_config.learning_rate, warmup_steps=warmup,
+                                            decay_steps=max(num_steps, warmup + 1),
+                                            end_value=opt_config.learning_rate * opt_config.end_learning_rate_factor)
 
 
 def create_state(model, tx: optax.GradientTransformation, image_shape: tuple[int, int, int],
@@ -56,8 +55,8 @@ def create_state(model, tx: optax.GradientTransformation, image_shape: tuple[int
   """Initial state. image_shape: (H, W, C). Pure; jit it with out_shardings to create it sharded."""
   variables = model.init(key, jnp.zeros((1, *image_shape), jnp.float32), train=False)
   params = variables['params']
-  return ClassifierState(step=jnp.zeros((), jnp.int32), params=params,
-                         batch_stats=variables.get('batch_stats', {}), opt_state=tx.init(params))
+  return ClassifierState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=variables.get('batch_stats', {}),
+                         opt_state=tx.init(params))
 
 
 def _loss(logits, labels, class_weights, label_smoothing):
@@ -91,11 +90,9 @@ def train_step(state: ClassifierState, batch: dict, class_weights: jax.Array, *,
   (loss, (logits, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  metrics = dict(train_loss=loss,
-                 train_accuracy=jnp.mean(jnp.argmax(logits, -1) == batch['label']),
+  metrics = dict(train_loss=loss, train_accuracy=jnp.mean(jnp.argmax(logits, -1) == batch['label']),
                  grad_norm=optax.tree.norm(grads))
-  return state.replace(step=state.step + 1, params=params, batch_stats=new_stats,
-                       opt_state=opt_state), metrics
+  return state.replace(step=state.step + 1, params=params, batch_stats=new_stats, opt_state=opt_state), metrics
 
 
 def eval_step(state: ClassifierState, batch: dict, *, model) -> dict:
@@ -104,8 +101,7 @@ def eval_step(state: ClassifierState, batch: dict, *, model) -> dict:
   if jax.tree.leaves(state.batch_stats):
     variables['batch_stats'] = state.batch_stats
   logits = model.apply(variables, batch['image'], train=False)
-  return dict(probs=jax.nn.softmax(logits.astype(jnp.float32), -1), label=batch['label'],
-              mask=batch['mask'])
+  return dict(probs=jax.nn.softmax(logits.astype(jnp.float32), -1), label=batch['label'], mask=batch['mask'])
 
 
 def class_weights(pipeline, num_classes: int, balanced: bool) -> np.ndarray:
@@ -128,5 +124,3 @@ def evaluate(state, pipeline, eval_fn, mesh) -> dict:
     probs.append(out['probs']), labels.append(out['label']), masks.append(out['mask'])
   probs, labels, masks = np.concatenate(probs), np.concatenate(labels), np.concatenate(masks)
   return metrics_lib.classification_metrics(labels, probs, mask=masks)
-
-

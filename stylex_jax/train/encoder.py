@@ -25,11 +25,10 @@ from stylex_jax.models import encoder as encoder_lib
 from stylex_jax.train import gan as gan_train
 
 
-
 @flax.struct.dataclass
 class EncoderState:
   """Everything a resume needs (the data position is `step`)."""
-  step: jax.Array     # int32 optimiser steps done
+  step: jax.Array  # int32 optimiser steps done
   params: Any
   opt_state: Any
 
@@ -84,8 +83,8 @@ def num_synthetic(ec: ml_collections.ConfigDict) -> int:
   return int(round(f / (1.0 - f) * ec.batch_size))
 
 
-def train_step(state: EncoderState, frozen: Frozen, images: jax.Array, key: jax.Array, *, models: Models,
-               num_syn: int, truncation_psi: float, latent_weight: float, weights: dict,
+def train_step(state: EncoderState, frozen: Frozen, images: jax.Array, key: jax.Array, *, models: Models, num_syn: int,
+               truncation_psi: float, latent_weight: float, weights: dict,
                perceptual_layers: tuple) -> tuple[EncoderState, dict]:
   """One step on real images [B, H, W, C] in [-1, 1] plus `num_syn` fresh synthetic pairs; step += 1."""
   g, enc = models.generator, models.encoder
@@ -104,9 +103,8 @@ def train_step(state: EncoderState, frozen: Frozen, images: jax.Array, key: jax.
     offsets = enc.apply({'params': params}, images)
     ws = frozen.w_avg + offsets
     recon = synth(ws)
-    per_image, terms = reconstruction.reconstruction_loss(images, recon, ws, frozen.w_avg, weights,
-                                                          classify=classify, image_logits=x_logits,
-                                                          image_features=x_feats)
+    per_image, terms = reconstruction.reconstruction_loss(images, recon, ws, frozen.w_avg, weights, classify=classify,
+                                                          image_logits=x_logits, image_features=x_feats)
     loss = jnp.mean(per_image)
     aux = {f'loss_{k}': jnp.mean(v) for k, v in terms.items()}
     if num_syn:

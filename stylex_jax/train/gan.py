@@ -31,17 +31,17 @@ DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 @flax.struct.dataclass
 class GanState:
   """Everything a resume needs (the data position is `step`)."""
-  step: jax.Array           # int32: iterations done
+  step: jax.Array  # int32: iterations done
   g_params: Any
-  g_stats: Any              # {'mapping_network': {'w_avg': [w_dim]}}; shared by G and G_ema as the reference
-  g_ema: Any                # EMA of g_params
+  g_stats: Any  # {'mapping_network': {'w_avg': [w_dim]}}; shared by G and G_ema as the reference
+  g_ema: Any  # EMA of g_params
   d_params: Any
   g_opt_state: Any
   d_opt_state: Any
-  ada_p: jax.Array          # float32 augmentation probability
-  ada_sum: jax.Array        # float32 sum of sign(D(real)) since the last ADA update
-  ada_count: jax.Array      # float32 number of logits summed
-  pl_mean: jax.Array        # float32 running mean of path lengths
+  ada_p: jax.Array  # float32 augmentation probability
+  ada_sum: jax.Array  # float32 sum of sign(D(real)) since the last ADA update
+  ada_count: jax.Array  # float32 number of logits summed
+  pl_mean: jax.Array  # float32 running mean of path lengths
 
 
 @flax.struct.dataclass
@@ -51,7 +51,7 @@ class Models:
   discriminator: Any = flax.struct.field(pytree_node=False)
   g_tx: Any = flax.struct.field(pytree_node=False)
   d_tx: Any = flax.struct.field(pytree_node=False)
-  augment: Any = flax.struct.field(pytree_node=False)   # AugmentConfig or None
+  augment: Any = flax.struct.field(pytree_node=False)  # AugmentConfig or None
   batch_sharding: Any = flax.struct.field(pytree_node=False)
 
 
@@ -96,10 +96,11 @@ def build_models(config: ml_collections.ConfigDict, mesh=None) -> Models:
   def adam(lr, interval):
     lr, b1, b2 = losses.lazy_regularization_adam(lr, gc.beta1, gc.beta2, interval)
     return optax.adam(lr, b1=b1, b2=b2, eps=1e-8)
+
   g_tx = adam(gc.g_lr, gc.pl_interval if gc.pl_weight > 0 else 0)
   d_tx = adam(gc.d_lr, gc.r1_interval if r1_gamma(config) > 0 else 0)
-  aug = (None if gc.augment == 'none'
-         else augment_lib.AugmentConfig.from_preset(gc.augment, antialias=gc.augment_antialias))
+  aug = (None
+         if gc.augment == 'none' else augment_lib.AugmentConfig.from_preset(gc.augment, antialias=gc.augment_antialias))
   batch_sharding = sharding.data_sharding(mesh) if mesh is not None else None
   return Models(generator, discriminator, g_tx, d_tx, aug, batch_sharding)
 
@@ -113,10 +114,9 @@ def create_state(models: Models, key: jax.Array, initial_p: float = 0.0) -> GanS
   d_params = d.init(kd, jnp.zeros((1, d.resolution, d.resolution, d.channels), jnp.float32))['params']
   g_params = g_vars['params']
   return GanState(step=jnp.zeros((), jnp.int32), g_params=g_params, g_stats=g_vars['stats'],
-                  g_ema=jax.tree.map(jnp.copy, g_params), d_params=d_params,
-                  g_opt_state=models.g_tx.init(g_params), d_opt_state=models.d_tx.init(d_params),
-                  ada_p=jnp.float32(initial_p), ada_sum=jnp.float32(0), ada_count=jnp.float32(0),
-                  pl_mean=jnp.float32(0))
+                  g_ema=jax.tree.map(jnp.copy, g_params), d_params=d_params, g_opt_state=models.g_tx.init(g_params),
+                  d_opt_state=models.d_tx.init(d_params), ada_p=jnp.float32(initial_p), ada_sum=jnp.float32(0),
+                  ada_count=jnp.float32(0), pl_mean=jnp.float32(0))
 
 
 def _constrain(x, models: Models):
@@ -143,8 +143,7 @@ def _mapping(models: Models, g_params, g_stats, key, batch: int, mixing_prob: fl
 
 
 def _synthesis(models: Models, g_params, ws, key):
-  return models.generator.apply({'params': g_params}, ws, method='synthesis', noise_mode='random',
-                                rngs={'noise': key})
+  return models.generator.apply({'params': g_params}, ws, method='synthesis', noise_mode='random', rngs={'noise': key})
 
 
 def _d_logits(models: Models, d_params, images, key, p):
@@ -170,8 +169,8 @@ def g_main_step(state: GanState, key: jax.Array, *, models: Models, batch_size: 
   g_params = optax.apply_updates(state.g_params, updates)
   beta = losses.ema_beta(batch_size, ema_kimg, ema_rampup, (state.step + 1) * batch_size)
   g_ema = jax.tree.map(lambda p, e: p + beta * (e - p), g_params, state.g_ema)
-  return state.replace(g_params=g_params, g_stats=stats, g_ema=g_ema, g_opt_state=opt_state), dict(
-      g_loss=loss, fake_logits=jnp.mean(logits), ema_beta=beta)
+  return state.replace(g_params=g_params, g_stats=stats, g_ema=g_ema,
+                       g_opt_state=opt_state), dict(g_loss=loss, fake_logits=jnp.mean(logits), ema_beta=beta)
 
 
 def g_reg_step(state: GanState, key: jax.Array, *, models: Models, batch_size: int, mixing_prob: float,
@@ -182,8 +181,8 @@ def g_reg_step(state: GanState, key: jax.Array, *, models: Models, batch_size: i
 
   def loss_fn(g_params):
     ws, _ = _mapping(models, g_params, state.g_stats, km, batch_size, mixing_prob, update_w_avg=False)
-    penalty, pl_mean, lengths = losses.path_length_penalty(
-        lambda w: _synthesis(models, g_params, w, ks), ws, ky, state.pl_mean, pl_decay)
+    penalty, pl_mean, lengths = losses.path_length_penalty(lambda w: _synthesis(models, g_params, w, ks), ws, ky,
+                                                           state.pl_mean, pl_decay)
     return jnp.mean(penalty) * pl_weight * pl_interval, (jnp.mean(penalty), pl_mean, jnp.mean(lengths))
 
   (_, (penalty, pl_mean, length)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.g_params)
@@ -236,8 +235,8 @@ def d_reg_step(state: GanState, reals: jax.Array, key: jax.Array, *, models: Mod
 
   (_, penalty), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.d_params)
   updates, opt_state = models.d_tx.update(grads, state.d_opt_state, state.d_params)
-  return state.replace(d_params=optax.apply_updates(state.d_params, updates), d_opt_state=opt_state), dict(
-      r1_penalty=penalty)
+  return state.replace(d_params=optax.apply_updates(state.d_params, updates),
+                       d_opt_state=opt_state), dict(r1_penalty=penalty)
 
 
 def generate(models: Models, g_ema, g_stats, z: jax.Array, truncation_psi: float = 1.0,
@@ -262,9 +261,11 @@ def reg_uses_im2col(config: ml_collections.ConfigDict) -> bool:
 def _traced_with_im2col(step_fn, enabled: bool):
   """`step_fn` whose tracing happens inside layers.im2col_convolutions(enabled): how the convolutions are
   computed, never what they compute."""
+
   def traced(*args):
     with layers.im2col_convolutions(enabled):
       return step_fn(*args)
+
   return traced
 
 
@@ -276,31 +277,38 @@ class StepFunctions:
     rep, data = sharding.replicated(mesh), sharding.data_sharding(mesh)
     im2col = reg_uses_im2col(config)
     jit = lambda fn, in_sh: jax.jit(fn, in_shardings=in_sh, out_shardings=(rep, rep), donate_argnums=0)
-    self.g_main = jit(functools.partial(g_main_step, models=models, batch_size=gc.batch_size,
-                                        mixing_prob=gc.style_mixing_prob, ema_kimg=gc.ema_kimg,
-                                        ema_rampup=gc.ema_rampup or None), (rep, rep))
+    self.g_main = jit(
+        functools.partial(g_main_step, models=models, batch_size=gc.batch_size, mixing_prob=gc.style_mixing_prob,
+                          ema_kimg=gc.ema_kimg, ema_rampup=gc.ema_rampup or None), (rep, rep))
     self.g_reg = None
     if gc.pl_weight > 0 and gc.pl_interval:
-      self.g_reg = jit(_traced_with_im2col(functools.partial(
-          g_reg_step, models=models, batch_size=gc.batch_size // gc.pl_batch_shrink, mixing_prob=gc.style_mixing_prob,
-          pl_weight=gc.pl_weight, pl_interval=gc.pl_interval, pl_decay=gc.pl_decay), im2col), (rep, rep))
-    self.d_main = jit(functools.partial(d_main_step, models=models, mixing_prob=gc.style_mixing_prob,
-                                        ada_interval=gc.ada_interval, ada_target=gc.ada_target,
-                                        ada_kimg=gc.ada_kimg), (rep, data, rep))
+      self.g_reg = jit(
+          _traced_with_im2col(
+              functools.partial(g_reg_step, models=models, batch_size=gc.batch_size // gc.pl_batch_shrink,
+                                mixing_prob=gc.style_mixing_prob, pl_weight=gc.pl_weight, pl_interval=gc.pl_interval,
+                                pl_decay=gc.pl_decay), im2col), (rep, rep))
+    self.d_main = jit(
+        functools.partial(d_main_step, models=models, mixing_prob=gc.style_mixing_prob, ada_interval=gc.ada_interval,
+                          ada_target=gc.ada_target, ada_kimg=gc.ada_kimg), (rep, data, rep))
     gamma = r1_gamma(config)
     self.d_reg = None
     if gamma > 0 and gc.r1_interval:
-      self.d_reg = jit(_traced_with_im2col(functools.partial(
-          d_reg_step, models=models, gamma=gamma, r1_interval=gc.r1_interval), im2col), (rep, data, rep))
+      self.d_reg = jit(
+          _traced_with_im2col(functools.partial(d_reg_step, models=models, gamma=gamma, r1_interval=gc.r1_interval),
+                              im2col), (rep, data, rep))
     self.pl_interval, self.r1_interval = gc.pl_interval, gc.r1_interval
 
   def iteration(self, state: GanState, reals: jax.Array, key: jax.Array, step: int):
     """One full iteration (1-based `step` decides the lazy regularisers, as the reference's phase counter)."""
     metrics = {}
-    state, m = self.g_main(state, key); metrics.update(m)
+    state, m = self.g_main(state, key)
+    metrics.update(m)
     if self.g_reg is not None and step % self.pl_interval == 0:
-      state, m = self.g_reg(state, key); metrics.update(m)
-    state, m = self.d_main(state, reals, key); metrics.update(m)
+      state, m = self.g_reg(state, key)
+      metrics.update(m)
+    state, m = self.d_main(state, reals, key)
+    metrics.update(m)
     if self.d_reg is not None and step % self.r1_interval == 0:
-      state, m = self.d_reg(state, reals, key); metrics.update(m)
+      state, m = self.d_reg(state, reals, key)
+      metrics.update(m)
     return state, metrics

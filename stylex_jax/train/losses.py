@@ -30,16 +30,18 @@ def r1_penalty(d_fn: Callable[[jax.Array], jax.Array], reals: jax.Array) -> tupl
   reals: [B, H, W, C] in [-1, 1]. Returns (penalty [B] = ||grad||², logits [B]) — the logits let the caller
   reuse this forward pass. Multiply by gamma/2 (and the lazy interval) for the loss.
   """
+
   def summed(x):
     logits = d_fn(x).reshape(x.shape[0])
     return jnp.sum(logits), logits
+
   grads, logits = jax.grad(summed, has_aux=True)(reals)
   return jnp.sum(jnp.square(grads.astype(jnp.float32)), axis=(1, 2, 3)), logits
 
 
 def r1_gamma_auto(resolution: int, batch_size: int) -> float:
   """NVIDIA's `auto` rule: gamma = 0.0002 * resolution² / batch_size."""
-  return 0.0002 * resolution ** 2 / batch_size
+  return 0.0002 * resolution**2 / batch_size
 
 
 def path_length_penalty(synthesis_fn: Callable[[jax.Array], jax.Array], ws: jax.Array, key: jax.Array,
@@ -68,7 +70,7 @@ def lazy_regularization_adam(learning_rate: float, beta1: float, beta2: float,
   if not interval:
     return learning_rate, beta1, beta2
   c = interval / (interval + 1)
-  return learning_rate * c, beta1 ** c, beta2 ** c
+  return learning_rate * c, beta1**c, beta2**c
 
 
 def ema_beta(batch_size: int, half_life_kimg: float, rampup: float | None, cur_nimg) -> jax.Array:

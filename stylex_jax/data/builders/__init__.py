@@ -18,5 +18,7 @@ from stylex_jax.data.builders.synthetic_knee import SyntheticKnee, SyntheticKnee
 
 REGISTERED = ('synthetic_knee', 'synthetic_histology', 'kl_xray')
 
-__all__ = ['image_folder', 'kl_xray', 'synthetic_histology', 'synthetic_knee', 'KlXray', 'SyntheticHistology',
-           'SyntheticHistologyConfig', 'SyntheticKnee', 'SyntheticKneeConfig', 'REGISTERED']
+__all__ = [
+    'image_folder', 'kl_xray', 'synthetic_histology', 'synthetic_knee', 'KlXray', 'SyntheticHistology',
+    'SyntheticHistologyConfig', 'SyntheticKnee', 'SyntheticKneeConfig', 'REGISTERED'
+]

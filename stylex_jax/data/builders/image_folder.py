@@ -84,7 +84,7 @@ def _subdirs(folder: str) -> list[str]:
 
 @dataclasses.dataclass(frozen=True)
 class _Entry:
-  relpath: str   # relative to the root, '/'-separated
+  relpath: str  # relative to the root, '/'-separated
   label: int
 
 
@@ -117,7 +117,7 @@ class ImageFolderSplit(Sequence):
       return [self[i] for i in range(*index.indices(len(self)))]
     entry = self._entries[index]
     path = os.path.join(self.root, entry.relpath)
-    image = images.read_image(path)   # full depth: the pipeline conforms it (data/images.py)
+    image = images.read_image(path)  # full depth: the pipeline conforms it (data/images.py)
     if image.shape[-1] != self.channels:
       raise ValueError(f'{path} now has {image.shape[-1]} channel(s) but the folder was scanned with '
                        f'{self.channels}; the files changed while reading — rerun')
@@ -153,8 +153,9 @@ class ImageFolder:
     if split_dirs:
       others = [d for d in top if d.lower() not in SPLIT_FOLDERS]
       if others:
-        raise ValueError(f'ambiguous layout under {root!r}: split folders {split_dirs} next to other folders '
-                         f'{others}; use either root/<class_name>/... or root/{{train,validation,test}}/<class_name>/...')
+        raise ValueError(
+            f'ambiguous layout under {root!r}: split folders {split_dirs} next to other folders '
+            f'{others}; use either root/<class_name>/... or root/{{train,validation,test}}/<class_name>/...')
       names = [SPLIT_FOLDERS[d.lower()] for d in split_dirs]
       if len(set(names)) != len(names):
         raise ValueError(f'{root!r} has both "val" and "validation" folders; keep one')
@@ -177,7 +178,9 @@ class ImageFolder:
         folder = os.path.join(root, sub, c)
         if os.path.isdir(folder):
           prefix = os.path.join(sub, c) if sub else c
-          entries += [_Entry(os.path.join(prefix, p).replace(os.sep, '/'), class_index[c]) for p in _list_images(folder)]
+          entries += [
+              _Entry(os.path.join(prefix, p).replace(os.sep, '/'), class_index[c]) for p in _list_images(folder)
+          ]
       candidates[split] = entries
     all_entries = [e for entries in candidates.values() for e in entries]
     if not all_entries:
@@ -200,8 +203,9 @@ class ImageFolder:
     self.eight_bit = all(eight_bit for _, eight_bit in scanned.values())
     if self.layout == 'flat':
       kept['train'].sort(key=lambda e: hashlib.sha1(e.relpath.encode('utf-8')).hexdigest())
-    self._splits = {s: ImageFolderSplit(root, entries, self.class_names, self.channels)
-                    for s, entries in kept.items() if entries}
+    self._splits = {
+        s: ImageFolderSplit(root, entries, self.class_names, self.channels) for s, entries in kept.items() if entries
+    }
 
   @property
   def splits(self) -> dict[str, int]:
@@ -221,8 +225,9 @@ class ImageFolder:
       hint = (" (flat layout root/<class_name>/...: the only split is 'train'; use slices such as "
               "train_split='train[:80%]', eval_split='train[80%:90%]', test_split='train[90%:]')")
     try:
-      instructions = tfds.core.ReadInstruction.from_spec(spec).to_absolute(
-          {s: types.SimpleNamespace(num_examples=n) for s, n in available.items()})
+      instructions = tfds.core.ReadInstruction.from_spec(spec).to_absolute({
+          s: types.SimpleNamespace(num_examples=n) for s, n in available.items()
+      })
     except (ValueError, KeyError, AssertionError) as e:
       raise ValueError(f'unknown split {spec!r} for image folder {self.root!r}: available splits '
                        f'{sorted(available)}{hint}. ({e})') from None
@@ -237,8 +242,7 @@ class ImageFolder:
     return ImageFolderSplit(self.root, entries, self.class_names, self.channels)
 
 
-def _scan(root: str, entries: Sequence[_Entry], num_threads: int | None
-          ) -> tuple[dict[str, tuple[int, bool]], int]:
+def _scan(root: str, entries: Sequence[_Entry], num_threads: int | None) -> tuple[dict[str, tuple[int, bool]], int]:
   """Decodes every file once: relpath -> (channel count, is 8-bit) for the readable ones; logs and counts the rest."""
 
   def probe(entry: _Entry):

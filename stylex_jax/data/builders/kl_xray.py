@@ -123,29 +123,31 @@ class KlXray(tfds.core.GeneratorBasedBuilder):
         supervised_keys=('image', 'label'),
         homepage='https://data.mendeley.com/datasets/56rmx5bjcr/1',
         citation='Chen, Pingjun (2018), "Knee Osteoarthritis Severity Grading Dataset", Mendeley Data, V1, '
-                 'doi: 10.17632/56rmx5bjcr.1',
+        'doi: 10.17632/56rmx5bjcr.1',
     )
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     try:
       manual_dir = os.fspath(dl_manager.manual_dir)
     except AssertionError:  # tfds: manual dir missing or empty
-      raise layout_error(os.fspath(dl_manager._manual_dir) if dl_manager._manual_dir else None,  # pylint: disable=protected-access
-                         'the folder does not exist or is empty') from None
+      raise layout_error(
+          os.fspath(dl_manager._manual_dir) if dl_manager._manual_dir else None,  # pylint: disable=protected-access
+          'the folder does not exist or is empty') from None
     root = find_root(manual_dir)
     splits = {}
     for folder, split in SPLIT_DIRS.items():
       split_root = os.path.join(root, folder)
       if not os.path.isdir(split_root):
         continue  # only auto_test may be absent (find_root checked the others)
-      unexpected = [d for d in os.listdir(split_root)
-                    if os.path.isdir(os.path.join(split_root, d)) and d not in GRADE_DIRS and not d.startswith('.')]
+      unexpected = [
+          d for d in os.listdir(split_root)
+          if os.path.isdir(os.path.join(split_root, d)) and d not in GRADE_DIRS and not d.startswith('.')
+      ]
       if unexpected:
-        raise layout_error(manual_dir, f'{split_root} has folders {sorted(unexpected)}; expected only {list(GRADE_DIRS)}')
-      files = [(os.path.join(folder, g, name), int(g))
-               for g in GRADE_DIRS if os.path.isdir(os.path.join(split_root, g))
-               for name in sorted(os.listdir(os.path.join(split_root, g)))
-               if image_folder._is_image_file(name)]  # pylint: disable=protected-access
+        raise layout_error(manual_dir,
+                           f'{split_root} has folders {sorted(unexpected)}; expected only {list(GRADE_DIRS)}')
+      files = [(os.path.join(folder, g, name), int(g)) for g in GRADE_DIRS if os.path.isdir(os.path.join(split_root, g))
+               for name in sorted(os.listdir(os.path.join(split_root, g))) if image_folder._is_image_file(name)]  # pylint: disable=protected-access
       if not files:
         raise layout_error(manual_dir, f'{split_root} holds no images in {{0,1,2,3,4}}/')
       splits[split] = self._generate_examples(root, files)

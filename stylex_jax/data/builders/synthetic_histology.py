@@ -23,14 +23,14 @@ class SyntheticHistologyConfig(PhantomConfig):
   """`PhantomConfig` for `synthetic_histology` (see `PhantomConfig` for the fields)."""
 
 
-def _histology_config(name: str, resolution: int, num_train=4000, num_validation=500, num_test=500,
-                      marker_strength=0.0, seed=0) -> SyntheticHistologyConfig:
+def _histology_config(name: str, resolution: int, num_train=4000, num_validation=500, num_test=500, marker_strength=0.0,
+                      seed=0) -> SyntheticHistologyConfig:
   marker = f', spurious marker tied to the label with strength {marker_strength}' if marker_strength else ''
   return SyntheticHistologyConfig(
       name=name, resolution=resolution, num_train=num_train, num_validation=num_validation, num_test=num_test,
       marker_strength=marker_strength, seed=seed,
       description=f'{resolution}x{resolution} histology tiles, {num_train}/{num_validation}/{num_test} '
-                  f'train/validation/test{marker}.')
+      f'train/validation/test{marker}.')
 
 
 class SyntheticHistology(PhantomBuilder):

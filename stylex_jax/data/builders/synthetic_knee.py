@@ -42,9 +42,9 @@ from PIL import Image
 from stylex_jax.data import phantoms
 
 SPLIT_INDEX = {'train': 0, 'validation': 1, 'test': 2}
-GENERATION_WORKERS: int | None = None   # None: every CPU this process may use
-MIN_EXAMPLES_FOR_WORKERS = 256          # below this, starting workers costs more than it saves
-_MAX_BASE_SEED = 2**29                  # keeps (seed * 3 + 2) * 2**32 + i below 2**63
+GENERATION_WORKERS: int | None = None  # None: every CPU this process may use
+MIN_EXAMPLES_FOR_WORKERS = 256  # below this, starting workers costs more than it saves
+_MAX_BASE_SEED = 2**29  # keeps (seed * 3 + 2) * 2**32 + i below 2**63
 
 
 @dataclasses.dataclass(eq=False)
@@ -90,7 +90,7 @@ def example_seed(base_seed: int, split: str, index: int) -> int:
   return (base_seed * 3 + SPLIT_INDEX[split]) * 2**32 + index
 
 
-_RENDERERS = {'knee': 'knee_radiograph', 'histology': 'histology_tile'}   # phantoms.<function>
+_RENDERERS = {'knee': 'knee_radiograph', 'histology': 'histology_tile'}  # phantoms.<function>
 
 
 def _render(job: tuple[str, int, int, float, int, tuple[str, ...]]) -> tuple[bytes, int, dict[str, float]]:
@@ -131,8 +131,7 @@ def _render_all(jobs: list[tuple]) -> Iterator[tuple[bytes, int, dict[str, float
           done += 1
       return
     except concurrent.futures.process.BrokenProcessPool as e:
-      logging.warning('phantom generation workers failed (%s); continuing in this process from example %d',
-                      e, done)
+      logging.warning('phantom generation workers failed (%s); continuing in this process from example %d', e, done)
   for job in jobs[done:]:
     yield _render(job)
 
@@ -170,8 +169,9 @@ class PhantomBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
   def _generate_examples(self, split: str, num_examples: int):
     c = self.builder_config
-    jobs = [(self.KIND, example_seed(c.seed, split, i), c.resolution, float(c.marker_strength), self.CHANNELS,
-             self.ATTRIBUTES) for i in range(num_examples)]
+    jobs = [(self.KIND, example_seed(c.seed, split,
+                                     i), c.resolution, float(c.marker_strength), self.CHANNELS, self.ATTRIBUTES)
+            for i in range(num_examples)]
     for i, (png, label, attrs) in enumerate(_render_all(jobs)):
       key = f'{split}/{i:06d}'
       yield key, {'image': png, 'label': label, 'id': key, **{a: np.float32(v) for a, v in attrs.items()}}
@@ -182,14 +182,14 @@ class SyntheticKneeConfig(PhantomConfig):
   """`PhantomConfig` for `synthetic_knee` (see `PhantomConfig` for the fields)."""
 
 
-def _knee_config(name: str, resolution: int, num_train=4000, num_validation=500, num_test=500,
-                 marker_strength=0.0, seed=0) -> SyntheticKneeConfig:
+def _knee_config(name: str, resolution: int, num_train=4000, num_validation=500, num_test=500, marker_strength=0.0,
+                 seed=0) -> SyntheticKneeConfig:
   marker = f', spurious marker tied to the label with strength {marker_strength}' if marker_strength else ''
   return SyntheticKneeConfig(
       name=name, resolution=resolution, num_train=num_train, num_validation=num_validation, num_test=num_test,
       marker_strength=marker_strength, seed=seed,
       description=f'{resolution}x{resolution} knee phantoms, {num_train}/{num_validation}/{num_test} '
-                  f'train/validation/test{marker}.')
+      f'train/validation/test{marker}.')
 
 
 class SyntheticKnee(PhantomBuilder):
