@@ -229,8 +229,8 @@ class MedMnist(tfds.core.GeneratorBasedBuilder):
     try:
       folder = os.fspath(dl_manager.manual_dir)
     except AssertionError:  # tfds: manual dir missing or empty
-      raise missing_file_error(cfg.dataset, cfg.size, os.fspath(dl_manager._manual_dir) if dl_manager._manual_dir  # pylint: disable=protected-access
-                               else None) from None
+      default = dl_manager._manual_dir  # pylint: disable=protected-access
+      raise missing_file_error(cfg.dataset, cfg.size, os.fspath(default) if default else None) from None
     path = os.path.join(folder, cfg.file_name)
     if not os.path.isfile(path):
       raise missing_file_error(cfg.dataset, cfg.size, folder)
