@@ -9,7 +9,12 @@ import pytest
 
 from stylex_jax import stages
 
-CONFIGS = {'demo': ('', 'smoke', 'grades', 'marker'), 'kl_xray': ('', 'smoke', 'binary'), 'pcam': ('', 'smoke')}
+CONFIGS = {
+    'demo': ('', 'smoke', 'grades', 'marker'),
+    'kl_xray': ('', 'smoke', 'binary'),
+    'pcam': ('', 'smoke'),
+    'medmnist': ('', 'smoke', 'pneumonia', 'breast', 'path', 'pneumonia_smoke', 'breast_smoke', 'path_smoke')
+}
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
