@@ -1,14 +1,14 @@
 """The `medmnist` builder on small synthetic .npz files with the official MedMNIST+ layout (12/4/4 images at 28 and
 64 px, grey and RGB): shapes, dtypes, labels, ids, splits and class names through TFDS and the project's Pipeline;
 the one-line errors (missing file or manual_dir, wrong key / channels / labels, multi-label ChestMNIST); and
-configs/medmnist.py:path_smoke run end to end (all four stages) on such a file."""
+configs/medmnist.py:pneumonia_smoke run end to end (all four stages) on such a file."""
 import os
 
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-import stylex_jax.data  # noqa: F401  (registers the builders)
+import stylex_jax.data.builders  # noqa: F401  (registers the builders)
 from configs import medmnist as medmnist_config
 from stylex_jax.data import pipeline
 from stylex_jax.data.builders import medmnist
@@ -197,38 +197,37 @@ def test_bad_file_names_the_file_and_key(tmp_path, name, arrays, message):
   assert str(e.value).startswith(path)
 
 
-def test_path_smoke_config_end_to_end(files, tmp_path):
-  """configs/medmnist.py:path_smoke (RGB, 9 classes, adenocarcinoma epithelium vs rest) through all four stages.
-
-  Compile-bound: ~5 min with a cold XLA cache on a shared 2-core CPU, ~60 s with a warm STYLEX_TEST_JAX_CACHE.
-  """
-  from stylex_jax.train import stages
-  folder, _ = files
+def test_path_config_explains_adenocarcinoma_vs_rest():
   config = medmnist_config.get_config('path_smoke')
-  assert config.data.builder_config == 'pathmnist_64' and config.explain.class_index == 8
+  assert config.data.builder_config == 'pathmnist_64' and config.data.channels == 3
+  assert config.data.num_classes == 9 and config.explain.class_index == 8
+  assert config.explain.target == 'log_odds'
+
+
+def test_pneumonia_smoke_config_end_to_end(files, tmp_path):
+  """configs/medmnist.py:pneumonia_smoke through all four stages on an official-layout file.
+
+  On the 2 devices and demo:smoke sizes of conftest.smoke_stages, so the session's XLA cache serves most programs
+  (a cold run is compile-bound: minutes on 2 cores).
+  """
+  from stylex_jax import stages
+  folder, _ = files
+  config = medmnist_config.get_config('pneumonia_smoke')
+  assert config.data.builder_config == 'pneumoniamnist_64'
   config.data.manual_dir = folder
   config.data.data_dir = str(tmp_path / 'tfds')
-  # fewer XLA programs to compile (the smoke run is compile-bound): one device, no GAN regularisers or ADA, no
-  # projector in the encoder's evaluation, 2-3 steps per stage; the demo smoke tests cover those paths
-  config.num_devices = 1
-  config.classifier.num_steps = config.classifier.eval_every = config.classifier.checkpoint_every = 3
-  g = config.gan
-  g.r1_interval, g.pl_weight, g.augment, g.ada_target = 0, 0.0, 'none', 0.0
-  g.num_steps = g.eval_every = g.checkpoint_every = g.sample_every = g.log_every = 2
-  en = config.encoder
-  en.num_steps = en.checkpoint_every = en.log_every = 2
-  en.eval_refine_images = 0
+  config.num_devices = 2
   results = stages.run(config, str(tmp_path / 'work'))
   assert list(results) == ['classifier', 'gan', 'encoder', 'explain']
   summary = results['explain']
   assert summary['images'] == config.explain.num_images
   html = open(tmp_path / 'work' / 'explain' / 'report.html').read()
-  assert 'colorectal adenocarcinoma epithelium' in html
+  assert 'pneumonia' in html
   assert all(f'test/{i:06d}' in html for i in range(config.explain.num_images))
 
 
 def test_config_without_manual_dir_fails_with_one_line(tmp_path):
-  from stylex_jax.train import stages
+  from stylex_jax import stages
   config = medmnist_config.get_config('breast_smoke')
   config.data.data_dir = str(tmp_path / 'tfds')
   config.num_devices = 2
