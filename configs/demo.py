@@ -27,7 +27,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   if arg not in VARIANTS:
     raise ValueError(f'unknown demo variant {arg!r}; choose one of {VARIANTS}')
   config = base.get_config()
-  config.stages = 'classifier,gan,encoder,explain'
+  config.stages = 'classifier,gan,encoder,explain,evaluate'
   config.data.dataset = 'synthetic_knee'
   config.data.builder_config = '64'
   config.data.image_size = 64
