@@ -288,11 +288,13 @@ class ExplanationWriter:
 
   # -- close / abort ---------------------------------------------------------------------------
 
-  def close(self, summary_metrics: Mapping[str, Any] | None = None) -> dict:
+  def close(self, summary_metrics: Mapping[str, Any] | None = None,
+            scorecard: Mapping[str, Mapping[str, Any]] | None = None) -> dict:
     """Finishes the export and swaps it into `directory`; returns the output paths.
 
     summary_metrics: name -> number (or string), shown at the top of the report and stored in schema.json
-    (e.g. mean SSIM, agreement, flip rate). Raises ValueError (and keeps any previous export) if no image
+    (e.g. mean SSIM, agreement, flip rate); scorecard: metric -> {value, low, high, goal, met, meaning}, the table
+    at the top of the report (`report.scorecard_html`). Raises ValueError (and keeps any previous export) if no image
     was added. Returns {'directory', 'schema', 'report', 'index', 'tfrecords': [paths], 'strips', 'gifs'}.
     """
     if self._closed:
@@ -376,7 +378,7 @@ class ExplanationWriter:
     self._report.write(os.path.join(self._staging, 'report.html'), title=self.title,
                        target_description=self.target_description, num_images=self._n, summary=summary, metric_means={
                            n: v['mean'] for n, v in metric_stats.items()
-                       }, config=self.config)
+                       }, config=self.config, scorecard=scorecard)
     self._swap_in()
     self._closed = True
     d = self.directory

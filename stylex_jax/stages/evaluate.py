@@ -43,14 +43,17 @@ CHUNK = 64  # explanations held in memory at once (bounded memory for large expo
 
 # the phantoms' attributes: what the label depends on, and what it must not
 PHANTOM_ATTRIBUTES = {
-    'synthetic_knee': dict(measure=measure.measure_knee_batch, valid='joint_found',
-                           causal=('joint_space_width', 'osteophyte_area', 'sclerosis'), nuisances=('marker',)),
-    'synthetic_histology': dict(measure=measure.measure_histology_batch, valid=None,
-                                causal=('nuclear_count', 'nuclear_mean_area', 'nuclear_darkness'),
-                                nuisances=('marker',)),
+    'synthetic_knee':
+        dict(measure=measure.measure_knee_batch, valid='joint_found',
+             causal=('joint_space_width', 'osteophyte_area', 'sclerosis'), nuisances=('marker',)),
+    'synthetic_histology':
+        dict(measure=measure.measure_histology_batch, valid=None,
+             causal=('nuclear_count', 'nuclear_mean_area', 'nuclear_darkness'), nuisances=('marker',)),
 }
 
 GOALS = {
+    'ssim': (('>=', 0.85), 'SSIM of the reconstruction G(invert(x)) to the image (the explanation starts there)'),
+    'agreement': (('>=', 0.95), 'share of reconstructions the classifier gives the class of the image'),
     'flip_rate': (('>=', 0.95), 'share of series whose prediction changes (validity)'),
     'monotonicity': (('>=', 0.95), 'Spearman of shift vs the explained target along a series'),
     'proximity': (None, 'mean |flip frame - reconstruction| in [-1, 1] units (smaller: a closer counterfactual)'),
@@ -66,6 +69,16 @@ GOALS = {
     'nuisance_change_max_std': (('<', 0.25), 'largest nuisance change at the flip frame, in dataset std'),
     'causal_share': (None, 'share of the normalised attribute change that falls on causal attributes'),
 }
+
+
+def build_scorecard(values: dict[str, np.ndarray]) -> dict[str, dict]:
+  """{metric: {value, low, high, goal, met, meaning}} for the per-series values [B] of the metrics in GOALS (in
+  GOALS' order; NaN-aware means with 95% bootstrap intervals)."""
+  return {
+      name: fidelity.score(fidelity.Metric(name, np.asarray(values[name], np.float64), goal, meaning))
+      for name, (goal, meaning) in GOALS.items()
+      if name in values
+  }
 
 
 def _export_dir(workdir: str, explanations: str | None) -> str:
@@ -170,9 +183,9 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, explanations: str | 
   flip_feats, recon_feats = [], []
   add = lambda k, v: per.setdefault(k, []).append(np.asarray(v, np.float64))
   for chunk in _chunks(directory):
-    series = np.stack([_to_float(c['series']) for c in chunk])          # [B, S, H, W, C]
+    series = np.stack([_to_float(c['series']) for c in chunk])  # [B, S, H, W, C]
     recon = np.stack([_to_float(c['reconstruction']) for c in chunk])
-    probs = np.stack([c['probs'] for c in chunk]).astype(np.float64)     # [B, S, K]
+    probs = np.stack([c['probs'] for c in chunk]).astype(np.float64)  # [B, S, K]
     alphas = np.stack([c['alphas'] for c in chunk]).astype(np.float64)
     target_values = np.asarray(target(jnp.log(jnp.clip(jnp.asarray(probs.reshape(-1, probs.shape[-1])), 1e-12,
                                                        1.0)))).reshape(probs.shape[:2])
@@ -212,13 +225,11 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, explanations: str | 
   flip_feats = np.concatenate(flip_feats) if flip_feats else np.zeros((0, real_feats.shape[-1]))
   realism = fidelity.realism(flip_feats, np.concatenate(recon_feats), real_feats)
 
-  scorecard = {}
+  scorecard = build_scorecard(values)
   for name, (goal, meaning) in GOALS.items():
-    if name in values:
-      scorecard[name] = fidelity.score(fidelity.Metric(name, values[name], goal, meaning))
-    elif name in realism:
+    if name in realism:
       entry = fidelity.score(fidelity.Metric(name, np.asarray([realism[name]]), goal, meaning))
-      entry['low'] = entry['high'] = None   # one number over the whole export: no per-series interval
+      entry['low'] = entry['high'] = None  # one number over the whole export: no per-series interval
       scorecard[name] = entry
   for name in sorted(k for k in values if k.startswith('trend_')):
     scorecard[name] = fidelity.score(fidelity.Metric(name, values[name], None, f'Spearman of {name[6:]} with shift'))

@@ -44,6 +44,7 @@ from stylex_jax.explain import image_files
 from stylex_jax.explain import series as series_lib
 from stylex_jax.stages import common
 from stylex_jax.stages import encoder as encoder_stage
+from stylex_jax.stages import evaluate as evaluate_stage
 
 STAGE = 'explain'
 MODES = ('gradient', 'blackbox')
@@ -309,7 +310,9 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, split: str | None = 
     summary_metrics = _summary(metrics)
     summary_metrics['images'] = done
     summary_metrics['seconds'] = round(time.perf_counter() - t0, 2)
-    paths = writer.close(summary_metrics)
+    renamed = {'flipped': 'flip_rate', 'agree': 'agreement'}
+    scorecard = evaluate_stage.build_scorecard({renamed.get(k, k): v for k, v in metrics.items()})
+    paths = writer.close(summary_metrics, scorecard=scorecard)
   if explainer.directions is not None:
     fit = {k: np.asarray(v) for k, v in explainer.direction_info.items() if isinstance(v, (int, float, str))}
     fit['latent_scale'] = np.float32(explainer.scale)
