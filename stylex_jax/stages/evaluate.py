@@ -18,10 +18,8 @@ Metrics per series (`evaluate/fidelity.py`), aggregated over the export:
 """
 from __future__ import annotations
 
-import json
 import os
 import time
-from typing import Any
 
 import jax
 import jax.numpy as jnp
