@@ -23,6 +23,7 @@ LIGHT_MODULES = [
     'stylex_jax.evaluate.metrics',
     'stylex_jax.evaluate.realism',
     'stylex_jax.evaluate.explanations',
+    'stylex_jax.evaluate.fidelity',
     'stylex_jax.train.classifier',
     'stylex_jax.train.gan',
     'stylex_jax.train.encoder',
