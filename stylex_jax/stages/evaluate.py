@@ -151,7 +151,12 @@ def _phantom_reference(spec: dict, reals: dict, target_class: int) -> tuple[dict
   with the oracles on real images."""
   m = spec['measure'](reals['image'])
   ok = np.ones(len(reals['label']), bool) if spec['valid'] is None else np.asarray(m[spec['valid']]) > 0
-  signs = {a: fidelity.implied_signs(np.asarray(m[a])[ok], reals['label'][ok], target_class) for a in spec['causal']}
+  signs = {}
+  for a in spec['causal']:
+    try:
+      signs[a] = fidelity.implied_signs(np.asarray(m[a])[ok], reals['label'][ok], target_class)
+    except ValueError as e:   # e.g. too few real images of one class: that attribute cannot be judged
+      print(f'[evaluate] {a}: no direction implied by the labels ({e}); not judged')
   std = {a: float(np.nanstd(np.asarray(m[a], np.float64)[ok])) for a in spec['causal'] + spec['nuisances']}
   return signs, std
 
