@@ -43,7 +43,8 @@ CHUNK = 64  # explanations held in memory at once (bounded memory for large expo
 PHANTOM_ATTRIBUTES = {
     'synthetic_knee':
         dict(measure=measure.measure_knee_batch, valid='joint_found',
-             causal=('joint_space_width', 'osteophyte_area', 'sclerosis'), nuisances=('marker',)),
+             causal=('joint_space_width', 'osteophyte_area', 'sclerosis'),
+             nuisances=('marker', 'noise_level', 'sharpness', 'brightness', 'tilt')),
     'synthetic_histology':
         dict(measure=measure.measure_histology_batch, valid=None,
              causal=('nuclear_count', 'nuclear_mean_area', 'nuclear_darkness'), nuisances=('marker',)),
@@ -155,7 +156,7 @@ def _phantom_reference(spec: dict, reals: dict, target_class: int) -> tuple[dict
   for a in spec['causal']:
     try:
       signs[a] = fidelity.implied_signs(np.asarray(m[a])[ok], reals['label'][ok], target_class)
-    except ValueError as e:   # e.g. too few real images of one class: that attribute cannot be judged
+    except ValueError as e:  # e.g. too few real images of one class: that attribute cannot be judged
       print(f'[evaluate] {a}: no direction implied by the labels ({e}); not judged')
   std = {a: float(np.nanstd(np.asarray(m[a], np.float64)[ok])) for a in spec['causal'] + spec['nuisances']}
   return signs, std
