@@ -358,13 +358,16 @@ def _number(x: float) -> str:
 def to_markdown(scorecard: Mapping[str, Mapping]) -> str:
   """A markdown table of {name: score(...)}: metric | value [low, high] | goal | met/missed | meaning.
 
-  Numbers have 3 significant digits; a missing goal or an undecided `met` (None) is shown as '-'.
+  Numbers have 3 significant digits; a missing goal or an undecided `met` (None) is shown as '-'; an entry without
+  an interval (low/high None) shows the value alone.
   """
   lines = ['| metric | value [low, high] | goal | met/missed | meaning |', '|---|---|---|---|---|']
   for name, s in scorecard.items():
     goal = '-' if s['goal'] is None else f'{s["goal"][0]} {_number(float(s["goal"][1]))}'
     met = {None: '-', True: 'met', False: 'missed'}[s['met']]
-    value = f'{_number(s["value"])} [{_number(s["low"])}, {_number(s["high"])}]'
+    value = _number(s['value'])
+    if s.get('low') is not None and s.get('high') is not None:  # one number over the export has no interval
+      value += f' [{_number(s["low"])}, {_number(s["high"])}]'
     cells = [name, value, goal, met, s['meaning']]
     lines.append('| ' + ' | '.join(str(c).replace('|', '\\|') for c in cells) + ' |')
   return '\n'.join(lines) + '\n'
