@@ -98,6 +98,27 @@ def test_probe_images_differ_only_by_the_artefact():
   np.testing.assert_array_equal(changed, s['label'] == 1)
 
 
+def _knee(seed, scanner=None, marker=False):
+  image = phantoms.knee_radiograph(seed, 64, grade=3, scanner_strength=scanner, marker=marker)[0]
+  return image.astype(np.float32) / 127.5 - 1.0
+
+
+def test_shown_on_phantom_series():
+  """Series built from phantoms: the oracle sees the marker come and the scanner switch from A to B."""
+  seeds = range(4)
+  a = [[_knee(s)] * 3 for s in seeds]  # nothing changes
+  marker = [[_knee(s), _knee(s), _knee(s, marker=True)] for s in seeds]
+  scanner = [[_knee(s), _knee(s), _knee(s, scanner=1.0)] for s in seeds]  # strength 1, KL 3: scanner B
+  originals = np.stack([_knee(s, scanner=1.0 if s % 2 else None) for s in range(8)])  # a mix: the dataset std
+  alphas = np.tile([0.0, 1.0, 2.0], (4, 1))
+  export = lambda series: dict(series=np.stack([np.stack(x) for x in series]), image=originals, alphas=alphas)
+  np.testing.assert_array_equal(stage.shown('marker', export(marker), 0.5), [True] * 4)
+  np.testing.assert_array_equal(stage.shown('marker', export(a), 0.5), [False] * 4)
+  np.testing.assert_array_equal(stage.shown('scanner', export(scanner), 0.5), [True] * 4)
+  np.testing.assert_array_equal(stage.shown('scanner', export(a), 0.5), [False] * 4)
+  np.testing.assert_array_equal(stage.shown('scanner', export(marker), 0.5), [False] * 4)
+
+
 def test_bad_config_is_named():
   config = demo.get_config('shortcut_smoke')
   config.shortcut.kinds = ('marker', 'ruler')
