@@ -13,7 +13,8 @@ config.shortcut.confounded.marker, e.g. `64_marker`) and 'scanner' (a GLOBAL one
 
 Both sub-runs are ordinary `stages.run` calls, so they resume like any other run. Measured on both exports
 (`evaluate/shortcut.py`; each entry: {value, low, high, goal, met, meaning, images}, the mean over images with a
-95% bootstrap interval), written to `<workdir>/evaluate/shortcut.json`:
+95% bootstrap interval; `images` counts the images the value is defined on, e.g. GradCAM mass skips all-zero
+heatmaps), written to `<workdir>/evaluate/shortcut.json` under 'metrics', with the printed 'table':
 
   <kind>_shown_confounded / _clean     share of series where the artefact appears or vanishes (oracle
                                        `measure_knee_batch` on every frame). marker: its measured presence changes
