@@ -129,6 +129,9 @@ def probe_images(kind: str, num: int, seed: int, resolution: int, marker_strengt
 
   Returns {'with': float32 [N, R, R, 1] in [-1, 1], 'without': same, 'label': int [N] (KL >= label_threshold
   when label_threshold >= 0, else the grade)}. Seeds seed * 2**32 + i (the same patient in both renderings).
+  marker / scanner_strength: those of the confounded builder config. kind 'marker': with = the tag drawn with
+  marker_strength, without = forced off; kind 'scanner': with = scanner_strength, without = all scanner A (the
+  tag drawn with marker_strength in both: the same draw for the same seed).
   """
   with_, without, labels = [], [], []
   for i in range(num):
@@ -137,8 +140,9 @@ def probe_images(kind: str, num: int, seed: int, resolution: int, marker_strengt
       a, grade, _ = phantoms.knee_radiograph(s, resolution, marker_strength=marker_strength)
       b, _, _ = phantoms.knee_radiograph(s, resolution, marker_strength=marker_strength, marker=False)
     else:
-      a, grade, _ = phantoms.knee_radiograph(s, resolution, scanner_strength=scanner_strength)
-      b, _, _ = phantoms.knee_radiograph(s, resolution, scanner_strength=None)
+      a, grade, _ = phantoms.knee_radiograph(s, resolution, marker_strength=marker_strength,
+                                             scanner_strength=scanner_strength)
+      b, _, _ = phantoms.knee_radiograph(s, resolution, marker_strength=marker_strength, scanner_strength=None)
     with_.append(a)
     without.append(b)
     labels.append(int(grade >= label_threshold) if label_threshold >= 0 else grade)
