@@ -18,12 +18,20 @@ Variants (`--config configs/demo.py:<variant>`):
   long    the demo with a GAN trained 96 kimg (~2 h on 2 CPU cores).
   histology  the same recipe on RGB histology phantoms (`synthetic_histology/64`, normal vs tumour; causal:
           nuclear density, size and darkness), the path PatchCamelyon users take; scored with the histology oracles.
+  shortcut  the shortcut experiment (stage `shortcut`, stylex_jax/stages/shortcut.py): for the planted LOCAL
+          shortcut (corner marker, `64_marker`) and the GLOBAL one (scanner B, `64_scanner`), a classifier trained
+          on the confounded data and one on clean `64` data, both explained with the confounded run's GAN + encoder
+          on the same test images; does the series show the artefact, does GradCAM point at it, how much accuracy
+          does removing it cost? -> /tmp/stylex_shortcut/evaluate/shortcut.json (full run time not yet measured:
+          about two demo pipelines plus two classifiers per kind):
+            python launch/train.py --config configs/demo.py:shortcut --workdir /tmp/stylex_shortcut
+  shortcut_smoke  the same at the smoke sizes on 32² `tiny_marker` / `tiny_scanner` / `tiny` data (tests).
 """
 import ml_collections
 
 from configs import base
 
-VARIANTS = ('', 'smoke', 'grades', 'marker', 'long', 'histology')
+VARIANTS = ('', 'smoke', 'grades', 'marker', 'long', 'histology', 'shortcut', 'shortcut_smoke')
 
 
 def get_config(arg: str = '') -> ml_collections.ConfigDict:
@@ -88,7 +96,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   inv.lr_schedule = 'constant'
   inv.loss = dict(mse=1.0, l1=0.0, ssim=1.0, ms_ssim=0.0, perceptual=0.0, kl=0.01, delta=0.0, w_l2=0.0)
 
-  if arg == 'smoke':
+  if arg in ('smoke', 'shortcut_smoke'):
     config.data.builder_config = 'tiny'
     config.data.image_size = 32
     base.make_smoke(config, num_steps=6, channel_base=256, channel_max=32, latent_dim=32, mbstd_group_size=2)
@@ -112,10 +120,17 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
     config.data.builder_config = '64'
     config.data.channels = 3
     config.data.label_threshold = -1  # the builder's labels: normal (0) / tumour (1)
+  elif arg == 'shortcut':
+    config.stages = 'shortcut'
   elif arg == 'long':
     g.num_steps = 6000  # 96 kimg
     g.sample_every = 500
     g.eval_every = 1000
     g.eval_images = 512
     g.checkpoint_every = 500
+  if arg == 'shortcut_smoke':
+    config.stages = 'shortcut'
+    config.shortcut.confounded = dict(marker='tiny_marker', scanner='tiny_scanner')
+    config.shortcut.clean = 'tiny'
+    config.shortcut.probe_images = 16
   return config

@@ -367,3 +367,28 @@ def test_scanner_b_is_a_global_blur_and_noise_change():
   # scales with the resolution: the same physical blur
   assert P.knee_radiograph(seed, 128, grade=3,
                            scanner_strength=1.0)[2]['blur_sigma'] == pytest.approx(2 * b['blur_sigma'])
+
+
+# ------------------------------------------------------------------------------------- marker override (shortcut)
+
+
+@pytest.mark.parametrize('case', sorted(_PRE_SCANNER_DIGESTS, key=str))
+def test_marker_none_keeps_default_images_bit_for_bit(case):
+  seed, resolution, grade, marker_strength = case
+  image, _, _ = P.knee_radiograph(seed, resolution, grade=grade, marker_strength=marker_strength, marker=None)
+  assert hashlib.sha256(image.tobytes()).hexdigest() == _PRE_SCANNER_DIGESTS[case]
+
+
+def test_marker_override_forces_the_tag_and_changes_nothing_else():
+  r0, c0, size = P.marker_box(64, 64)
+  outside = np.ones((64, 64), bool)
+  outside[r0:r0 + size, c0:c0 + size] = False
+  for seed in range(6):
+    drawn, grade, attrs = P.knee_radiograph(seed, 64, marker_strength=0.9, scanner_strength=0.9)
+    on, g_on, a_on = P.knee_radiograph(seed, 64, marker_strength=0.9, scanner_strength=0.9, marker=True)
+    off, g_off, a_off = P.knee_radiograph(seed, 64, marker_strength=0.9, scanner_strength=0.9, marker=False)
+    assert g_on == g_off == grade and a_on['marker'] == 1.0 and a_off['marker'] == 0.0
+    assert a_on['scanner'] == a_off['scanner'] == attrs['scanner']
+    np.testing.assert_array_equal(on[..., 0][outside], off[..., 0][outside])  # only the tag's box differs
+    assert not np.array_equal(on, off)
+    np.testing.assert_array_equal(drawn, on if attrs['marker'] else off)

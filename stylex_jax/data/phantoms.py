@@ -325,7 +325,8 @@ def _lookup(q, table):
 
 
 def knee_radiograph(seed: int, resolution: int = 64, grade: int | None = None, marker_strength: float = 0.0,
-                    scanner_strength: float | None = None) -> tuple[np.ndarray, int, dict[str, float]]:
+                    scanner_strength: float | None = None,
+                    marker: bool | None = None) -> tuple[np.ndarray, int, dict[str, float]]:
   """Render one AP knee radiograph phantom.
 
     Args:
@@ -339,6 +340,9 @@ def knee_radiograph(seed: int, resolution: int = 64, grade: int | None = None, m
         module docstring) with probability ``marker_probability(grade >= 2, scanner_strength)`` -- 0 mixes the
         two scanners 50/50 independently of the grade, 1 means scanner B iff KL >= 2. The scanner draw has its
         own random stream (independent of the marker's); the same seed renders the same patient on either.
+      marker: None (default: the tag is drawn with ``marker_strength`` as above) or a bool that forces the "R"
+        tag on (True) or off (False) whatever the grade and ``marker_strength`` -- e.g. the same patients with the
+        artefact removed. The marker's random draw is made either way, so nothing else in the image changes.
 
     Returns:
       image: uint8 [R, R, 1] in [0, 255] (bone bright, air dark).
@@ -378,7 +382,8 @@ def knee_radiograph(seed: int, resolution: int = 64, grade: int | None = None, m
   flipped = bool(pose[7] < 0.5)
   heel = 0.06 * pose[8] - 0.03  # anode-heel gradient (visual only)
 
-  marker = bool(r_marker.random() < marker_probability(grade >= 2, strength))
+  marker_drawn = bool(r_marker.random() < marker_probability(grade >= 2, strength))
+  marker = marker_drawn if marker is None else bool(marker)
 
   # scanner B: the whole image slightly blurred and noisier; drawn in full whatever the outcome so that the same
   # seed is the same patient (and the same scanner-B settings) at any strength

@@ -7,7 +7,8 @@ blur), so an explanation can be checked against the truth.
 Shortcut configs: `64_marker` ties a LOCAL artefact (the corner "R" tag) to KL >= 2 with strength 0.9;
 `64_scanner` ties a GLOBAL one -- "scanner B", a slightly blurred and noisier acquisition of the whole image
 (`phantoms.knee_radiograph(scanner_strength=...)`) -- to KL >= 2 with strength 0.9, which no heatmap can
-localise. The other configs are all scanner A (`scanner` 0, `blur_sigma` 0).
+localise. `tiny_marker` / `tiny_scanner` are the same at the size of `tiny` (32 px, 48/16/16: the smoke runs of
+the shortcut experiment). The other configs are all scanner A (`scanner` 0, `blur_sigma` 0).
 
     import stylex_jax.data.builders  # registers the builders
     builder = tfds.builder('synthetic_knee/64', data_dir=...)
@@ -235,6 +236,8 @@ class SyntheticKnee(PhantomBuilder):
       _knee_config('64_marker', 64, marker_strength=0.9),
       _knee_config('64_scanner', 64, scanner_strength=0.9),
       _knee_config('tiny', 32, num_train=48, num_validation=16, num_test=16),
+      _knee_config('tiny_marker', 32, num_train=48, num_validation=16, num_test=16, marker_strength=0.9),
+      _knee_config('tiny_scanner', 32, num_train=48, num_validation=16, num_test=16, scanner_strength=0.9),
   ]
   DEFAULT_BUILDER_CONFIG_NAME = '64'
 
