@@ -14,6 +14,8 @@ Groups:
   config.encoder.*            -> the encoder stage (synthetic pairs + real reconstructions, losses, logging)
   config.invert               -> stylex_jax.explain.invert.Inverter (projector steps, lr, space, noise, losses)
   config.explain              -> the explain stage and launch/explain.py (stylex_jax.stages.explain)
+  config.evaluate             -> the evaluate stage and launch/evaluate.py (stylex_jax.stages.evaluate)
+  config.shortcut             -> the shortcut experiment (stylex_jax.stages.shortcut)
 Imports nothing but ml_collections.
 """
 import ml_collections
@@ -180,6 +182,26 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
           examples_per_shard=256,  # TFRecord examples per shard
           report_max_images=100,  # rows in report.html (all images still go to the TFRecords)
       ))
+
+  # The evaluate stage / launch/evaluate.py (stylex_jax.stages.evaluate): the fidelity scorecard of an export.
+  config.evaluate = ml_collections.ConfigDict(
+      dict(
+          real_images=256,  # test images (class-balanced) for realism (KID) and, on phantoms, the attribute
+          #   statistics (dataset std, the direction the labels imply)
+      ))
+
+  # The shortcut stage (stylex_jax.stages.shortcut): does the explanation reveal a planted shortcut, does GradCAM?
+  # Knee phantoms only; runs its own sub-pipelines in <workdir>/shortcut/<kind>/{confounded,clean}.
+  config.shortcut = ml_collections.ConfigDict(
+      dict(
+          kinds=('marker', 'scanner'),  # 'marker' (LOCAL: the corner "R" tag), 'scanner' (GLOBAL: scanner B)
+          confounded=dict(marker='64_marker', scanner='64_scanner'),  # builder config with the shortcut planted
+          clean='64',  # builder config of the clean classifier (no shortcut)
+          probe_images=256,  # fresh phantoms rendered with and without the artefact for the accuracy drop
+          probe_seed=1000,  # their seeds: probe_seed * 2**32 + i (disjoint from the builders' seeds)
+          scanner_threshold=0.5,  # scanner shown: |noise_level or sharpness change| (anchor -> far end of the
+          #   series) above this many dataset stds (a full A -> B switch of one patient is ~1.1-1.9 std at 64 px)
+      ))
   return config
 
 
@@ -213,6 +235,7 @@ def make_smoke(config: ml_collections.ConfigDict, num_steps: int = 10, channel_b
   e.num_images = e.batch_size = 4
   e.direction_latents, e.direction_steps, e.probe_samples = 16, 4, 32
   e.num_frames, e.chunk_size = 3, 16
+  config.evaluate.real_images = 16
 
 
 def nvidia_auto_gan(config: ml_collections.ConfigDict, resolution: int, num_gpus: int = 8,

@@ -1,9 +1,10 @@
 """Demo: synthetic knee radiograph phantoms at 64², tiny models, all stages on a 2-core CPU in minutes.
 
 Launch — ONE command: generates the phantoms, trains the classifier to explain, a small StyleGAN2 and the
-image -> W+ encoder, then explains the first 16 test phantoms and writes /tmp/stylex_demo/explain/report.html
-(with TFRecords, PNG strips and GIFs beside it); under 15 minutes on 2 CPU cores, see the README for measured
-times:
+image -> W+ encoder, then explains 16 test phantoms (a seeded class-balanced sample) and writes
+/tmp/stylex_demo/explain/report.html (with TFRecords, PNG strips and GIFs beside it), then scores the explanations
+(/tmp/stylex_demo/evaluate/scorecard.json, also at the top of the report); under 15 minutes on 2 CPU cores, see
+benchmarks/README.md for measured times:
   python launch/train.py --config configs/demo.py --workdir /tmp/stylex_demo
 
 Classifier task: Kellgren–Lawrence grade >= 2 (osteoarthritis) vs < 2 on `synthetic_knee/64`, binary.
@@ -15,19 +16,29 @@ Variants (`--config configs/demo.py:<variant>`):
   grades  the same phantoms, all five KL grades (multi-class; goal QWK >= 0.8).
   marker  phantoms with a spurious corner marker correlated with the label (strength 0.9).
   long    the demo with a GAN trained 96 kimg (~2 h on 2 CPU cores).
+  histology  the same recipe on RGB histology phantoms (`synthetic_histology/64`, normal vs tumour; causal:
+          nuclear density, size and darkness), the path PatchCamelyon users take; scored with the histology oracles.
+  shortcut  the shortcut experiment (stage `shortcut`, stylex_jax/stages/shortcut.py): for the planted LOCAL
+          shortcut (corner marker, `64_marker`) and the GLOBAL one (scanner B, `64_scanner`), a classifier trained
+          on the confounded data and one on clean `64` data, both explained with the confounded run's GAN + encoder
+          on the same test images; does the series show the artefact, does GradCAM point at it, how much accuracy
+          does removing it cost? -> /tmp/stylex_shortcut/evaluate/shortcut.json (full run time not yet measured:
+          about two demo pipelines plus two classifiers per kind):
+            python launch/train.py --config configs/demo.py:shortcut --workdir /tmp/stylex_shortcut
+  shortcut_smoke  the same at the smoke sizes on 32² `tiny_marker` / `tiny_scanner` / `tiny` data (tests).
 """
 import ml_collections
 
 from configs import base
 
-VARIANTS = ('', 'smoke', 'grades', 'marker', 'long')
+VARIANTS = ('', 'smoke', 'grades', 'marker', 'long', 'histology', 'shortcut', 'shortcut_smoke')
 
 
 def get_config(arg: str = '') -> ml_collections.ConfigDict:
   if arg not in VARIANTS:
     raise ValueError(f'unknown demo variant {arg!r}; choose one of {VARIANTS}')
   config = base.get_config()
-  config.stages = 'classifier,gan,encoder,explain'
+  config.stages = 'classifier,gan,encoder,explain,evaluate'
   config.data.dataset = 'synthetic_knee'
   config.data.builder_config = '64'
   config.data.image_size = 64
@@ -62,7 +73,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   g.checkpoint_every = 200
 
   e = config.explain
-  e.num_images = 16  # the first 16 test phantoms in the report
+  e.num_images = 16  # 16 test phantoms (seeded, class-balanced) in the report
   e.direction_latents = 32  # gradient mode: 32 latents x 10 Adam steps through G and the classifier
   e.direction_steps = 10
   e.chunk_size = 16  # small chunks are fastest on CPU (64 on accelerators)
@@ -85,7 +96,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   inv.lr_schedule = 'constant'
   inv.loss = dict(mse=1.0, l1=0.0, ssim=1.0, ms_ssim=0.0, perceptual=0.0, kl=0.01, delta=0.0, w_l2=0.0)
 
-  if arg == 'smoke':
+  if arg in ('smoke', 'shortcut_smoke'):
     config.data.builder_config = 'tiny'
     config.data.image_size = 32
     base.make_smoke(config, num_steps=6, channel_base=256, channel_max=32, latent_dim=32, mbstd_group_size=2)
@@ -104,10 +115,22 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
     c.num_steps = 1200
   elif arg == 'marker':
     config.data.builder_config = '64_marker'
+  elif arg == 'histology':
+    config.data.dataset = 'synthetic_histology'
+    config.data.builder_config = '64'
+    config.data.channels = 3
+    config.data.label_threshold = -1  # the builder's labels: normal (0) / tumour (1)
+  elif arg == 'shortcut':
+    config.stages = 'shortcut'
   elif arg == 'long':
     g.num_steps = 6000  # 96 kimg
     g.sample_every = 500
     g.eval_every = 1000
     g.eval_images = 512
     g.checkpoint_every = 500
+  if arg == 'shortcut_smoke':
+    config.stages = 'shortcut'
+    config.shortcut.confounded = dict(marker='tiny_marker', scanner='tiny_scanner')
+    config.shortcut.clean = 'tiny'
+    config.shortcut.probe_images = 16
   return config

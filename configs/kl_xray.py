@@ -23,7 +23,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   if arg not in VARIANTS:
     raise ValueError(f'unknown kl_xray variant {arg!r}; choose one of {VARIANTS}')
   config = base.get_config()
-  config.stages = 'classifier,gan,encoder,explain'
+  config.stages = 'classifier,gan,encoder,explain,evaluate'
   config.data.dataset = 'kl_xray'
   config.data.builder_config = ''
   config.data.image_size = 256

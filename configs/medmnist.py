@@ -1,4 +1,4 @@
-"""Real medical images at 64²: PneumoniaMNIST, BreastMNIST and PathMNIST (MedMNIST+, manual download), all four
+"""Real medical images at 64²: PneumoniaMNIST, BreastMNIST and PathMNIST (MedMNIST+, manual download), all five
 stages with configs/demo.py's tiny models, sized for a 2-core CPU.
 
 Data: the official MedMNIST+ files from Zenodo (record 10519652, https://zenodo.org/records/10519652), e.g.
@@ -37,7 +37,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   name = arg.removesuffix('_smoke') if arg not in ('', 'smoke') else 'pneumonia'
   smoke = arg.endswith('smoke')
   config = base.get_config()
-  config.stages = 'classifier,gan,encoder,explain'
+  config.stages = 'classifier,gan,encoder,explain,evaluate'
   d = config.data
   d.dataset = 'medmnist'
   d.manual_dir = ''  # REQUIRED: --config.data.manual_dir=<folder holding <name>_64.npz>

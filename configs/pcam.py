@@ -19,7 +19,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   if arg not in VARIANTS:
     raise ValueError(f'unknown pcam variant {arg!r}; choose one of {VARIANTS}')
   config = base.get_config()
-  config.stages = 'classifier,gan,encoder,explain'
+  config.stages = 'classifier,gan,encoder,explain,evaluate'
   config.data.dataset = 'patch_camelyon'
   config.data.builder_config = ''
   config.data.image_size = 128

@@ -38,6 +38,12 @@ def test_registered_with_predefined_configs():
   assert tfds.builder_cls('synthetic_knee').DEFAULT_BUILDER_CONFIG_NAME == '64'
   marker = {c.name: c for c in tfds.builder_cls('synthetic_knee').BUILDER_CONFIGS}['64_marker']
   assert marker.marker_strength == 0.9 and marker.resolution == 64
+  configs = {c.name: c for c in tfds.builder_cls('synthetic_knee').BUILDER_CONFIGS}
+  scanner = configs['64_scanner']
+  assert scanner.scanner_strength == 0.9 and scanner.marker_strength == 0.0 and scanner.resolution == 64
+  assert scanner.split_sizes() == marker.split_sizes()
+  assert 'scanner B' in scanner.description and 'strength 0.9' in scanner.description
+  assert all(c.scanner_strength is None for name, c in configs.items() if name != '64_scanner')
   histo = [c.name for c in tfds.builder_cls('synthetic_histology').BUILDER_CONFIGS]
   assert {'64', '32', '96', '128', '256', '64_marker', 'tiny'} <= set(histo)
 
@@ -88,7 +94,26 @@ def test_custom_config_object(data_dir):
   assert ex['label'] == label and ex['marker'] == np.float32(attrs['marker'])
 
 
+def test_scanner_config_builds(data_dir):
+  """A tiny config with the 64_scanner parameters' kind (scanner_strength): examples are the phantoms rendered
+    with that strength, with `scanner` and `blur_sigma` stored like `marker`."""
+  config = SyntheticKneeConfig(name='scanner_small', resolution=32, num_train=6, num_validation=2, num_test=2,
+                               scanner_strength=1.0)
+  builder = _prepared('synthetic_knee', data_dir, config=config)
+  info = builder.info
+  assert info.features['scanner'].np_dtype == np.float32 and info.features['blur_sigma'].np_dtype == np.float32
+  source = builder.as_data_source('train')
+  for i in range(len(source)):
+    ex = source[i]
+    image, label, attrs = phantoms.knee_radiograph(example_seed(0, 'train', i), resolution=32, scanner_strength=1.0)
+    np.testing.assert_array_equal(ex['image'], image)
+    assert ex['label'] == label and ex['scanner'] == np.float32(attrs['scanner']) == np.float32(label >= 2)
+    assert ex['blur_sigma'] == np.float32(attrs['blur_sigma']) and ex['noise_std'] == np.float32(attrs['noise_std'])
+
+
 @pytest.mark.parametrize('kwargs, message', [
+    (dict(scanner_strength=1.5), 'scanner_strength'),
+    (dict(scanner_strength='high'), 'scanner_strength'),
     (dict(resolution=8), 'resolution'),
     (dict(num_train=0), 'num_train'),
     (dict(marker_strength=1.5), 'marker_strength'),

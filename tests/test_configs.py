@@ -10,7 +10,7 @@ import pytest
 from stylex_jax import stages
 
 CONFIGS = {
-    'demo': ('', 'smoke', 'grades', 'marker'),
+    'demo': ('', 'smoke', 'grades', 'marker', 'long', 'histology', 'shortcut', 'shortcut_smoke'),
     'kl_xray': ('', 'smoke', 'binary'),
     'pcam': ('', 'smoke'),
     'medmnist': ('', 'smoke', 'pneumonia', 'breast', 'path', 'pneumonia_smoke', 'breast_smoke', 'path_smoke')

@@ -1,9 +1,10 @@
 """All four stages in one call on configs/demo.py:smoke (classifier, gan and encoder trained once per session, see
 conftest.smoke_stages), then the explain stage's outputs (TFRecords parsed with plain TensorFlow, report, strips,
-directions), the user-files path with a bad file among good ones, the black-box mode, and bad input failing before
-any computation."""
+directions), the user-files path with a bad file among good ones, the black-box mode, bad input failing before
+any computation, and the evaluate stage's scorecard of that export (and its bad-input lines)."""
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ from PIL import Image
 from configs import demo
 from stylex_jax import stages
 from stylex_jax.explain import export
+from stylex_jax.stages import evaluate as evaluate_stage
 from stylex_jax.stages import explain as stage
 
 
@@ -99,3 +101,59 @@ def test_bad_input_fails_before_any_computation(trained, tmp_path):
     stage.run(bad, str(tmp_path / 'nothing'))
   with pytest.raises(FileNotFoundError, match='gan'):
     stage.run(config, str(tmp_path / 'empty'))
+
+
+def _tree_bytes(directory) -> dict:
+  return {
+      os.path.relpath(os.path.join(d, f), directory): open(os.path.join(d, f), 'rb').read()
+      for d, _, files in os.walk(directory) for f in files
+  }
+
+
+def test_evaluate_stage_scores_the_export_and_puts_the_scorecard_in_the_report(trained, tmp_path):
+  config, root, _ = trained
+  work = str(root / 'work')
+  out = root / 'work' / 'explain'
+  before = {k: v for k, v in _tree_bytes(out).items() if k != 'report.html'}
+  result = evaluate_stage.run(config, work)
+  assert _tree_bytes(out).keys() - {'report.html'} == before.keys()
+  assert all(_tree_bytes(out)[k] == v for k, v in before.items())  # records, schema, media untouched
+  card = json.load(open(root / 'work' / 'evaluate' / 'scorecard.json'))['scorecard']
+  nan_free = lambda d: {
+      k: {
+          f: (None if isinstance(v, float) and np.isnan(v) else v) for f, v in e.items()
+      } for k, e in d.items()
+  }  # scorecard.json writes NaN as null
+  assert card == json.loads(json.dumps(nan_free(result['scorecard'])))
+  for name in ('flip_rate', 'monotonicity', 'proximity', 'proximity_ssim', 'sparsity', 'cout', 'frame_kid',
+               'reconstruction_kid', 'kid_ratio', 'causal_right_direction', 'nuisance_change_max_std', 'causal_share'):
+    assert name in card, name
+    assert set(card[name]) >= {'value', 'low', 'high', 'goal', 'met', 'meaning'}, name
+  assert card['flip_rate']['goal'] == ['>=', 0.95] and card['flip_rate']['met'] == (card['flip_rate']['value'] >= 0.95)
+  assert card['flip_rate']['low'] <= card['flip_rate']['value'] <= card['flip_rate']['high']
+  summary = json.load(open(out / 'summary.json'))
+  np.testing.assert_allclose(card['flip_rate']['value'], summary['flip_rate'])  # same series, same verdict
+  md = open(root / 'work' / 'evaluate' / 'scorecard.md').read()
+  assert '| flip_rate |' in md and 'kid_ratio' in md
+  html = open(out / 'report.html').read()
+  top = html[:html.index('class="row"')]  # the scorecard opens the page, above the rows
+  assert 'class="scorecard"' in top and 'causal_right_direction' in top and 'kid_ratio' in top
+  assert html.count('class="scorecard"') == 1
+
+
+def test_evaluate_bad_export_fails_with_one_line_naming_the_file(trained, tmp_path):
+  config, root, _ = trained
+  with pytest.raises(FileNotFoundError, match='no explanation export'):
+    evaluate_stage.run(config, str(tmp_path / 'nothing'))
+  empty = tmp_path / 'empty'
+  empty.mkdir()
+  with pytest.raises(FileNotFoundError, match='has no schema.json'):
+    evaluate_stage.run(config, str(root / 'work'), explanations=str(empty))
+  broken = tmp_path / 'broken'
+  shutil.copytree(root / 'work' / 'explain', broken)
+  shard = sorted((broken / 'tfrecords').iterdir())[0]
+  shard.write_bytes(shard.read_bytes()[:-7])  # truncated
+  report_before = (broken / 'report.html').read_bytes()
+  with pytest.raises(ValueError, match=str(shard.name)):
+    evaluate_stage.run(config, str(tmp_path / 'w'), explanations=str(broken))
+  assert (broken / 'report.html').read_bytes() == report_before  # nothing in the export modified

@@ -23,6 +23,8 @@ LIGHT_MODULES = [
     'stylex_jax.evaluate.metrics',
     'stylex_jax.evaluate.realism',
     'stylex_jax.evaluate.explanations',
+    'stylex_jax.evaluate.fidelity',
+    'stylex_jax.evaluate.shortcut',
     'stylex_jax.train.classifier',
     'stylex_jax.train.gan',
     'stylex_jax.train.encoder',
@@ -35,6 +37,7 @@ LIGHT_MODULES = [
     'stylex_jax.stages.gan',
     'stylex_jax.stages.encoder',
     'stylex_jax.stages.explain',
+    'stylex_jax.stages.shortcut',
 ]
 HEAVY = ('tensorflow', 'tensorflow_datasets')
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # this checkout's stylex_jax wins

@@ -1,7 +1,7 @@
 """The `medmnist` builder on small synthetic .npz files with the official MedMNIST+ layout (12/4/4 images at 28 and
 64 px, grey and RGB): shapes, dtypes, labels, ids, splits and class names through TFDS and the project's Pipeline;
 the one-line errors (missing file or manual_dir, wrong key / channels / labels, multi-label ChestMNIST); and
-configs/medmnist.py:pneumonia_smoke run end to end (all four stages) on such a file."""
+configs/medmnist.py:pneumonia_smoke run end to end (all five stages) on such a file."""
 import os
 
 import numpy as np
@@ -205,7 +205,7 @@ def test_path_config_explains_adenocarcinoma_vs_rest():
 
 
 def test_pneumonia_smoke_config_end_to_end(files, tmp_path):
-  """configs/medmnist.py:pneumonia_smoke through all four stages on an official-layout file.
+  """configs/medmnist.py:pneumonia_smoke through all five stages on an official-layout file.
 
   On the 2 devices and demo:smoke sizes of conftest.smoke_stages, so the session's XLA cache serves most programs
   (a cold run is compile-bound: minutes on 2 cores).
@@ -218,11 +218,13 @@ def test_pneumonia_smoke_config_end_to_end(files, tmp_path):
   config.data.data_dir = str(tmp_path / 'tfds')
   config.num_devices = 2
   results = stages.run(config, str(tmp_path / 'work'))
-  assert list(results) == ['classifier', 'gan', 'encoder', 'explain']
+  assert list(results) == ['classifier', 'gan', 'encoder', 'explain', 'evaluate']
   summary = results['explain']
   assert summary['images'] == config.explain.num_images
   html = open(tmp_path / 'work' / 'explain' / 'report.html').read()
-  assert 'pneumonia' in html
+  assert 'pneumonia' in html and 'class="scorecard"' in html
+  assert results['evaluate']['scorecard']['flip_rate']['goal'] == ('>=', 0.95)
+  assert 'causal_right_direction' not in results['evaluate']['scorecard']  # no oracles for real images
   assert all(f'test/{i:06d}' in html for i in range(config.explain.num_images))
 
 

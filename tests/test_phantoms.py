@@ -1,4 +1,6 @@
 """Tests for stylex_jax.data.phantoms: API contract, determinism, ground truth vs pixels, grade/label effects."""
+import hashlib
+
 import numpy as np
 import pytest
 from scipy import stats
@@ -10,7 +12,8 @@ from stylex_jax.data import phantoms as P
 
 def test_constants():
   assert P.KNEE_ATTRIBUTES == ('joint_space_width', 'osteophyte_size', 'sclerosis', 'rotation', 'shift_x', 'shift_y',
-                               'scale', 'brightness', 'contrast', 'noise_std', 'flipped', 'marker')
+                               'scale', 'brightness', 'contrast', 'noise_std', 'flipped', 'marker', 'scanner',
+                               'blur_sigma')
   assert P.HISTOLOGY_ATTRIBUTES == ('nuclear_count', 'nuclear_mean_area', 'nuclear_darkness', 'pleomorphism',
                                     'stain_shift', 'blur_sigma', 'background_fraction', 'marker')
   assert P.KL_GRADE_NAMES == ('KL0', 'KL1', 'KL2', 'KL3', 'KL4')
@@ -140,6 +143,8 @@ def test_tag_is_burnt_in_exactly():
     dict(grade=-1),
     dict(grade=2.0),
     dict(marker_strength=2.0),
+    dict(scanner_strength=-0.1),
+    dict(scanner_strength='B'),
 ])
 def test_knee_bad_input(bad):
   kwargs = dict(seed=0, resolution=64, grade=None, marker_strength=0.0)
@@ -290,3 +295,100 @@ def test_histology_blur_and_stain_shift_show_in_pixels():
     blueness.append(np.median(tissue[:, 0] / tissue.sum(1)))  # red absorption share grows with bluer stain
   assert stats.spearmanr(blur_attr, sharp)[0] < -0.6
   assert stats.spearmanr(shift, blueness)[0] > 0.7
+
+
+# ------------------------------------------------------------------------------------------------ scanner B
+
+# sha256 of the images rendered by knee_radiograph before scanner_strength existed (commit 7c41ec0):
+# (seed, resolution, grade, marker_strength) -> digest of image.tobytes()
+_PRE_SCANNER_DIGESTS = {
+    (0, 64, None, 0.0): '95dcf1b475e4edd176aa6e14c3d900ec60cb0c5a0071b2ff38b720a00fb0ff48',
+    (1, 64, 4, 0.0): '1ce1e0b348a2594ebe8fccae2b1b8080bbcc5a7ef2239817a77cb10513a75351',
+    (2, 32, None, 0.9): '7c499b79ad56ea0561a3e21bf11a2d65400b9e9c4a2f85222e87910e3031d4bf',
+    (3, 128, 0, 1.0): '5314626b0477a4b2ac07398408fc44f53f5cf94bb7172fbe54413a107eef12a0',
+}
+
+
+@pytest.mark.parametrize('case', sorted(_PRE_SCANNER_DIGESTS, key=str))
+def test_default_knee_images_unchanged_bit_for_bit(case):
+  seed, resolution, grade, marker_strength = case
+  image, _, attrs = P.knee_radiograph(seed, resolution, grade=grade, marker_strength=marker_strength)
+  assert hashlib.sha256(image.tobytes()).hexdigest() == _PRE_SCANNER_DIGESTS[case]
+  assert attrs['scanner'] == 0.0 and attrs['blur_sigma'] == 0.0
+  explicit, _, _ = P.knee_radiograph(seed, resolution, grade=grade, marker_strength=marker_strength,
+                                     scanner_strength=None)
+  np.testing.assert_array_equal(explicit, image)
+
+
+def test_scanner_frequency_follows_probability():
+  """Same tie rule as the marker: strength 0 -> scanner B at p = 0.5 independent of KL; 1 -> B iff KL >= 2."""
+  n = 160
+  for strength in (0.0, 1.0):
+    scanners, positives, markers = [], [], []
+    for s in range(n):
+      _, grade, attrs = P.knee_radiograph(s, 32, scanner_strength=strength)
+      scanners.append(attrs['scanner'])
+      positives.append(float(grade >= 2))
+      markers.append(attrs['marker'])
+    scanners, positives = np.array(scanners), np.array(positives)
+    if strength == 1.0:
+      np.testing.assert_array_equal(scanners, positives)
+    else:
+      assert stats.binomtest(int(scanners.sum()), n, 0.5).pvalue > 1e-3
+      assert abs(np.corrcoef(scanners, positives)[0, 1]) < 0.3
+      assert abs(np.corrcoef(scanners, markers)[0, 1]) < 0.3  # its own random stream
+  # strength 0.9 (the 64_scanner config): P(B | KL >= 2) = 0.95, P(B | KL < 2) = 0.05
+  draws = [P.knee_radiograph(s, 32, scanner_strength=0.9) for s in range(200)]
+  pos = np.array([g >= 2 for _, g, _ in draws])
+  b = np.array([a['scanner'] for _, _, a in draws])
+  assert b[pos].mean() > 0.88 and b[~pos].mean() < 0.12
+
+
+def test_scanner_b_is_a_global_blur_and_noise_change():
+  """Same seed on scanner A and B: the same patient; every part of the image changes (noisier, softer), not
+    one region; the anatomy is where it was."""
+  seed = next(s for s in range(20) if P.knee_radiograph(s, 32, grade=3, marker_strength=0.0)[2]['marker'] == 0.0)
+  a_img, _, a = P.knee_radiograph(seed, 64, grade=3)
+  b_img, _, b = P.knee_radiograph(seed, 64, grade=3, scanner_strength=1.0)
+  assert a['scanner'] == 0.0 and b['scanner'] == 1.0
+  assert 0.55 <= b['blur_sigma'] <= 0.9 and a['blur_sigma'] == 0.0
+  assert b['noise_std'] > a['noise_std'] and 0.016 <= b['noise_std'] <= 0.046
+  same = [k for k in P.KNEE_ATTRIBUTES if k not in ('scanner', 'blur_sigma', 'noise_std')]
+  assert all(a[k] == b[k] for k in same)
+  diff = np.abs(a_img.astype(float) - b_img.astype(float))[..., 0]
+  quadrants = [diff[:32, :32], diff[:32, 32:], diff[32:, :32], diff[32:, 32:]]
+  assert all(q.mean() > 2.0 for q in quadrants), [q.mean() for q in quadrants]  # 1.0 = one grey level
+  assert max(q.mean() for q in quadrants) < 3 * min(q.mean() for q in quadrants)
+  # the same anatomy: smoothed images agree closely; the fine detail (local variance of the residual) differs
+  from scipy import ndimage
+  smooth = lambda im: ndimage.gaussian_filter(im[..., 0].astype(float), 2.0)  # noqa: E731
+  assert np.abs(smooth(a_img) - smooth(b_img)).mean() < 2.0
+  assert np.corrcoef(smooth(a_img).ravel(), smooth(b_img).ravel())[0, 1] > 0.99
+  # scales with the resolution: the same physical blur
+  assert P.knee_radiograph(seed, 128, grade=3,
+                           scanner_strength=1.0)[2]['blur_sigma'] == pytest.approx(2 * b['blur_sigma'])
+
+
+# ------------------------------------------------------------------------------------- marker override (shortcut)
+
+
+@pytest.mark.parametrize('case', sorted(_PRE_SCANNER_DIGESTS, key=str))
+def test_marker_none_keeps_default_images_bit_for_bit(case):
+  seed, resolution, grade, marker_strength = case
+  image, _, _ = P.knee_radiograph(seed, resolution, grade=grade, marker_strength=marker_strength, marker=None)
+  assert hashlib.sha256(image.tobytes()).hexdigest() == _PRE_SCANNER_DIGESTS[case]
+
+
+def test_marker_override_forces_the_tag_and_changes_nothing_else():
+  r0, c0, size = P.marker_box(64, 64)
+  outside = np.ones((64, 64), bool)
+  outside[r0:r0 + size, c0:c0 + size] = False
+  for seed in range(6):
+    drawn, grade, attrs = P.knee_radiograph(seed, 64, marker_strength=0.9, scanner_strength=0.9)
+    on, g_on, a_on = P.knee_radiograph(seed, 64, marker_strength=0.9, scanner_strength=0.9, marker=True)
+    off, g_off, a_off = P.knee_radiograph(seed, 64, marker_strength=0.9, scanner_strength=0.9, marker=False)
+    assert g_on == g_off == grade and a_on['marker'] == 1.0 and a_off['marker'] == 0.0
+    assert a_on['scanner'] == a_off['scanner'] == attrs['scanner']
+    np.testing.assert_array_equal(on[..., 0][outside], off[..., 0][outside])  # only the tag's box differs
+    assert not np.array_equal(on, off)
+    np.testing.assert_array_equal(drawn, on if attrs['marker'] else off)

@@ -314,3 +314,18 @@ def test_tfrecord_prepared_dataset_falls_back_to_memory(tmp_path, data_dir, raw)
     mp.setattr(pipeline_lib, 'IN_MEMORY_CACHE_MAX_BYTES', 100)
     with pytest.raises(ValueError, match='tfds convert_format'):
       _make(tfrecord_dir, 'validation', batch=16, train=False)
+
+
+def test_class_balanced_indices():
+  labels = np.array([0] * 10 + [1] * 2 + [2] * 4)
+  idx = pipeline_lib.class_balanced_indices(labels, 9, seed=3)
+  assert len(idx) == len(set(idx.tolist())) == 9 and np.all(np.diff(idx) > 0)
+  # class 1 has only 2: the 9 are 3 + 2 + 3 or 4 + 2 + 3 by round robin (0, 1, 2, 0, 1, 2, 0, 2, 0)
+  np.testing.assert_array_equal(np.bincount(labels[idx], minlength=3), [4, 2, 3])
+  np.testing.assert_array_equal(idx, pipeline_lib.class_balanced_indices(labels, 9, seed=3))  # seeded
+  assert not np.array_equal(idx, pipeline_lib.class_balanced_indices(labels, 9, seed=4))
+  np.testing.assert_array_equal(np.bincount(labels[pipeline_lib.class_balanced_indices(labels, 4, 0)], minlength=3),
+                                [2, 1, 1])
+  np.testing.assert_array_equal(pipeline_lib.class_balanced_indices(labels, 16, 0), np.arange(16))
+  with pytest.raises(ValueError, match='cannot sample 17 of 16'):
+    pipeline_lib.class_balanced_indices(labels, 17, 0)

@@ -26,6 +26,23 @@ Knee (``measure_knee``), AP radiograph, bone bright:
   5. ``sclerosis``: excess brightness of the 0..0.1-image-high subchondral band over the deeper trabecular
      bone, in units of the bone-gap contrast, mapped linearly to 0..1 (0 = the unsclerosed phantom level,
      1 = the fully sclerosed phantom level; the two constants were measured on phantoms).
+  6. ``tilt``: the angle of the joint line of step 1 in degrees, positive = anticlockwise on screen (the line
+     rises to the right), i.e. the phantoms' ``rotation``; NaN when ``joint_found`` is 0.
+
+Nuisance oracles of the knee (acquisition, not anatomy; an explanation of the grade should leave them alone),
+measured on the whole image (the corner-tag boxes excluded) and needing no joint; NaN when not measurable:
+  * ``noise_level`` (intensity units, fraction of full scale): robust std of the white noise, 1.4826 x the
+    median absolute response of Immerkaer's 3x3 kernel (normalised to unit gain on white noise), over the flat
+    pixels of the dark class (soft tissue / background: no trabecular texture) -- those with a
+    Gaussian (1.5 px) gradient magnitude below the class median and no clipped (0 or 1) pixel within 1 px.
+  * ``sharpness`` (0..1): edge steepness independent of contrast. At the strongest 2% of edges (gradient
+    magnitude at 1.5 px, away from the border) the ratio r of the gradient magnitude at 0.7 px (max over 3x3)
+    to that at 1.5 px: a step edge blurred to a Gaussian width s has r = sqrt((s^2 + 1.5^2) / (s^2 + 0.7^2));
+    sharpness = (r - 1) / (1.5 / 0.7 - 1), clipped to [0, 1]: 1 = a perfect step, 0 = infinitely blurred (the
+    edge width is s = sqrt((1.5^2 - r^2 0.7^2) / (r^2 - 1)) px).
+  * ``brightness`` (intensity units): the window centre of the anatomy -- the midpoint of the mean intensities
+    of the dark (background + soft tissue) and bright (bone) classes of the 1-px-smoothed image split by
+    Otsu's threshold. Shifting all intensities by d shifts it by d; a contrast change about it leaves it.
 
 Histology (``measure_histology``), H&E RGB: colour deconvolution (Beer-Lambert optical density projected on
 the reference hematoxylin/eosin vectors of ``phantoms.stain_vectors(0)``); nuclei = hematoxylin density
@@ -57,7 +74,8 @@ from stylex_jax.data.phantoms import (
     tag_pattern,
 )
 
-KNEE_MEASUREMENTS: tuple[str, ...] = ('joint_found', 'joint_space_width', 'osteophyte_area', 'sclerosis', 'marker')
+KNEE_MEASUREMENTS: tuple[str, ...] = ('joint_found', 'joint_space_width', 'osteophyte_area', 'sclerosis', 'marker',
+                                      'tilt', 'noise_level', 'sharpness', 'brightness')
 HISTOLOGY_MEASUREMENTS: tuple[str, ...] = ('nuclear_count', 'nuclear_mean_area', 'nuclear_darkness', 'marker')
 
 # Sclerosis calibration: normalised subchondral excess brightness of unsclerosed (0) and fully sclerosed (1)
@@ -71,6 +89,9 @@ _DARKNESS_H1 = 1.04
 _NUCLEUS_THRESHOLD = 0.3  # hematoxylin density separating nuclei from stroma / cytoplasm
 _MARKER_NCC = 0.7
 _MARKER_CONTRAST = 0.25
+# Immerkaer's noise-estimation kernel: cancels constant and linear intensity trends; norm 6
+_NOISE_KERNEL = np.array([[1.0, -2.0, 1.0], [-2.0, 4.0, -2.0], [1.0, -2.0, 1.0]]) / 6.0
+_SHARPNESS_SCALES = (0.7, 1.5)  # fine and coarse derivative-of-Gaussian scales, px
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -334,7 +355,9 @@ def measure_knee(image) -> dict[str, float]:
     Returns:
       dict with exactly ``KNEE_MEASUREMENTS`` keys, python floats: joint_found (0/1), joint_space_width (px,
       perpendicular to the joint line, narrower compartment; NaN if no joint), osteophyte_area (px^2; NaN if
-      no joint), sclerosis (0..1; NaN if no joint or not measurable), marker (0/1).
+      no joint), sclerosis (0..1; NaN if no joint or not measurable), marker (0/1), tilt (degrees, positive =
+      anticlockwise; NaN if no joint), noise_level (intensity units), sharpness (0..1), brightness (intensity
+      units; these three NaN only on images without flat regions / edges).
     """
   img = _to_unit(image, 1, 'measure_knee')
   nan = float('nan')
@@ -343,8 +366,10 @@ def measure_knee(image) -> dict[str, float]:
       'joint_space_width': nan,
       'osteophyte_area': nan,
       'sclerosis': nan,
-      'marker': _detect_tag(img, KNEE_TAG_CELLS)
+      'marker': _detect_tag(img, KNEE_TAG_CELLS),
+      'tilt': nan,
   }
+  result.update(_acquisition(img))
   found = _joint_line(img)
   if found is None:
     return result
@@ -362,6 +387,7 @@ def measure_knee(image) -> dict[str, float]:
     return result
   result['joint_found'] = 1.0
   result['joint_space_width'] = float(max(0.0, min(compartments)))
+  result['tilt'] = float(-np.degrees(np.arctan(geo['slope'])))  # rows grow downwards
 
   B = float(np.median([v for res in per_col.values() for v in (res[3], res[4])]))
   T = float(np.median(list(floors.values())))
@@ -370,6 +396,63 @@ def measure_knee(image) -> dict[str, float]:
     result['osteophyte_area'] = _osteophyte_area(img, geo, T, B, femur)
     result['sclerosis'] = _sclerosis(img, geo, per_col, T, B, femur)
   return result
+
+
+def _outside_tags(h: int, w: int) -> np.ndarray:
+  """[H, W] bool, False on the four corner-tag boxes (+1 px) where a tag may sit."""
+  keep = np.ones((h, w), bool)
+  r0, c0, size = marker_box(h, w)
+  for rr in (slice(0, r0 + size + 1), slice(h - r0 - size - 1, h)):
+    for cc in (slice(0, w - c0 + 1), slice(c0 - 1, w)):
+      keep[rr, cc] = False
+  return keep
+
+
+def _otsu(values: np.ndarray) -> tuple[float, float, float]:
+  """Otsu's two-class split of 1-D ``values``: (threshold, mean of the dark class, mean of the bright class)."""
+  v = np.sort(np.asarray(values, np.float64).ravel())
+  n = len(v)
+  if n < 2 or v[-1] - v[0] < 1e-12:
+    m = float(v.mean()) if n else float('nan')
+    return m, m, m
+  c = np.cumsum(v)
+  k = np.arange(1, n)
+  m0, m1 = c[:-1] / k, (c[-1] - c[:-1]) / (n - k)
+  i = int(np.argmax(k * (n - k) * (m0 - m1)**2))
+  return float(v[i]), float(m0[i]), float(m1[i])
+
+
+def _acquisition(img: np.ndarray) -> dict[str, float]:
+  """noise_level, sharpness and brightness of a knee image in [0, 1] (definitions in the module docstring)."""
+  h, w = img.shape
+  nan = float('nan')
+  out = {'noise_level': nan, 'sharpness': nan, 'brightness': nan}
+  keep = _outside_tags(h, w)
+  smooth = ndimage.gaussian_filter(img, 1.0)
+  threshold, dark, bright = _otsu(smooth[keep])
+  out['brightness'] = 0.5 * (dark + bright)
+
+  residual = ndimage.convolve(img, _NOISE_KERNEL, mode='reflect')
+  grad = ndimage.gaussian_gradient_magnitude(img, 1.5)
+  clipped = ndimage.maximum_filter((img <= 0.0) | (img >= 1.0), size=3)
+  ok = keep & ~clipped & (smooth < threshold)
+  ok[[0, -1], :] = False
+  ok[:, [0, -1]] = False
+  if np.count_nonzero(ok) >= 16:
+    flat = ok & (grad <= np.median(grad[ok]))
+    out['noise_level'] = float(1.4826 * np.median(np.abs(residual[flat])))
+
+  s0, s1 = _SHARPNESS_SCALES
+  fine = ndimage.maximum_filter(ndimage.gaussian_gradient_magnitude(img, s0), size=3)
+  b = max(3, int(round(0.05 * min(h, w))))
+  inner = keep.copy()
+  inner[:b], inner[-b:], inner[:, :b], inner[:, -b:] = False, False, False, False
+  if inner.any():
+    edges = inner & (grad >= np.percentile(grad[inner], 98.0)) & (grad > 1e-6)
+    if edges.any():
+      r = float(np.median(fine[edges] / grad[edges]))
+      out['sharpness'] = float(np.clip((r - 1.0) / (s1 / s0 - 1.0), 0.0, 1.0))
+  return out
 
 
 def _bone_mask(img: np.ndarray, T: float, B: float) -> np.ndarray:

@@ -14,7 +14,12 @@ Two modalities, both deterministic in ``seed`` and renderable at any square reso
   latent ``label + N(0, 0.3^2)``.
 
 Both can burn in a spurious corner tag (the shortcut a confounded classifier may learn) with probability
-``marker_probability(positive, strength)``. All random draws come from ``np.random.default_rng(seed)`` split
+``marker_probability(positive, strength)``. The knee can also come from a second acquisition device,
+"scanner B" (with probability ``marker_probability(grade >= 2, scanner_strength)``): a GLOBAL shortcut that no
+heatmap can point at -- the whole image is slightly blurred (Gaussian, sigma 0.55..0.9 px at 64 px, scaled with
+the resolution) and its white noise is stronger (std 0.016..0.046 instead of 0.004..0.026 of full scale). The
+anatomy stays readable (``measure.measure_knee`` still finds the joint), while ``measure.noise_level`` and
+``measure.sharpness`` tell the scanners apart. All random draws come from ``np.random.default_rng(seed)`` split
 into fixed independent streams, so the same seed with a different ``grade``/``label``/``marker_strength`` renders
 the same "patient" (same pose, texture, nuisances) -- a counterfactual pair.
 
@@ -40,9 +45,12 @@ knee (``KNEE_ATTRIBUTES``)
   scale              anatomy scale factor (about 0.9..1.1)
   brightness         additive intensity offset (fraction of full scale, about -0.06..0.06)
   contrast           multiplicative contrast (about 0.85..1.15)
-  noise_std          Gaussian noise std (fraction of full scale)
+  noise_std          Gaussian (white, per-pixel) noise std (fraction of full scale); scanner A 0.004..0.026,
+                     scanner B 0.016..0.046 (the same percentile of its range for the same seed)
   flipped            1.0 if mirrored left/right (fibula on the image left), else 0.0
   marker             1.0 if the corner tag is burnt in, else 0.0
+  scanner            1.0 if acquired on "scanner B" (see below), else 0.0 (scanner A, the default images)
+  blur_sigma         px   Gaussian blur sigma of the whole image in output pixels (0 on scanner A)
 
 histology (``HISTOLOGY_ATTRIBUTES``)
   nuclear_count        number of nuclei drawn in the tile
@@ -74,6 +82,8 @@ KNEE_ATTRIBUTES: tuple[str, ...] = (
     'noise_std',
     'flipped',
     'marker',
+    'scanner',
+    'blur_sigma',
 )
 HISTOLOGY_ATTRIBUTES: tuple[str, ...] = (
     'nuclear_count',
@@ -153,14 +163,13 @@ def _check_resolution(resolution) -> int:
   return int(resolution)
 
 
-def _check_strength(strength) -> float:
+def _check_strength(strength, name: str = 'marker_strength') -> float:
   try:
     value = float(strength)
   except (TypeError, ValueError):
-    raise ValueError(f'marker_strength must be a number in [0, 1], got {strength!r}.') from None
+    raise ValueError(f'{name} must be a number in [0, 1], got {strength!r}.') from None
   if not 0.0 <= value <= 1.0:  # also rejects NaN
-    raise ValueError(f'marker_strength must be in [0, 1] (0 = no shortcut, 1 = marker iff positive), '
-                     f'got {strength!r}.')
+    raise ValueError(f'{name} must be in [0, 1] (0 = no shortcut, 1 = present iff positive), got {strength!r}.')
   return value
 
 
@@ -315,8 +324,9 @@ def _lookup(q, table):
   return np.interp(q, table[0], table[1]).astype(np.float32)
 
 
-def knee_radiograph(seed: int, resolution: int = 64, grade: int | None = None,
-                    marker_strength: float = 0.0) -> tuple[np.ndarray, int, dict[str, float]]:
+def knee_radiograph(seed: int, resolution: int = 64, grade: int | None = None, marker_strength: float = 0.0,
+                    scanner_strength: float | None = None,
+                    marker: bool | None = None) -> tuple[np.ndarray, int, dict[str, float]]:
   """Render one AP knee radiograph phantom.
 
     Args:
@@ -325,6 +335,14 @@ def knee_radiograph(seed: int, resolution: int = 64, grade: int | None = None,
       grade: Kellgren-Lawrence grade 0..4, or None to draw it uniformly from the seed.
       marker_strength: in [0, 1]; the "R" corner tag is present with probability
         ``marker_probability(grade >= 2, marker_strength)``.
+      scanner_strength: None (default: every image from scanner A -- the images this function always rendered,
+        bit for bit) or a number in [0, 1]: the image comes from scanner B (global blur + stronger noise, see the
+        module docstring) with probability ``marker_probability(grade >= 2, scanner_strength)`` -- 0 mixes the
+        two scanners 50/50 independently of the grade, 1 means scanner B iff KL >= 2. The scanner draw has its
+        own random stream (independent of the marker's); the same seed renders the same patient on either.
+      marker: None (default: the tag is drawn with ``marker_strength`` as above) or a bool that forces the "R"
+        tag on (True) or off (False) whatever the grade and ``marker_strength`` -- e.g. the same patients with the
+        artefact removed. The marker's random draw is made either way, so nothing else in the image changes.
 
     Returns:
       image: uint8 [R, R, 1] in [0, 255] (bone bright, air dark).
@@ -335,9 +353,11 @@ def knee_radiograph(seed: int, resolution: int = 64, grade: int | None = None,
   R = _check_resolution(resolution)
   grade = _check_class(grade, 5, 'grade')
   strength = _check_strength(marker_strength)
+  scanner_p = None if scanner_strength is None else _check_strength(scanner_strength, 'scanner_strength')
 
   root = np.random.default_rng(seed)
-  r_label, r_sev, r_pose, r_tex, r_marker = root.spawn(5)
+  # a 6th child stream for the scanner leaves the first five (and so the default images) exactly as before
+  r_label, r_sev, r_pose, r_tex, r_marker, r_scanner = root.spawn(6)
   drawn = int(r_label.integers(0, 5))
   grade = drawn if grade is None else grade
 
@@ -362,7 +382,17 @@ def knee_radiograph(seed: int, resolution: int = 64, grade: int | None = None,
   flipped = bool(pose[7] < 0.5)
   heel = 0.06 * pose[8] - 0.03  # anode-heel gradient (visual only)
 
-  marker = bool(r_marker.random() < marker_probability(grade >= 2, strength))
+  marker_drawn = bool(r_marker.random() < marker_probability(grade >= 2, strength))
+  marker = marker_drawn if marker is None else bool(marker)
+
+  # scanner B: the whole image slightly blurred and noisier; drawn in full whatever the outcome so that the same
+  # seed is the same patient (and the same scanner-B settings) at any strength
+  sc = r_scanner.random(2)
+  scanner = scanner_p is not None and bool(sc[0] < marker_probability(grade >= 2, scanner_p))
+  blur_sigma = 0.0
+  if scanner:
+    blur_sigma = (0.55 + 0.35 * sc[1]) * R / 64.0
+    noise_std = 0.016 + 0.03 * pose[6]  # same percentile as scanner A's 0.004 + 0.022 * pose[6]
 
   # ---- output pixel grid -> canonical coordinates ----------------------------------------------------------
   # display (x right, y down, both in [-1, 1]) from canonical: [x, y] = scale * Rot(rotation) [u', v] + 2 * shift,
@@ -494,6 +524,8 @@ def knee_radiograph(seed: int, resolution: int = 64, grade: int | None = None,
 
   image = background + soft + val_f + val_t + val_fi + val_p + val_n + scl_val
   image = (image - 0.35) * contrast + (0.35 + brightness)
+  if blur_sigma > 0.0:  # scanner B's optics / detector: before the (white) noise
+    image = ndimage.gaussian_filter(image, sigma=blur_sigma, mode='nearest', truncate=3.0)
   image += np.float32(noise_std) * r_tex.standard_normal((R, R), dtype=np.float32)
   image = np.clip(image, 0.0, 1.0)[..., None]
   if marker:
@@ -513,6 +545,8 @@ def knee_radiograph(seed: int, resolution: int = 64, grade: int | None = None,
       'noise_std': float(noise_std),
       'flipped': float(flipped),
       'marker': float(marker),
+      'scanner': float(scanner),
+      'blur_sigma': float(blur_sigma),
   }
   return out, grade, attrs
 

@@ -375,6 +375,27 @@ def _prefetch(items: Iterator[Any], depth: int) -> Iterator[Any]:
 # ----------------------------------------------------------------------------------------------- pipeline
 
 
+def class_balanced_indices(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
+  """`n` (<= len(labels)) split indices, as equal a share of every class present as the split allows (classes
+  with fewer examples give all they have, the rest is spread over the others), each class's examples drawn in
+  a seeded random order; returned sorted (split order).
+
+  labels: int [N]. The same (labels, n, seed) always gives the same indices.
+  """
+  labels = np.asarray(labels)
+  n = int(n)
+  if not 0 <= n <= len(labels):
+    raise ValueError(f'cannot sample {n} of {len(labels)} examples')
+  rng = np.random.default_rng(np.random.SeedSequence([int(seed), 7]))
+  pools = {c: list(rng.permutation(np.flatnonzero(labels == c))) for c in np.unique(labels)}
+  chosen = []
+  while len(chosen) < n:  # round robin over the classes that still have examples
+    for c in sorted(pools):
+      if pools[c] and len(chosen) < n:
+        chosen.append(pools[c].pop(0))
+  return np.sort(np.asarray(chosen, np.int64))
+
+
 class Pipeline:
   """This process's batches of one split (see the module docstring).
 
@@ -590,6 +611,15 @@ class Pipeline:
         'mask': np.concatenate([np.ones([n], np.float32), np.zeros([pad], np.float32)]),
         'id': np.asarray(ids + [''] * pad, dtype=str),
     }
+
+  def examples(self, indices: Sequence[int]) -> dict[str, np.ndarray]:
+    """Split examples `indices` (any order, random access): {'image': float32 [n, S, S, C] in [-1, 1],
+    'label': int32 [n], 'id': str [n]}."""
+    indices = np.asarray(indices, np.int64)
+    if indices.size and (indices.min() < 0 or indices.max() >= self.num_examples):
+      raise ValueError(f'example indices must be in [0, {self.num_examples}) for {self.description}')
+    images, labels, ids = self._gather(indices)
+    return {'image': _to_batch_float(images), 'label': np.asarray(labels, np.int32), 'id': np.asarray(ids, dtype=str)}
 
   def eval_batches(self) -> Iterator[dict[str, np.ndarray]]:
     """Every example of the split once, in order: this process's rows of ceil(N / B) global batches.

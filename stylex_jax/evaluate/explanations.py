@@ -8,7 +8,7 @@ probabilities on each. These numbers say whether the series does what it claims:
   monotonicity   Spearman rank correlation between alpha and the target (e.g. p(positive), expected grade)
                  along the series: +1 when the target rises steadily with the shift.
   proximity      mean |pixel difference| (images in [-1, 1]) between the first frame whose prediction differs
-                 and the reconstruction: how much the image had to change for the decision to change.
+                 (`flip_index`) and the reconstruction: how much the image had to change for the decision to change.
   attribute trends  Spearman correlation between alpha and each measured attribute (e.g. the joint-space width
                  measured by `stylex_jax.data.measure` on every frame): the direction should move the
                  attributes the label depends on and leave the nuisances alone (Schutte et al.'s check, done
@@ -68,9 +68,27 @@ def monotonicity(values: np.ndarray, alphas: np.ndarray) -> np.ndarray:
   return np.asarray([spearman(a, v) for a, v in zip(alphas, values)])
 
 
+def flip_index(probs: np.ndarray, alphas: np.ndarray) -> np.ndarray:
+  """[B] int64: index of the first flipping frame of each series, -1 where the series never flips.
+
+  The first flipping frame is the frame with the smallest |alpha| whose argmax differs from the argmax at the
+  anchor (the frame nearest alpha = 0); on a tie in |alpha| (e.g. both -1 and +1 flip) the earlier frame in
+  the series wins. probs: [B, S, K] probabilities along each series; alphas: [B, S] shifts (any order).
+  """
+  probs, alphas = _check_series(probs, alphas)
+  pred = probs.argmax(-1)
+  anchors = anchor_index(alphas)
+  out = np.full(len(pred), -1, np.int64)
+  for b in range(len(pred)):
+    differs = np.flatnonzero(pred[b] != pred[b, anchors[b]])
+    if differs.size:
+      out[b] = differs[np.argmin(np.abs(alphas[b, differs]))]
+  return out
+
+
 def proximity(series: np.ndarray, reference: np.ndarray, probs: np.ndarray, alphas: np.ndarray) -> np.ndarray:
-  """[B] mean |series frame - reference| at the first flipping frame (smallest |alpha| whose argmax differs
-  from the anchor's); NaN where the series never flips.
+  """[B] mean |series frame - reference| at the first flipping frame (`flip_index`); NaN where the series
+  never flips.
 
   series: [B, S, H, W, C] in [-1, 1]; reference: [B, H, W, C] (the reconstruction); probs [B, S, K]; alphas [B, S].
   """
@@ -78,13 +96,9 @@ def proximity(series: np.ndarray, reference: np.ndarray, probs: np.ndarray, alph
   series, reference = np.asarray(series, np.float32), np.asarray(reference, np.float32)
   if series.shape[:2] != alphas.shape or series.shape[2:] != reference.shape[1:] or len(reference) != len(series):
     raise ValueError(f'series {series.shape} and reference {reference.shape} do not match alphas {alphas.shape}')
-  pred = probs.argmax(-1)
-  anchors = anchor_index(alphas)
   out = np.full(len(series), np.nan)
-  for b in range(len(series)):
-    differs = np.flatnonzero(pred[b] != pred[b, anchors[b]])
-    if differs.size:
-      s = differs[np.argmin(np.abs(alphas[b, differs]))]
+  for b, s in enumerate(flip_index(probs, alphas)):
+    if s >= 0:
       out[b] = float(np.abs(series[b, s] - reference[b]).mean())
   return out
 

@@ -56,6 +56,57 @@ def _fmt(v) -> str:
   return 'n/a' if not math.isfinite(f) else f'{f:.4g}'
 
 
+SCORECARD_START, SCORECARD_END = '<!-- scorecard -->', '<!-- /scorecard -->'
+
+
+def _goal_text(goal) -> str:
+  if goal is None:
+    return ''
+  if isinstance(goal, (list, tuple)) and len(goal) == 2:
+    return f'{goal[0]} {_fmt(goal[1])}'
+  return str(goal)
+
+
+def scorecard_html(scorecard: Mapping[str, Mapping[str, Any]]) -> str:
+  """The scorecard as a table: metric | value [95% interval] | goal | met/missed | meaning.
+
+  scorecard: metric name -> {'value', 'low', 'high', 'goal' (None or [op, number]), 'met' (True/False/None),
+  'meaning'} (the entries of evaluate/scorecard.json).
+  """
+  esc = html.escape
+  rows = []
+  for name, e in scorecard.items():
+    interval = ''
+    if e.get('low') is not None and e.get('high') is not None:
+      interval = f' [{_fmt(e["low"])}, {_fmt(e["high"])}]'
+    met = e.get('met')
+    verdict = {True: '<b style="color:#2ca02c">met</b>', False: '<b style="color:#d62728">missed</b>'}.get(met, '')
+    rows.append(f'<tr><td>{esc(str(name))}</td><td>{esc(_fmt(e.get("value")) + interval)}</td>'
+                f'<td>{esc(_goal_text(e.get("goal")))}</td><td>{verdict}</td><td>{esc(str(e.get("meaning", "")))}'
+                '</td></tr>')
+  return ('<table class="scorecard"><tr><th>metric</th><th>value [95% interval]</th><th>goal</th><th></th>'
+          f'<th>meaning</th></tr>{"".join(rows)}</table>')
+
+
+def insert_scorecard(path: str, scorecard: Mapping[str, Mapping[str, Any]]) -> bool:
+  """Replaces the scorecard section at the top of an existing report.html (atomically: a .tmp file, then a
+  rename); nothing else of the page changes. Returns False (and changes nothing) when the page has no scorecard
+  section (no report, or one written before reports had it)."""
+  if not os.path.isfile(path):
+    return False
+  with open(path, encoding='utf-8') as f:
+    page = f.read()
+  start, end = page.find(SCORECARD_START), page.find(SCORECARD_END)
+  if start < 0 or end < start:
+    return False
+  page = page[:start + len(SCORECARD_START)] + scorecard_html(scorecard) + page[end:]
+  tmp = path + '.tmp'
+  with open(tmp, 'w', encoding='utf-8') as f:
+    f.write(page)
+  os.replace(tmp, path)
+  return True
+
+
 class Report:
   """Collects the rows of report.html (the first images, within a count and size budget) and writes the page.
 
@@ -172,11 +223,13 @@ class Report:
                                                 diff_scale=f'{diff_scale:.2f}', data=_json_for_script(data))
 
   def write(self, path: str, *, title: str, target_description: str, num_images: int, summary: Mapping[str, Any],
-            metric_means: Mapping[str, float], config: Mapping) -> None:
+            metric_means: Mapping[str, float], config: Mapping,
+            scorecard: Mapping[str, Mapping[str, Any]] | None = None) -> None:
     """Writes the page to `path` (atomically: a .tmp file, then a rename) and removes the rows file.
 
-    num_images: all images of the export (the page says when it shows fewer); summary: name -> value shown
-    at the top; metric_means: per-image metric name -> mean; config: JSON-able, shown folded.
+    num_images: all images of the export (the page says when it shows fewer); scorecard: shown at the top
+    (`scorecard_html`; the evaluate stage later replaces it with the full one); summary: name -> value and
+    metric_means: per-image metric name -> mean, both shown folded under the scorecard; config: JSON-able, folded.
     """
     self.close()
     esc = html.escape
@@ -190,7 +243,7 @@ class Report:
         title=esc(title), target=esc(target_description) or 'n/a', legend=legend, num_images=num_images, more=more,
         summary_rows=''.join(f'<tr><td>{esc(str(k))}</td><td>{esc(_fmt(v))}</td></tr>' for k, v in summary.items()),
         mean_rows=''.join(f'<tr><td>mean {esc(k)}</td><td>{esc(_fmt(v))}</td></tr>' for k, v in metric_means.items()),
-        config=esc(json.dumps(config, indent=1, default=str)))
+        scorecard=scorecard_html(scorecard or {}), config=esc(json.dumps(config, indent=1, default=str)))
     tmp = path + '.tmp'
     with open(tmp, 'w', encoding='utf-8') as out:
       out.write(head)

@@ -7,6 +7,9 @@ Each stage is a module of this package with `train_and_evaluate(config, workdir)
   gan         StyleGAN2-ADA on the same images             -> <workdir>/gan/
   encoder     image -> W+ for inversion (needs classifier, gan)
   explain     inversion, directions, series, GradCAM, export and report (needs all three)
+  evaluate    the fidelity scorecard of the export (needs classifier and explain)
+  shortcut    the shortcut experiment: confounded vs clean classifiers explained with one GAN + encoder
+              -> <workdir>/shortcut/<kind>/{confounded,clean}/ and <workdir>/evaluate/shortcut.json
 
 This package is the composition root: the only code that knows the `<workdir>/<stage>/` layout. It wires the
 training math (`train/`), the explanation pieces (`explain/`) and the metrics (`evaluate/`) to data, checkpoints
@@ -25,6 +28,8 @@ STAGES = {
     'gan': 'stylex_jax.stages.gan',
     'encoder': 'stylex_jax.stages.encoder',
     'explain': 'stylex_jax.stages.explain',
+    'evaluate': 'stylex_jax.stages.evaluate',
+    'shortcut': 'stylex_jax.stages.shortcut',
 }
 
 

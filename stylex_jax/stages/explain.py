@@ -35,6 +35,7 @@ import ml_collections
 import numpy as np
 
 from stylex_jax import sharding, writers
+from stylex_jax.data import pipeline as pipeline_lib
 from stylex_jax.evaluate import explanations as quality
 from stylex_jax.explain import direction as direction_lib
 from stylex_jax.explain import export as export_lib
@@ -43,6 +44,7 @@ from stylex_jax.explain import image_files
 from stylex_jax.explain import series as series_lib
 from stylex_jax.stages import common
 from stylex_jax.stages import encoder as encoder_stage
+from stylex_jax.stages import evaluate as evaluate_stage
 
 STAGE = 'explain'
 MODES = ('gradient', 'blackbox')
@@ -231,18 +233,15 @@ class Explainer:
     return quality.attribute_trends(attrs, alphas, valid)
 
 
-def _split_images(data, total: int):
-  """Yields (images [b, H, W, C] in [-1, 1], ids, labels) for the first `total` (<= data.num_examples) examples of
-  the split that the evaluation Pipeline `data` reads (every example once, in order)."""
-  seen = 0
-  for batch in data.eval_batches():
-    keep = np.flatnonzero(np.asarray(batch['mask']) > 0)[:total - seen]
-    if keep.size == 0:
-      break
-    seen += keep.size
-    yield batch['image'][keep], [str(batch['id'][i]) for i in keep], np.asarray(batch['label'])[keep]
-    if seen >= total:
-      break
+def _split_images(data, total: int, batch_size: int, seed: int):
+  """Yields (images [b, H, W, C] in [-1, 1], ids, labels) for `total` (<= data.num_examples) examples of the split
+  that the evaluation Pipeline `data` reads: the whole split in order, or a seeded class-balanced sample of it
+  (so the explanations describe both directions of the decision, whatever order the split is stored in)."""
+  indices = (np.arange(data.num_examples) if total >= data.num_examples else pipeline_lib.class_balanced_indices(
+      data.labels, total, seed))
+  for i in range(0, len(indices), batch_size):
+    batch = data.examples(indices[i:i + batch_size])
+    yield batch['image'], [str(x) for x in batch['id']], batch['label']
 
 
 def _file_images(config, patterns, batch_size: int):
@@ -283,10 +282,9 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, split: str | None = 
     source, what = _file_images(config, image_patterns, ec.batch_size), f'files {image_patterns}'
     total, class_names = None, _class_names(config)
   else:
-    from stylex_jax.data import pipeline as pipeline_lib  # pylint: disable=g-import-not-at-top  (TF lives in data/)
     data = pipeline_lib.Pipeline(config.data, split, global_batch_size=ec.batch_size, seed=config.seed, train=False)
     total = min(num_images, data.num_examples) if num_images else data.num_examples
-    source, what = _split_images(data, total), f'split {split!r}'
+    source, what = _split_images(data, total, ec.batch_size, config.seed), f'split {split!r}'
     class_names = _class_names(config, data.class_names)
   inv = explainer.inverter
   writer = export_lib.ExplanationWriter(
@@ -312,7 +310,9 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, split: str | None = 
     summary_metrics = _summary(metrics)
     summary_metrics['images'] = done
     summary_metrics['seconds'] = round(time.perf_counter() - t0, 2)
-    paths = writer.close(summary_metrics)
+    renamed = {'flipped': 'flip_rate', 'agree': 'agreement'}
+    scorecard = evaluate_stage.build_scorecard({renamed.get(k, k): v for k, v in metrics.items()})
+    paths = writer.close(summary_metrics, scorecard=scorecard)
   if explainer.directions is not None:
     fit = {k: np.asarray(v) for k, v in explainer.direction_info.items() if isinstance(v, (int, float, str))}
     fit['latent_scale'] = np.float32(explainer.scale)

@@ -1,8 +1,14 @@
 """TFDS builder `synthetic_knee`: procedural knee radiographs (`phantoms.knee_radiograph`) graded KL0–KL4.
 
 Generated locally (no download). Every example carries the ground-truth attributes that produced it
-(joint-space width, osteophytes, sclerosis, pose, exposure, noise, flip, spurious marker), so an
-explanation can be checked against the truth.
+(joint-space width, osteophytes, sclerosis, pose, exposure, noise, flip, spurious marker, scanner and its
+blur), so an explanation can be checked against the truth.
+
+Shortcut configs: `64_marker` ties a LOCAL artefact (the corner "R" tag) to KL >= 2 with strength 0.9;
+`64_scanner` ties a GLOBAL one -- "scanner B", a slightly blurred and noisier acquisition of the whole image
+(`phantoms.knee_radiograph(scanner_strength=...)`) -- to KL >= 2 with strength 0.9, which no heatmap can
+localise. `tiny_marker` / `tiny_scanner` are the same at the size of `tiny` (32 px, 48/16/16: the smoke runs of
+the shortcut experiment). The other configs are all scanner A (`scanner` 0, `blur_sigma` 0).
 
     import stylex_jax.data.builders  # registers the builders
     builder = tfds.builder('synthetic_knee/64', data_dir=...)
@@ -93,11 +99,15 @@ def example_seed(base_seed: int, split: str, index: int) -> int:
 _RENDERERS = {'knee': 'knee_radiograph', 'histology': 'histology_tile'}  # phantoms.<function>
 
 
-def _render(job: tuple[str, int, int, float, int, tuple[str, ...]]) -> tuple[bytes, int, dict[str, float]]:
-  """Renders one phantom and PNG-encodes it (runs in worker processes; module-level so it pickles)."""
-  kind, seed, resolution, marker_strength, channels, attributes = job
+def _render(job: tuple) -> tuple[bytes, int, dict[str, float]]:
+  """Renders one phantom and PNG-encodes it (runs in worker processes; module-level so it pickles).
+
+  job: (kind, seed, resolution, marker_strength, channels, attributes[, extra keyword arguments of the renderer]).
+  """
+  kind, seed, resolution, marker_strength, channels, attributes, *extra = job
+  kwargs = dict(extra[0]) if extra else {}
   name = _RENDERERS[kind]
-  image, label, attrs = getattr(phantoms, name)(seed, resolution=resolution, marker_strength=marker_strength)
+  image, label, attrs = getattr(phantoms, name)(seed, resolution=resolution, marker_strength=marker_strength, **kwargs)
   image = np.asarray(image)
   if image.shape != (resolution, resolution, channels) or image.dtype != np.uint8:
     raise ValueError(f'phantoms.{name}(seed={seed}) returned {image.dtype} {image.shape}, expected uint8 '
@@ -167,10 +177,15 @@ class PhantomBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     del dl_manager  # generated locally
     return {split: self._generate_examples(split, n) for split, n in self.builder_config.split_sizes().items()}
 
+  def _render_kwargs(self) -> dict:
+    """Extra keyword arguments of the phantom renderer for this config (none by default)."""
+    return {}
+
   def _generate_examples(self, split: str, num_examples: int):
     c = self.builder_config
+    extra = self._render_kwargs()
     jobs = [(self.KIND, example_seed(c.seed, split,
-                                     i), c.resolution, float(c.marker_strength), self.CHANNELS, self.ATTRIBUTES)
+                                     i), c.resolution, float(c.marker_strength), self.CHANNELS, self.ATTRIBUTES, extra)
             for i in range(num_examples)]
     for i, (png, label, attrs) in enumerate(_render_all(jobs)):
       key = f'{split}/{i:06d}'
@@ -179,17 +194,31 @@ class PhantomBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
 @dataclasses.dataclass(eq=False)
 class SyntheticKneeConfig(PhantomConfig):
-  """`PhantomConfig` for `synthetic_knee` (see `PhantomConfig` for the fields)."""
+  """`PhantomConfig` for `synthetic_knee` (see `PhantomConfig` for the other fields).
+
+  scanner_strength: None (every image from scanner A, the default) or in [0, 1], how strongly "scanner B"
+    (global blur + stronger noise) is tied to KL >= 2 (`phantoms.marker_probability`: 0 -> a 50/50 mix of the
+    scanners independent of the grade, 1 -> scanner B iff KL >= 2).
+  """
+  scanner_strength: float | None = None
+
+  def __post_init__(self):
+    super().__post_init__()
+    s = self.scanner_strength
+    if s is not None and not (isinstance(s, (int, float)) and not isinstance(s, bool) and 0.0 <= float(s) <= 1.0):
+      raise ValueError(f'{type(self).__name__}(name={self.name!r}): scanner_strength={s!r} must be None or in [0, 1]')
 
 
 def _knee_config(name: str, resolution: int, num_train=4000, num_validation=500, num_test=500, marker_strength=0.0,
-                 seed=0) -> SyntheticKneeConfig:
+                 scanner_strength=None, seed=0) -> SyntheticKneeConfig:
   marker = f', spurious marker tied to the label with strength {marker_strength}' if marker_strength else ''
+  scanner = ('' if scanner_strength is None else f', scanner B (whole image slightly blurred and noisier: a global '
+             f'shortcut) tied to the label with strength {scanner_strength}')
   return SyntheticKneeConfig(
       name=name, resolution=resolution, num_train=num_train, num_validation=num_validation, num_test=num_test,
-      marker_strength=marker_strength, seed=seed,
+      marker_strength=marker_strength, scanner_strength=scanner_strength, seed=seed,
       description=f'{resolution}x{resolution} knee phantoms, {num_train}/{num_validation}/{num_test} '
-      f'train/validation/test{marker}.')
+      f'train/validation/test{marker}{scanner}.')
 
 
 class SyntheticKnee(PhantomBuilder):
@@ -205,6 +234,13 @@ class SyntheticKnee(PhantomBuilder):
       _knee_config('128', 128),
       _knee_config('256', 256),
       _knee_config('64_marker', 64, marker_strength=0.9),
+      _knee_config('64_scanner', 64, scanner_strength=0.9),
       _knee_config('tiny', 32, num_train=48, num_validation=16, num_test=16),
+      _knee_config('tiny_marker', 32, num_train=48, num_validation=16, num_test=16, marker_strength=0.9),
+      _knee_config('tiny_scanner', 32, num_train=48, num_validation=16, num_test=16, scanner_strength=0.9),
   ]
   DEFAULT_BUILDER_CONFIG_NAME = '64'
+
+  def _render_kwargs(self) -> dict:
+    s = self.builder_config.scanner_strength
+    return {} if s is None else {'scanner_strength': float(s)}
