@@ -23,8 +23,9 @@ _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config fil
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Workdir holding the trained classifier/, gan/ (and encoder/).')
 _SPLIT = flags.DEFINE_string('split', None, 'Dataset split to explain (default config.explain.split).')
-_NUM_IMAGES = flags.DEFINE_integer('num_images', None, 'N images of the split, a seeded class-balanced sample (0 = all; default '
-                                   'config.explain.num_images).')
+_NUM_IMAGES = flags.DEFINE_integer(
+    'num_images', None, 'N images of the split, a seeded class-balanced sample (0 = all; default '
+    'config.explain.num_images).')
 _IMAGES = flags.DEFINE_string(
     'images', None, "The user's image files instead of a split: glob(s), comma-separated, "
     "or a directory, e.g. 'scans/*.png'.")
