@@ -110,14 +110,21 @@ def attribute_trends(attributes: Mapping[str, np.ndarray], alphas: np.ndarray,
   valid: optional bool [B, S] (e.g. the oracle found a joint space); invalid frames are ignored.
   """
   alphas = np.asarray(alphas, np.float64)
+  return {name: monotonicity(values, alphas) for name, values in masked_attributes(attributes, alphas, valid).items()}
+
+
+def masked_attributes(attributes: Mapping[str, np.ndarray], alphas: np.ndarray,
+                      valid: np.ndarray | None = None) -> dict[str, np.ndarray]:
+  """{name: float64 [B, S]} copies of the per-frame attributes with the frames where `valid` [B, S] is False set to
+  NaN; a shape other than alphas' [B, S] -> ValueError naming the attribute."""
   out = {}
   for name, values in attributes.items():
     values = np.array(values, np.float64)
-    if values.shape != alphas.shape:
-      raise ValueError(f'attribute {name!r} has shape {values.shape}, expected {alphas.shape} (one per frame)')
+    if values.shape != np.shape(alphas):
+      raise ValueError(f'attribute {name!r} has shape {values.shape}, expected {np.shape(alphas)} (one per frame)')
     if valid is not None:
       values[~np.asarray(valid, bool)] = np.nan
-    out[name] = monotonicity(values, alphas)
+    out[name] = values
   return out
 
 

@@ -247,14 +247,7 @@ def attribute_recovery(attributes: Mapping[str, np.ndarray], alphas, flip_index,
   if bad_std:
     raise ValueError(f'dataset_std must be > 0; got {bad_std}')
 
-  values = {}
-  for name, v in attributes.items():
-    v = np.array(v, np.float64)
-    if v.shape != alphas.shape:
-      raise ValueError(f'attribute {name!r} has shape {v.shape}, expected {alphas.shape} (one per frame)')
-    if valid is not None:
-      v[~np.asarray(valid, bool)] = np.nan
-    values[name] = v
+  values = explanations.masked_attributes(attributes, alphas, valid)
   out = {f'trend_{n}': t for n, t in explanations.attribute_trends(values, alphas).items()}
 
   right = {}

@@ -159,6 +159,9 @@ def _phantom_reference(spec: dict, reals: dict, target_class: int) -> tuple[dict
     except ValueError as e:  # e.g. too few real images of one class: that attribute cannot be judged
       print(f'[evaluate] {a}: no direction implied by the labels ({e}); not judged')
   std = {a: float(np.nanstd(np.asarray(m[a], np.float64)[ok])) for a in spec['causal'] + spec['nuisances']}
+  for a in [a for a, v in std.items() if not v > 0]:  # constant on this data (e.g. no marker at all)
+    print(f'[evaluate] {a}: constant on the real images; not judged')
+    del std[a]
   return signs, std
 
 
@@ -215,7 +218,11 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, explanations: str | 
       m = spec['measure'](series.reshape(b * s, *series.shape[2:]))
       attrs = {k: np.asarray(m[k], np.float64).reshape(b, s) for k in spec['causal'] + spec['nuisances']}
       valid = None if spec['valid'] is None else np.asarray(m[spec['valid']]).reshape(b, s) > 0
-      rec = fidelity.attribute_recovery(attrs, alphas, flips, signs, spec['nuisances'], std, valid)
+      rec = fidelity.attribute_recovery({
+          k: v for k, v in attrs.items() if k in std
+      }, alphas, flips, {
+          k: v for k, v in signs.items() if k in std
+      }, tuple(n for n in spec['nuisances'] if n in std), std, valid)
       for k in ('causal_right_direction', 'nuisance_change_max_std', 'causal_share'):
         add(k, rec[k])
       for k, v in rec.items():
