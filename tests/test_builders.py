@@ -43,7 +43,8 @@ def test_registered_with_predefined_configs():
   assert scanner.scanner_strength == 0.9 and scanner.marker_strength == 0.0 and scanner.resolution == 64
   assert scanner.split_sizes() == marker.split_sizes()
   assert 'scanner B' in scanner.description and 'strength 0.9' in scanner.description
-  assert all(c.scanner_strength is None for name, c in configs.items() if name != '64_scanner')
+  assert configs['tiny_scanner'].scanner_strength == 0.9 and configs['tiny_scanner'].resolution == 32
+  assert all(c.scanner_strength is None for name, c in configs.items() if 'scanner' not in name)
   histo = [c.name for c in tfds.builder_cls('synthetic_histology').BUILDER_CONFIGS]
   assert {'64', '32', '96', '128', '256', '64_marker', 'tiny'} <= set(histo)
 
