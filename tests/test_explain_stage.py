@@ -155,5 +155,5 @@ def test_evaluate_bad_export_fails_with_one_line_naming_the_file(trained, tmp_pa
   shard.write_bytes(shard.read_bytes()[:-7])  # truncated
   report_before = (broken / 'report.html').read_bytes()
   with pytest.raises(ValueError, match=str(shard.name)):
-    evaluate_stage.run(config, str(tmp_path / 'w'), explanations=str(broken))
+    evaluate_stage.run(config, str(root / 'work'), explanations=str(broken))  # the smoke run's classifier
   assert (broken / 'report.html').read_bytes() == report_before  # nothing in the export modified
