@@ -1,1 +1,2 @@
-"""Metrics for classifiers, generators and explanations."""
+"""Metrics for classifiers, generators and explanations (fidelity scorecard, shortcut experiment); features and
+classifiers are passed in as arrays or callables."""

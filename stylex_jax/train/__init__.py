@@ -1,1 +1,1 @@
-"""Training stages, one module per stage: state, create_state, pure step functions, train_and_evaluate."""
+"""Training math, no I/O: states, optimisers, losses, ADA augmentation and the pure step functions (stages/ runs them)."""
