@@ -124,8 +124,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     summary = dict(stage=STAGE, step=step, **(last_eval or classifier_train.evaluate(state, eval_data, eval_fn, mesh)),
                    **test, checkpoints=ckpt.directory, metrics=os.path.join(stage_dir, 'metrics.jsonl'))
     summary = writers.write_json(summary_path, summary)
-    print(f'[classifier] done at step {step}: accuracy={summary["accuracy"]:.3f} auc={summary["auc"]:.3f} '
-          f'test_accuracy={summary["test_accuracy"]:.3f}\n  metrics: {summary["metrics"]}\n'
+    number = lambda k: 'n/a' if summary.get(k) is None else f'{summary[k]:.3f}'  # NaN (one class) is null in JSON
+    print(f'[classifier] done at step {step}: accuracy={number("accuracy")} auc={number("auc")} '
+          f'test_accuracy={number("test_accuracy")}\n  metrics: {summary["metrics"]}\n'
           f'  checkpoints: {ckpt.directory}\n  summary: {summary_path}')
   writer.close()
   ckpt.close()

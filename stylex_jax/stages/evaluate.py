@@ -205,13 +205,13 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, explanations: str | 
     has = flips >= 0
     rows = np.flatnonzero(has)
     anchors = quality.anchor_index(alphas)
+    cout = np.full(len(chunk), np.nan)  # NaN where the series never flips (every metric keeps its row)
     if rows.size:
       cf = series[rows, flips[rows]]
       pred = probs.argmax(-1)
-      cout = np.full(len(chunk), np.nan)
       cout[rows] = fidelity.cout(recon[rows], cf, classifier.probs, pred[rows, anchors[rows]], pred[rows, flips[rows]])
-      add('cout', cout)
       flip_feats.append(classifier.features(cf))
+    add('cout', cout)
     recon_feats.append(classifier.features(recon))
     if spec is not None:
       b, s = series.shape[:2]
