@@ -1,5 +1,6 @@
 """data/images.py: a file reaches the classifier identically through training (image folder -> Pipeline) and
 explanation (explain/image_files.py), checked against values computed by hand with numpy."""
+import logging
 import warnings
 
 import numpy as np
@@ -92,7 +93,7 @@ def test_exif_rotated_jpeg(tmp_path):
   np.testing.assert_allclose(_both_paths(path)[..., 0], want, atol=1e-6)
 
 
-def test_rgba(tmp_path):
+def test_rgba(tmp_path, caplog):
   rng = np.random.default_rng(4)
   rgba = rng.integers(0, 256, size=(S, S, 4), dtype=np.uint8)
   opaque = rgba.copy()
@@ -104,9 +105,16 @@ def test_rgba(tmp_path):
     np.testing.assert_allclose(_both_paths(path, channels=3), rgba[..., :3] / 255.0 * 2 - 1, atol=1e-6)
   path = _file(tmp_path, 'seethrough.png')
   Image.fromarray(rgba, 'RGBA').save(path)
-  with pytest.warns(UserWarning, match='transparent pixels; the alpha channel is dropped'):
+  with caplog.at_level(logging.WARNING), warnings.catch_warnings():
+    warnings.simplefilter('error')  # a note or a log line naming the file, never a stray warning per read
     got = _both_paths(path, channels=3)
   np.testing.assert_allclose(got, rgba[..., :3] / 255.0 * 2 - 1, atol=1e-6)
+  assert any('1 image(s) with transparent pixels' in r.getMessage() and 'seethrough.png' in r.getMessage()
+             for r in caplog.records)  # the training scan: one line with the count and an example
+  _, notes = image_files.load_image(str(path), S, 3)
+  assert notes == ['has transparent pixels; the alpha channel is dropped (colour kept as stored)']
+  with pytest.warns(UserWarning, match='seethrough.png: has transparent pixels'):
+    images.read_image(str(path))  # a caller without a notes list gets a warning naming the file
 
 
 def test_float_tiff(tmp_path):

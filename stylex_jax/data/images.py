@@ -8,7 +8,13 @@ Reading (`read_image`): the EXIF orientation is applied; 1-bit/8-bit grayscale -
 grayscale (modes I;16*, and I, which Pillow < 10.3 uses for 16-bit PNGs) -> uint16 C=1; float (mode F) ->
 float32 C=1 (NaN/Inf rejected); RGB/palette/CMYK/YCbCr/LAB/HSV -> uint8 C=3. An alpha channel that is fully
 opaque is dropped; a non-opaque one is dropped too (the colour as stored, as Pillow's convert('RGB') and both
-paths always did), with a one-line warning saying so, never silently.
+paths always did), with a one-line note naming the file, never silently (a warning, or a line appended to the
+caller's `notes` list, which the image folder scan and explain/image_files.py summarise).
+
+Size limit: a file whose header declares more than `max_pixels()` pixels (default `DEFAULT_MAX_PIXELS`, 64
+megapixels, e.g. 8000 x 8000; set the environment variable STYLEX_MAX_IMAGE_PIXELS to change it) is refused
+from its header, BEFORE anything is decoded: a 13,000 x 13,000 PNG is 164 KB on disk but ~1.7 GB once decoded
+and conformed. Headers declaring more than twice Pillow's own limit (decompression bombs) are refused by Pillow.
 
 Intensity (`unit_range`, the ONE definition): 8-bit images are divided by 255. 16-bit and float images are
 stretched per image from their [min, max] to [0, 1] (radiographs rarely use the full 16-bit range; the
@@ -25,6 +31,7 @@ float32 and rounded: what the training pipeline caches); 16-bit/float images bec
 """
 from __future__ import annotations
 
+import os
 import warnings
 
 import numpy as np
@@ -34,6 +41,9 @@ _GRAY_MODES = ('1', 'L')
 _SIXTEEN_BIT_MODES = ('I', 'I;16', 'I;16B', 'I;16L', 'I;16N')
 _ALPHA_MODES = {'LA': 'L', 'La': 'L', 'RGBA': 'RGB', 'RGBa': 'RGB', 'PA': 'RGB'}
 _COLOUR_MODES = ('RGB', 'RGBX', 'P', 'CMYK', 'YCbCr', 'LAB', 'HSV')
+DEFAULT_MAX_PIXELS = 64 * 1000 * 1000
+MAX_PIXELS_ENV = 'STYLEX_MAX_IMAGE_PIXELS'
+ALPHA_NOTE = 'has transparent pixels; the alpha channel is dropped (colour kept as stored)'
 
 
 class UnreadableImageError(ValueError):
@@ -43,23 +53,49 @@ class UnreadableImageError(ValueError):
 # ----------------------------------------------------------------------------------------------- reading
 
 
-def _flatten_alpha(im: Image.Image, path: str) -> np.ndarray:
-  """An image with alpha -> uint8 [H, W, C]: the colour channels as stored; a non-opaque alpha warns once."""
+def max_pixels() -> int:
+  """The largest image (width x height) `read_image` decodes: $STYLEX_MAX_IMAGE_PIXELS, else 64 megapixels."""
+  value = os.environ.get(MAX_PIXELS_ENV, '').strip()
+  if not value:
+    return DEFAULT_MAX_PIXELS
+  try:
+    limit = int(float(value))
+  except ValueError:
+    limit = 0
+  if limit < 1:
+    raise ValueError(f'{MAX_PIXELS_ENV}={value!r} must be a positive number of pixels, e.g. 100000000')
+  return limit
+
+
+def _flatten_alpha(im: Image.Image, path: str, notes: list[str] | None) -> np.ndarray:
+  """An image with alpha -> uint8 [H, W, C]: the colour channels as stored; a non-opaque alpha gets one note."""
   array = np.asarray(im.convert('LA' if _ALPHA_MODES.get(im.mode) == 'L' else 'RGBA'))
   if array[..., -1].min() < 255:  # tests/test_builders.py::test_read_image_modes pins dropping (not compositing)
-    warnings.warn(f'{path}: has transparent pixels; the alpha channel is dropped (colour kept as stored)', stacklevel=3)
+    if notes is None:
+      warnings.warn(f'{path}: {ALPHA_NOTE}', stacklevel=3)
+    else:
+      notes.append(ALPHA_NOTE)
   return np.ascontiguousarray(array[..., :-1])
 
 
-def read_image(path: str) -> np.ndarray:
-  """Reads one image file, EXIF orientation applied (see the module docstring for modes and alpha).
+def read_image(path: str, notes: list[str] | None = None) -> np.ndarray:
+  """Reads one image file, EXIF orientation applied (see the module docstring for modes, alpha and size).
 
+  notes: where a note on a lossy conversion (`ALPHA_NOTE`) is appended; None: it is a warning instead.
   Returns: [H, W, C], C in {1, 3}: uint8 (8-bit, palette, colour), uint16 (16-bit grayscale) or float32
     (float grayscale, finite), values as stored (no scaling).
-  Raises: UnreadableImageError (a ValueError, message starting with the path) if the file cannot be used.
+  Raises: UnreadableImageError (a ValueError, message starting with the path) if the file cannot be used,
+    including a header declaring more than `max_pixels()` pixels (refused before decoding).
   """
+  limit = max_pixels()
   try:
     with Image.open(path) as im:
+      width, height = im.size
+      if width * height > limit:
+        raise UnreadableImageError(
+            f'{path}: {width}x{height} = {width * height / 1e6:.0f} megapixels is above the limit of '
+            f'{limit / 1e6:.0f} megapixels (refused before decoding); downscale the file, or raise the limit '
+            f'with {MAX_PIXELS_ENV}=<pixels>')
       im.load()
       im = ImageOps.exif_transpose(im)
       mode = im.mode
@@ -78,14 +114,17 @@ def read_image(path: str) -> np.ndarray:
         if not np.isfinite(array).all():
           raise UnreadableImageError(f'{path}: has NaN or infinite pixels')
       elif mode in _ALPHA_MODES:
-        array = _flatten_alpha(im, path)
+        array = _flatten_alpha(im, path, notes)
       elif mode in _COLOUR_MODES:
         array = np.asarray(im.convert('RGB'), dtype=np.uint8)
       else:
         raise UnreadableImageError(f'{path}: unsupported image mode {mode!r}')
   except UnreadableImageError:
     raise
-  except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+  except Image.DecompressionBombError as e:
+    raise UnreadableImageError(f'{path}: refused before decoding, a possible decompression bomb ({e}); downscale '
+                               'the file if it is a real image') from None
+  except (OSError, ValueError, SyntaxError) as e:
     raise UnreadableImageError(f'{path}: cannot be read as an image ({type(e).__name__}: {e})') from e
   if array.ndim == 2:
     array = array[..., None]

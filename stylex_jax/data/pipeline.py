@@ -171,7 +171,8 @@ def _open_image_folder(cfg: DataConfig, split: str) -> _Source:
   if cfg.builder_config:
     logging.info('config.data.builder_config=%r is not used with dataset=image_folder', cfg.builder_config)
   folder = image_folder.open_image_folder(cfg.manual_dir)
-  records = folder.split(split)
+  named = set().union(*(image_folder.split_names(s) for s in (cfg.train_split, cfg.eval_split, cfg.test_split, split)))
+  records = folder.split(split, carve_validation='validation' in named)
   return _Source(description=f'image_folder:{folder.root}[{split}]', records=records, class_names=folder.class_names,
                  data_channels=folder.channels, labels_fn=lambda: np.asarray(records.labels),
                  eight_bit=folder.eight_bit)
@@ -456,7 +457,8 @@ class Pipeline:
       self.class_names = (f'<{names[t]}', f'>={names[t]}')
     else:
       raise ValueError(f'label_threshold={t} must be -1 (keep the {len(names)} classes) or in [1, {len(names) - 1}] '
-                       f'for the classes {tuple(names)} of {source.description}')
+                       f'for the classes {tuple(names)} of {source.description}; set --config.data.label_threshold=-1 '
+                       'to keep these classes as they are')
     self.num_classes = len(self.class_names)
     if cfg.num_classes is not None and cfg.num_classes != self.num_classes:
       raise ValueError(f'config.data.num_classes={cfg.num_classes} but {source.description} has {self.num_classes} '

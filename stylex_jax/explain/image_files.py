@@ -8,7 +8,9 @@ reader and rule (`stylex_jax.data.images`), so a radiograph is explained exactly
   * depth: 8-bit / 255 (rounded to 8-bit levels after resizing, as the training cache does); 16-bit (common
     for radiographs) and float stretched per image from [min, max] to [0, 1] (a constant image: / 65535, or
     float clipped to [0, 1]);
-  * channels: palette images become RGB; alpha is dropped (with a warning unless fully opaque); grayscale is
+  * size limit: a file above `images.max_pixels()` (64 megapixels unless STYLEX_MAX_IMAGE_PIXELS says
+    otherwise) is rejected from its header, before it is decoded;
+  * channels: palette images become RGB; alpha is dropped (a note naming the file unless fully opaque); grayscale is
     replicated when the model takes RGB; RGB whose three channels are equal becomes
     grayscale when the model takes one channel; true colour with a one-channel model is REJECTED (no silent
     colour -> gray: in histology the colour is the stain).
@@ -57,13 +59,14 @@ def load_image(path: str, image_size: int, channels: int) -> tuple[np.ndarray, l
   Read and conformed exactly as the training pipeline reads an image folder (`stylex_jax.data.images`).
   Raises ValueError (message without the path) when the file cannot be used.
   """
+  read_notes: list[str] = []
   try:
-    raw = images_lib.read_image(path)
+    raw = images_lib.read_image(path, notes=read_notes)
   except images_lib.UnreadableImageError as e:
     message = str(e)
     raise ValueError(message[len(path) + 2:] if message.startswith(f'{path}: ') else message) from None
   levels, notes = images_lib.conform_levels(raw, image_size, channels, where='the image')
-  return images_lib.to_float(levels), notes
+  return images_lib.to_float(levels), read_notes + notes
 
 
 def load_image_files(patterns: str | Sequence[str], image_size: int,

@@ -7,7 +7,12 @@ Two layouts are accepted:
   added elsewhere), so slices such as `'train[:80%]'` / `'train[80%:]'` give class-mixed, reproducible
   image-level splits. (Patient-level splits need the split layout.)
 * split: `root/{train,validation,test}/<class_name>/...` (`val` is accepted as an alias of `validation`).
-  Each split is ordered by (class, relative path).
+  Each split is ordered by (class, relative path). A root without a validation folder (only `train/` and
+  `test/`) gets one carved from `train/` when asked for (`split(..., carve_validation=True)`, which the pipeline
+  passes when the config names 'validation', the default eval_split): `VALIDATION_FRACTION` (10%) of each
+  class's training images (at least one of a class with two or more), chosen in a fixed seeded order (SHA-1 of
+  `CARVE_SEED` and the relative path, the same on every host and run), are the 'validation' split and no
+  longer part of 'train'; one warning line says so and how to choose them yourself.
 
 Class names are the sorted names of the class folders (the union over splits, so a label index means
 the same class in every split). Files may sit in nested folders below a class folder; hidden files and
@@ -22,8 +27,12 @@ in training and in explanation.
 Every file is decoded once when the folder is scanned, which finds the channel count and catches
 corrupt files:
 
-* a file Pillow cannot decode (corrupt, truncated, not an image) is SKIPPED, and one absl warning
-  `skipped N unreadable images, e.g. <path>` reports how many and one example;
+* a file Pillow cannot decode (corrupt, truncated, not an image, or larger than `images.max_pixels()`, 64
+  megapixels by default, refused from its header) is SKIPPED, and one absl warning
+  `skipped N unreadable images, e.g. <path>: <reason>` reports how many and one example;
+* files with transparent pixels: alpha dropped, one warning `N image(s) with transparent pixels ..., e.g. <path>`;
+* a class folder with no usable image -> ValueError naming the folder (it would be a class the classifier never
+  sees, and a wrong class count);
 * images with different channel counts (e.g. grayscale and RGB mixed) -> ValueError naming one file
   of each kind with its channel count;
 * no images at all -> FileNotFoundError naming the expected layout.
@@ -39,9 +48,10 @@ import concurrent.futures
 import dataclasses
 import hashlib
 import os
+import re
 import threading
 import types
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 from absl import logging
@@ -50,6 +60,8 @@ from stylex_jax.data import images
 
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff')
 SPLIT_FOLDERS = {'train': 'train', 'validation': 'validation', 'val': 'validation', 'test': 'test'}
+VALIDATION_FRACTION = 0.1  # of each class of train/, carved into 'validation' when the root has no such folder
+CARVE_SEED = 0
 
 UnreadableImageError = images.UnreadableImageError  # re-exported: kl_xray and callers catch it from here
 
@@ -117,7 +129,7 @@ class ImageFolderSplit(Sequence):
       return [self[i] for i in range(*index.indices(len(self)))]
     entry = self._entries[index]
     path = os.path.join(self.root, entry.relpath)
-    image = images.read_image(path)  # full depth: the pipeline conforms it (data/images.py)
+    image = images.read_image(path, notes=[])  # full depth (the pipeline conforms it); the scan reported the notes
     if image.shape[-1] != self.channels:
       raise ValueError(f'{path} now has {image.shape[-1]} channel(s) but the folder was scanned with '
                        f'{self.channels}; the files changed while reading — rerun')
@@ -192,6 +204,7 @@ class ImageFolder:
     if not any(kept.values()):
       raise FileNotFoundError(f'none of the {len(all_entries)} image files under {root!r} could be decoded; '
                               'check that they are valid PNG/JPEG/BMP/TIFF files')
+    _check_no_empty_class_folder(root, split_to_dir, class_names, candidates, channels_of)
     by_channels: dict[int, str] = {}
     for relpath, c in channels_of.items():
       by_channels.setdefault(c, relpath)
@@ -206,24 +219,59 @@ class ImageFolder:
     self._splits = {
         s: ImageFolderSplit(root, entries, self.class_names, self.channels) for s, entries in kept.items() if entries
     }
+    self._carved: dict[str, ImageFolderSplit] | None = None
 
   @property
   def splits(self) -> dict[str, int]:
-    """Split name -> number of examples."""
+    """Split name -> number of examples (the folders as they are, nothing carved)."""
     return {s: len(v) for s, v in self._splits.items()}
 
-  def split(self, spec: str) -> ImageFolderSplit:
+  @property
+  def can_carve_validation(self) -> bool:
+    """A split layout with train/ but no validation folder: 'validation' can be carved from train/."""
+    return self.layout == 'split' and 'train' in self._splits and 'validation' not in self._splits
+
+  def _carved_splits(self) -> dict[str, ImageFolderSplit]:
+    """The splits with 'validation' carved from 'train' (see the module docstring); computed and logged once."""
+    if self._carved is None:
+      train = self._splits['train']._entries  # pylint: disable=protected-access
+      chosen = set()
+      for label in sorted({e.label for e in train}):
+        members = sorted((e for e in train if e.label == label),
+                         key=lambda e: hashlib.sha1(f'{CARVE_SEED}:{e.relpath}'.encode('utf-8')).hexdigest())
+        k = min(len(members) - 1, max(1, round(len(members) * VALIDATION_FRACTION)))
+        chosen.update(e.relpath for e in members[:k])
+      rest = [e for e in train if e.relpath not in chosen]
+      validation = [e for e in train if e.relpath in chosen]
+      self._carved = dict(self._splits)
+      self._carved['train'] = ImageFolderSplit(self.root, rest, self.class_names, self.channels)
+      if validation:
+        self._carved['validation'] = ImageFolderSplit(self.root, validation, self.class_names, self.channels)
+      logging.warning(
+          'image folder %s has no validation/ folder: carved %d of the %d images of train/ into a validation split '
+          '(%d%% of each class, fixed seed %d); training uses the other %d. To choose them yourself, move them to '
+          '%s/validation/<class_name>/', self.root, len(validation), len(train), round(100 * VALIDATION_FRACTION),
+          CARVE_SEED, len(rest), self.root)
+    return self._carved
+
+  def split(self, spec: str, *, carve_validation: bool = False) -> ImageFolderSplit:
     """The examples of `spec`: a split name or a TFDS-style slice ('train[:80%]', 'train[100:]', 'a+b').
 
+    carve_validation: when the root has train/ but no validation folder, 'validation' is carved from train/ and
+      'train' is the rest (module docstring); pass it for every split of a run, so no image is in both.
     Raises ValueError naming the available splits when `spec` names none of them.
     """
     import tensorflow_datasets as tfds  # for TFDS's own slice grammar, so slices mean the same everywhere
 
-    available = self.splits
+    splits = self._carved_splits() if carve_validation and self.can_carve_validation else self._splits
+    available = {s: len(v) for s, v in splits.items()}
     hint = ''
     if self.layout == 'flat':
       hint = (" (flat layout root/<class_name>/...: the only split is 'train'; use slices such as "
               "train_split='train[:80%]', eval_split='train[80%:90%]', test_split='train[90%:]')")
+    elif self.layout == 'split':
+      hint = (f' (add the folder {self.root}/<split>/<class_name>/..., or set --config.data.train_split / eval_split '
+              '/ test_split to the splits above)')
     try:
       instructions = tfds.core.ReadInstruction.from_spec(spec).to_absolute({
           s: types.SimpleNamespace(num_examples=n) for s, n in available.items()
@@ -233,7 +281,7 @@ class ImageFolder:
                        f'{sorted(available)}{hint}. ({e})') from None
     entries = []
     for ins in instructions:
-      split = self._splits[ins.splitname]
+      split = splits[ins.splitname]
       start = 0 if ins.from_ is None else ins.from_
       stop = len(split) if ins.to is None else ins.to
       entries += list(split._entries[start:stop])  # pylint: disable=protected-access
@@ -242,23 +290,51 @@ class ImageFolder:
     return ImageFolderSplit(self.root, entries, self.class_names, self.channels)
 
 
+def split_names(spec: str) -> set[str]:
+  """The split names a TFDS-style spec reads: 'train[:80%]+validation' -> {'train', 'validation'}."""
+  return {re.split(r'[\[(]', part, maxsplit=1)[0].strip() for part in str(spec).split('+')}
+
+
+def _check_no_empty_class_folder(root: str, split_to_dir: dict[str, str], class_names: Sequence[str],
+                                 candidates: dict[str, list[_Entry]], readable: Mapping[str, object]) -> None:
+  """Every existing class folder holds at least one readable image, else ValueError naming the folder."""
+  for split, sub in split_to_dir.items():
+    for label, name in enumerate(class_names):
+      folder = os.path.join(root, sub, name)
+      if not os.path.isdir(folder):
+        continue
+      files = [e.relpath for e in candidates[split] if e.label == label]
+      if any(p in readable for p in files):
+        continue
+      why = (f'its {len(files)} image file(s) could not be decoded, e.g. {files[0]}'
+             if files else f'no {"/".join(e[1:] for e in IMAGE_EXTENSIONS)} files')
+      raise ValueError(f'class folder {folder!r} has no usable images ({why}); every folder under '
+                       f'{os.path.join(root, sub) if sub else root!r} is a class: add its images or remove the folder')
+
+
 def _scan(root: str, entries: Sequence[_Entry], num_threads: int | None) -> tuple[dict[str, tuple[int, bool]], int]:
-  """Decodes every file once: relpath -> (channel count, is 8-bit) for the readable ones; logs and counts the rest."""
+  """Decodes every file once: relpath -> (channel count, is 8-bit) for the readable ones; logs and counts the rest
+  (one line with an example and its reason), and one line for the files whose alpha channel is dropped."""
 
   def probe(entry: _Entry):
+    notes: list[str] = []
     try:
-      image = images.read_image(os.path.join(root, entry.relpath))
-      return entry.relpath, (image.shape[-1], image.dtype == np.uint8)
-    except UnreadableImageError:
-      return entry.relpath, None
+      image = images.read_image(os.path.join(root, entry.relpath), notes=notes)
+      return entry.relpath, (image.shape[-1], image.dtype == np.uint8), notes
+    except UnreadableImageError as e:
+      return entry.relpath, None, [str(e)]
 
   threads = num_threads or min(8, os.cpu_count() or 1)
   with concurrent.futures.ThreadPoolExecutor(threads) as pool:
     results = list(pool.map(probe, entries))
-  unreadable = [p for p, c in results if c is None]
+  unreadable = [(p, notes[0]) for p, c, notes in results if c is None]
   if unreadable:
-    logging.warning('skipped %d unreadable images, e.g. %s', len(unreadable), os.path.join(root, unreadable[0]))
-  return {p: c for p, c in results if c is not None}, len(unreadable)
+    logging.warning('skipped %d unreadable images, e.g. %s', len(unreadable), unreadable[0][1])
+  alpha = [p for p, c, notes in results if c is not None and images.ALPHA_NOTE in notes]
+  if alpha:
+    logging.warning('%d image(s) with transparent pixels: the alpha channel is dropped (colour kept as stored), '
+                    'e.g. %s', len(alpha), os.path.join(root, alpha[0]))
+  return {p: c for p, c, _ in results if c is not None}, len(unreadable)
 
 
 _MEMO: dict[tuple, ImageFolder] = {}
