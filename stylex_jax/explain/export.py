@@ -118,7 +118,7 @@ class ExplanationWriter:
   def __init__(self, directory, *, num_classes: int, class_names, image_shape, num_ws: int, w_dim: int,
                config: Mapping | None = None, examples_per_shard: int = 256, target_description: str = '',
                overwrite: bool = False, report_max_images: int = 100, report_max_mib: float = 64.0,
-               title: str = 'StyleX explanations'):
+               title: str = 'StyleX explanations', source: Mapping | None = None):
     """
     Args:
       directory: the export directory (created; must be writable).
@@ -132,6 +132,8 @@ class ExplanationWriter:
       report_max_images, report_max_mib: report.html holds the first images up to this many rows and about this
         many MiB (one row is ~70 KiB at 64 px, ~0.8 MiB at 256 px with S = 9); the rest are in the
         TFRecords/strips/GIFs, and the report says so.
+      source: JSON-able description of what was explained, stored in schema.json as 'source' (e.g. {'kind':
+        'split', 'split': 'validation', 'num_images': 64}); the explain stage compares it before reusing an export.
     """
 
     def positive_int(name, v):
@@ -157,6 +159,7 @@ class ExplanationWriter:
     self.target_description = str(target_description)
     self.title = str(title)
     try:
+      self.source = json.loads(json.dumps(dict(source or {}), default=str))
       self.config = json.loads(json.dumps(dict(config or {}), default=str))
     except (TypeError, ValueError) as e:
       raise ValueError(f'config must be a JSON-able dict (e.g. config.to_dict()): {e}') from None
@@ -372,6 +375,7 @@ class ExplanationWriter:
             'strips': 'strips/<safe_id>.png',
             'gifs': 'gifs/<safe_id>.gif'
         },
+        'source': self.source,
         'config': self.config,
     }
     writers.write_json(os.path.join(self._staging, 'schema.json'), schema, is_chief=True)

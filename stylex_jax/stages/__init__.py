@@ -46,10 +46,26 @@ def parse_stages(stages: str) -> list[str]:
   return names
 
 
+def check_workdir(workdir: str) -> None:
+  """Creates `workdir` if needed and proves it writable (a probe file); else ValueError naming it and the fix.
+  Remote paths (gs://...) are created as before and left to the checkpointer."""
+  if '://' in str(workdir):
+    os.makedirs(workdir, exist_ok=True)
+    return
+  probe = os.path.join(workdir, f'.write-probe-{os.getpid()}')
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    with open(probe, 'wb'):
+      pass
+    os.remove(probe)
+  except OSError as e:
+    raise ValueError(f'cannot write to --workdir {workdir}: {e.strerror or e}; choose a writable --workdir') from None
+
+
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, dict]:
-  """Runs every stage of `config.stages` in order in `workdir`; returns {stage: summary}."""
+  """Runs every stage of `config.stages` in order in `workdir` (checked writable first); returns {stage: summary}."""
   names = parse_stages(config.stages)
-  os.makedirs(workdir, exist_ok=True)
+  check_workdir(workdir)
   results = {}
   for name in names:
     module = importlib.import_module(STAGES[name])

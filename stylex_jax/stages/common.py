@@ -75,17 +75,23 @@ def open_stage(name: str, workdir: str, stage_config: ml_collections.ConfigDict,
   return Stage(name, directory, summary_path, ckpt, completed_summary(name, ckpt, stage_config.num_steps, summary_path))
 
 
-def open_export_stage(name: str, workdir: str, config: ml_collections.ConfigDict) -> Stage:
+def open_export_stage(name: str, workdir: str, config: ml_collections.ConfigDict, source: dict | None = None) -> Stage:
   """`<workdir>/<name>/` of a stage whose output is an export (summary.json + schema.json holding the config it
-  was made with) rather than checkpoints: complete when both exist and the schema's config equals `config`."""
+  was made with) rather than checkpoints: complete when both exist, the schema's config equals `config` and, when
+  `source` is given, the schema's 'source' (what was explained) equals it (another split, another sample size or
+  the user's files -> not complete)."""
   directory = os.path.join(workdir, name)
   summary_path = os.path.join(directory, 'summary.json')
   schema_path = os.path.join(directory, 'schema.json')
   completed = None
   if os.path.exists(summary_path) and os.path.exists(schema_path):
     with open(schema_path) as f:
-      previous = json.load(f).get('config')
-    if previous == json.loads(json.dumps(config.to_dict(), default=str)):
+      schema = json.load(f)
+    previous = schema.get('config')
+    if source is not None and schema.get('source') != json.loads(json.dumps(source)):
+      print(f'[{name}] {directory} holds an export of {schema.get("source") or "unrecorded inputs"}, not of '
+            f'{source}; recomputing')
+    elif previous == json.loads(json.dumps(config.to_dict(), default=str)):
       print(f'[{name}] already explained with this config ({summary_path}); not recomputing. Report: '
             f'{os.path.join(directory, "report.html")}')
       with open(summary_path) as f:

@@ -18,13 +18,18 @@ For each image x (a split of the configured dataset, or the user's own files):
 Outputs: `<workdir>/explain/` (or `output_dir`): report.html, schema.json, tfrecords/, strips/, gifs/,
 index.jsonl, directions.npz (the global direction(s) and their fit) and summary.json. The export directory is
 checked for writability before anything is computed; a previous export is replaced only when the new one is
-complete.
+complete. schema.json and summary.json record what was explained ('source': {'kind': 'split', 'split',
+'num_images'} or {'kind': 'images', 'patterns'}); the stage of launch/train.py takes an export as its own only
+when that source is config.explain's split and num_images. Users' files (image_patterns) are read before
+anything is computed or created (no match, an empty folder, no usable file: one error, no folder left behind)
+and never go into `<workdir>/explain/` (refused: give output_dir), so they are never taken for the split's export.
 
 Shift units: config.explain.step_size and max_shift are multiples of the latent scale, the median
 ||w - w_avg|| of the latents the direction is fitted on (so configs carry over between generators).
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from typing import Any, Sequence
@@ -245,13 +250,33 @@ def _split_images(data, total: int, batch_size: int, seed: int):
 
 
 def _file_images(config, patterns, batch_size: int):
+  """Reads and conforms every file NOW (before any computation or output folder: a glob matching nothing, an
+  empty folder or no usable file fails here) and returns the generator of (images, ids, labels -1) batches."""
   images, ids, notes, rejected = image_files.load_image_files(patterns, config.data.image_size, config.data.channels)
   for line in notes:
     print(f'[explain] converted {line}')
   for line in rejected:
     print(f'[explain] rejected {line}')
-  for i in range(0, len(images), batch_size):
-    yield images[i:i + batch_size], ids[i:i + batch_size], np.full(len(ids[i:i + batch_size]), -1, np.int64)
+
+  def batches():
+    for i in range(0, len(images), batch_size):
+      yield images[i:i + batch_size], ids[i:i + batch_size], np.full(len(ids[i:i + batch_size]), -1, np.int64)
+
+  return batches()
+
+
+def split_source(split: str, num_images: int) -> dict:
+  """What an export of a split holds, as recorded in its schema.json / summary.json ('source')."""
+  return {'kind': 'split', 'split': str(split), 'num_images': int(num_images)}
+
+
+def _check_images_output(out: str, workdir: str, split: str) -> None:
+  """Users' files never go into <workdir>/explain/, the train command's export of config.explain.split (the
+  explain stage would take them for it, or replace them)."""
+  if os.path.realpath(out) == os.path.realpath(os.path.join(workdir, STAGE)):
+    raise ValueError(
+        f'--images would write into {out}, the export of split {split!r} that the train command\'s '
+        f'explain stage keeps; give --output_dir, e.g. --output_dir={os.path.join(workdir, "explain_images")}')
 
 
 def run(config: ml_collections.ConfigDict, workdir: str, *, split: str | None = None, num_images: int | None = None,
@@ -265,13 +290,27 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, split: str | None = 
   ec = config.explain
   check_config(ec)
   out = os.path.abspath(output_dir or os.path.join(workdir, STAGE))
-  export_lib.check_writable(out)  # before any computation
   split = split or ec.split
   num_images = ec.num_images if num_images is None else int(num_images)
   if num_images < 0:
     raise ValueError(f'num_images={num_images} must be >= 0 (0 = the whole split)')
+  if image_patterns:  # users' files are read before any computation or output folder
+    _check_images_output(out, workdir, ec.split)
+    files = _file_images(config, image_patterns, ec.batch_size)
+    patterns = [image_patterns] if isinstance(image_patterns, str) else list(image_patterns)
+    export_source = {'kind': 'images', 'patterns': patterns}
+  else:
+    export_source = split_source(split, num_images)
+  created = not os.path.exists(out)
+  export_lib.check_writable(out)  # before any computation
   t0 = time.perf_counter()
-  explainer = explainer or Explainer(config, workdir)
+  try:
+    explainer = explainer or Explainer(config, workdir)
+  except BaseException:  # e.g. an earlier stage is missing: leave no empty output folder behind
+    if created:
+      with contextlib.suppress(OSError):
+        os.rmdir(out)
+    raise
   if explainer.directions is None and ec.scope == 'global':
     explainer.fit_global_directions()
     print(f'[explain] {ec.mode} direction in {ec.space.upper()} fitted on {explainer.direction_info["latents"]} '
@@ -279,7 +318,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, split: str | None = 
           ', '.join(f'{k}={v:.3g}' for k, v in explainer.direction_info.items()
                     if isinstance(v, float) and k not in ('seconds',)))
   if image_patterns:
-    source, what = _file_images(config, image_patterns, ec.batch_size), f'files {image_patterns}'
+    source, what = files, f'files {image_patterns}'
     total, class_names = None, _class_names(config)
   else:
     data = pipeline_lib.Pipeline(config.data, split, global_batch_size=ec.batch_size, seed=config.seed, train=False)
@@ -291,7 +330,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, split: str | None = 
       out, num_classes=explainer.num_classes, class_names=class_names,
       image_shape=(config.data.image_size, config.data.image_size, config.data.channels), num_ws=inv.num_ws,
       w_dim=inv.w_dim, config=config.to_dict(), examples_per_shard=ec.examples_per_shard,
-      target_description=_describe_target(explainer.target, class_names, ec), report_max_images=ec.report_max_images)
+      target_description=_describe_target(explainer.target, class_names,
+                                          ec), report_max_images=ec.report_max_images, source=export_source)
   per_image: dict[str, list[np.ndarray]] = {}
   summary_inputs = []
   done = 0
@@ -317,9 +357,9 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, split: str | None = 
     fit = {k: np.asarray(v) for k, v in explainer.direction_info.items() if isinstance(v, (int, float, str))}
     fit['latent_scale'] = np.float32(explainer.scale)
     np.savez(os.path.join(out, 'directions.npz'), directions=explainer.directions, **fit)
-  summary = dict(stage=STAGE, complete=True, source=what, **summary_metrics, direction=explainer.direction_info,
-                 report=paths['report'], tfrecords=paths['tfrecords'], schema=paths['schema'], strips=paths['strips'],
-                 gifs=paths['gifs'], directory=out)
+  summary = dict(stage=STAGE, complete=True, source=export_source, **summary_metrics,
+                 direction=explainer.direction_info, report=paths['report'], tfrecords=paths['tfrecords'],
+                 schema=paths['schema'], strips=paths['strips'], gifs=paths['gifs'], directory=out)
   summary = writers.write_json(os.path.join(out, 'summary.json'), summary)
   print(f'[explain] {done} images in {summary_metrics["seconds"]:.0f} s: ' +
         ' '.join(f'{k}={summary_metrics[k]:.3g}' for k in ('ssim', 'agree', 'flip_rate', 'monotonicity')
@@ -363,7 +403,8 @@ def _describe_target(target, class_names, ec) -> str:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Stage entry point for launch/train.py: explains config.explain.split unless a complete export of the same
   config exists (rerun with launch/explain.py to explain other images)."""
-  stage = common.open_export_stage(STAGE, workdir, config)
+  stage = common.open_export_stage(STAGE, workdir, config, source=split_source(config.explain.split,
+                                                                               config.explain.num_images))
   if stage.completed is not None:
     return stage.completed
   return run(config, workdir)
