@@ -9,7 +9,11 @@
 Writes <output_dir> (default <workdir>/explain/): report.html (open it in a browser), tfrecords/ + schema.json,
 strips/*.png, gifs/*.gif, index.jsonl, directions.npz, summary.json. Users' files of another size or channel
 count are converted (one line each); files that cannot be used are rejected with one line each while the rest
-are explained. Always recomputes (the `explain` stage of launch/train.py skips a finished export).
+are explained. Always recomputes (the `explain` stage of launch/train.py skips a finished export of the same
+config, split and num_images, recorded as 'source' in schema.json).
+--images needs --output_dir (<workdir>/explain/ is the split's export, refused for users' files), and is read
+before anything is computed: a glob matching nothing or an empty folder is one error and leaves no folder.
+Files above 64 megapixels are rejected from their header (STYLEX_MAX_IMAGE_PIXELS=<pixels> raises the limit).
 """
 import os
 import sys
@@ -29,7 +33,8 @@ _NUM_IMAGES = flags.DEFINE_integer(
 _IMAGES = flags.DEFINE_string(
     'images', None, "The user's image files instead of a split: glob(s), comma-separated, "
     "or a directory, e.g. 'scans/*.png'.")
-_OUTPUT = flags.DEFINE_string('output_dir', None, 'Export directory (default <workdir>/explain).')
+_OUTPUT = flags.DEFINE_string('output_dir', None, 'Export directory (default <workdir>/explain; required with '
+                              '--images).')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 

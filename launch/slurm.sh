@@ -3,6 +3,8 @@
 # jax.distributed.initialize() reads SLURM's environment (node list, SLURM_PROCID, SLURM_NTASKS).
 # Usage: sbatch --nodes=2 --gpus-per-node=8 --ntasks-per-node=1 launch/slurm.sh CONFIG WORKDIR [flags...]
 # WORKDIR must be on storage every node sees.
+# No remote shell is involved: srun executes the argument vector as given ("$@"), so every argument arrives as
+# one word, whatever spaces or ';' it holds.
 #SBATCH --job-name=stylex_jax
 #SBATCH --ntasks-per-node=1
 #SBATCH --signal=TERM@120
