@@ -108,11 +108,14 @@ def restore_latest(name: str, workdir: str, fingerprint: dict, abstract_fields: 
   Returns {field: restored pytree}. No checkpoint -> FileNotFoundError saying which stage to run first.
   """
   directory = os.path.join(workdir, name, 'checkpoints')
+  missing = FileNotFoundError(f'no {name} checkpoint in {directory}; run the {name} stage first '
+                              f'(--config.stages={name}) {how}')
+  if '://' not in directory and not os.path.isdir(directory):
+    raise missing  # before the Checkpointer, which would create the folder: a failed run leaves nothing behind
   ckpt = checkpointing.Checkpointer(directory, config_fingerprint=fingerprint)
   try:
     if ckpt.latest_step() is None:
-      raise FileNotFoundError(f'no {name} checkpoint in {directory}; run the {name} stage first '
-                              f'(--config.stages={name}) {how}')
+      raise missing
     fields, _ = ckpt.restore_fields(abstract_fields)
   finally:
     ckpt.close()
