@@ -23,7 +23,9 @@ optional `num_classes`, which is then checked against the data):
   label_threshold  -1 keeps the labels; t in [1, num_classes-1] gives binary labels (label >= t) with
                    class names ('<NAME_t', '>=NAME_t'), e.g. ('<KL2', '>=KL2').
   hflip            random horizontal flips in training batches.
-  train_split, eval_split, test_split   split specs (TFDS slicing works: 'train[:90%]').
+  train_split, eval_split, test_split   split specs (TFDS slicing works: 'train[:90%]'). An image folder with
+                   train/ but no validation/ folder gets 'validation' carved from train/ (10% of each class,
+                   seeded) whenever one of these specs names 'validation' (builders/image_folder.py).
 
 Reading. Datasets are prepared (if needed) with `file_format='array_record'` and read with random access
 through `builder.as_data_source(split)`. If the split, resized to S x S x C uint8, fits in
