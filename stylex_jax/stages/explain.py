@@ -326,12 +326,12 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, split: str | None = 
     source, what = _split_images(data, total, ec.batch_size, config.seed), f'split {split!r}'
     class_names = _class_names(config, data.class_names)
   inv = explainer.inverter
+  target_description = _describe_target(explainer.target, class_names, ec)
   writer = export_lib.ExplanationWriter(
       out, num_classes=explainer.num_classes, class_names=class_names,
       image_shape=(config.data.image_size, config.data.image_size, config.data.channels), num_ws=inv.num_ws,
       w_dim=inv.w_dim, config=config.to_dict(), examples_per_shard=ec.examples_per_shard,
-      target_description=_describe_target(explainer.target, class_names,
-                                          ec), report_max_images=ec.report_max_images, source=export_source)
+      target_description=target_description, report_max_images=ec.report_max_images, source=export_source)
   per_image: dict[str, list[np.ndarray]] = {}
   summary_inputs = []
   done = 0
