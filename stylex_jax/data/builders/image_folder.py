@@ -332,8 +332,9 @@ def _scan(root: str, entries: Sequence[_Entry], num_threads: int | None) -> tupl
     logging.warning('skipped %d unreadable images, e.g. %s', len(unreadable), unreadable[0][1])
   alpha = [p for p, c, notes in results if c is not None and images.ALPHA_NOTE in notes]
   if alpha:
-    logging.warning('%d image(s) with transparent pixels: the alpha channel is dropped (colour kept as stored), '
-                    'e.g. %s', len(alpha), os.path.join(root, alpha[0]))
+    logging.warning(
+        '%d image(s) with transparent pixels: the alpha channel is dropped (colour kept as stored), '
+        'e.g. %s', len(alpha), os.path.join(root, alpha[0]))
   return {p: c for p, c, _ in results if c is not None}, len(unreadable)
 
 
