@@ -353,7 +353,7 @@ _ABSTRACT = {'w': jax.ShapeDtypeStruct((32, 16), jnp.float32), 'b': jax.ShapeDty
 
 
 def _fallback_warnings(caplog):
-  return [r.getMessage() for r in caplog.records if r.levelname == 'WARNING' and 'damaged' in r.getMessage()]
+  return [r.getMessage() for r in caplog.records if r.levelname == 'WARNING' and 'damaged (' in r.getMessage()]
 
 
 @pytest.mark.parametrize('damage', [_truncate_data, _garble_data, _truncate_meta])

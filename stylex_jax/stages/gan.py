@@ -100,6 +100,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       break
   ckpt.wait_until_finished()
   step = int(state.step)
+  if start >= gc.num_steps:  # resumed at the end (e.g. an unreadable summary.json): the final eval again
+    last_eval = evaluator(lambda z: gen_fn(state.g_ema, state.g_stats, z), jax.random.fold_in(key, 7))
+    writer.write_scalars(step, last_eval)
   writer.close()
   ckpt.close()
   if step < gc.num_steps:
