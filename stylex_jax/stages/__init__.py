@@ -49,6 +49,8 @@ def parse_stages(stages: str) -> list[str]:
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, dict]:
   """Runs every stage of `config.stages` in order in `workdir`; returns {stage: summary}."""
   names = parse_stages(config.stages)
+  from stylex_jax.stages import checks  # every stage's config constraints, before the first stage runs
+  checks.check_stages(config, names)
   os.makedirs(workdir, exist_ok=True)
   results = {}
   for name in names:
