@@ -1,8 +1,12 @@
 """Tests for stylex_jax.stages.common with a toy state (no model, no data): a stage whose newest checkpoint is
 damaged is not complete and resumes from the previous intact one, a later stage loading it falls back the same
-way, an unreadable summary.json is recomputed with one line naming it, and nothing damaged is deleted."""
+way, an unreadable summary.json is recomputed with one line naming it, and nothing damaged is deleted; then the
+same with the real checkpoints of the session's trained smoke stages (conftest.smoke_stages)."""
 import json
 import os
+import shutil
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -95,3 +99,70 @@ def test_unreadable_summary_is_recomputed_with_one_line(tmp_path, capsys):
   assert out[1:] == [f'[toy] resumed from step 2 ({os.path.dirname(summary_path)}/checkpoints)']
   with open(summary_path) as f:
     assert json.load(f) == summary
+
+
+def _damaged_copy_of_latest(ckpt_dir, new_step):
+  """Copies the latest step directory of `ckpt_dir` to `new_step` (a newer checkpoint) and truncates its array
+  data: a damaged newest checkpoint in front of an intact one."""
+  latest = max(int(n) for n in os.listdir(ckpt_dir) if n.isdigit())
+  shutil.copytree(os.path.join(ckpt_dir, str(latest)), os.path.join(ckpt_dir, str(new_step)))
+  _truncate_data(os.path.join(ckpt_dir, str(new_step)))
+  return latest
+
+
+def test_real_stages_fall_back_past_a_damaged_newest_checkpoint(tmp_path, smoke_stages, caplog, capsys):
+  from stylex_jax.stages import classifier as classifier_stage
+  from stylex_jax.stages import gan as gan_stage
+  config, work = smoke_stages(str(tmp_path / 'work'), ('classifier', 'gan'))
+  ckpt_dir = os.path.join(work, 'gan', 'checkpoints')
+  intact = _damaged_copy_of_latest(ckpt_dir, 1000)
+  before = _snapshot(os.path.join(ckpt_dir, '1000'))
+  caplog.set_level('WARNING', logger='stylex_jax.checkpointing')
+
+  # a later stage loads G_ema of the previous checkpoint, with one warning naming both steps
+  _, g_ema, _ = gan_stage.load_generator(work, config)
+  assert jax.tree.leaves(g_ema)
+  warnings = _fallback_warnings(caplog)
+  assert len(warnings) == 1 and 'step 1000' in warnings[0] and f'using step {intact}' in warnings[0], warnings
+
+  # the stage itself: its intact checkpoint is at num_steps, so it is complete (one warning, no retraining)
+  caplog.clear()
+  capsys.readouterr()
+  summary = gan_stage.train_and_evaluate(config, work)
+  assert summary['step'] == config.gan.num_steps
+  assert len(_fallback_warnings(caplog)) == 1 and 'already trained' in capsys.readouterr().out
+  assert _snapshot(os.path.join(ckpt_dir, '1000')) == before  # left for the user, byte for byte
+
+  # an unreadable classifier summary.json: one line naming it, recomputed from the checkpoint (no training)
+  summary_path = os.path.join(work, 'classifier', 'summary.json')
+  with open(summary_path) as f:
+    saved = json.load(f)
+  with open(summary_path, 'w') as f:
+    f.write('{"stage": "classif')
+  summary = classifier_stage.train_and_evaluate(config, work)
+  out = capsys.readouterr().out
+  assert sum('summary.json' in line and 'recomputing' in line for line in out.splitlines()) == 1, out
+  assert summary['step'] == saved['step'] and summary['accuracy'] == pytest.approx(saved['accuracy'])
+  with open(summary_path) as f:
+    assert json.load(f)['step'] == saved['step']
+
+
+def test_launch_with_every_checkpoint_damaged_is_one_line(tmp_path, smoke_stages):
+  config, work = smoke_stages(str(tmp_path / 'work'), ('classifier',))
+  ckpt_dir = os.path.join(work, 'classifier', 'checkpoints')
+  for step in os.listdir(ckpt_dir):
+    if step.isdigit():
+      _truncate_data(os.path.join(ckpt_dir, step))
+  os.remove(os.path.join(work, 'classifier', 'summary.json'))
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  proc = subprocess.run([
+      sys.executable,
+      os.path.join(root, 'launch', 'train.py'), '--config',
+      os.path.join(root, 'configs', 'demo.py:smoke'), '--config.stages=classifier',
+      f'--config.data.data_dir={config.data.data_dir}', '--config.num_devices=1', '--workdir', work
+  ], capture_output=True, text=True, timeout=300, env={
+      **os.environ, 'JAX_PLATFORMS': 'cpu'
+  })
+  errors = [line for line in proc.stderr.splitlines() if line.startswith('error:')]
+  assert proc.returncode != 0 and len(errors) == 1 and 'Traceback' not in proc.stderr, proc.stderr[-3000:]
+  assert errors[0].startswith('error: every checkpoint in') and 'is damaged' in errors[0]
