@@ -45,7 +45,8 @@ is a mismatch (another model or optimiser) and raises the clear error instead.  
 never deleted or modified: the first ``save`` of this Checkpointer moves each damaged step it found
 to ``<directory>/damaged/<step>`` (one line each), so the retrained step can be written under the
 same number and orbax's step list and retention never count it.  A checkpoint written by another
-config (fingerprint) is refused, never skipped.
+config (fingerprint) is refused, never skipped.  (A failed read installs, once, a ``sys.unraisablehook``
+filter for the "Event loop is closed" errors tensorstore's late callbacks raise after orbax gave up.)
 """
 from __future__ import annotations
 
@@ -351,7 +352,7 @@ class Checkpointer:
     if not bad or (tuple(bad), used) in self._warned:
       return
     self._warned.add((tuple(bad), used))
-    what = '; '.join(f'step {s}: {self._damaged[s]}' for s in bad)
+    what = '; '.join(f'step {s}: {self._damaged[s]}' for s in bad) if len(bad) > 1 else self._damaged[bad[0]]
     steps = ', '.join(str(s) for s in bad)
     _log.warning(
         'checkpoint step%s %s in %s %s damaged (%s); using step %d, the newest intact one (the '
@@ -379,7 +380,7 @@ class Checkpointer:
         (self._directory / str(step)).rename(target)
         _log.warning(
             'moved damaged checkpoint step %d to %s (kept for you to inspect or delete); the step is '
-            'written again when training reaches it', step, target)
+            'written afresh if training reaches it again', step, target)
     if jax.process_count() > 1:
       ocp.multihost.sync_global_processes('stylex_checkpointing_damaged')
 
