@@ -23,6 +23,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
+from launch import config_flag  # noqa: E402
+
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file (configs/*.py[:variant]).',
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Workdir holding the trained classifier/, gan/ (and encoder/).')
@@ -44,9 +46,11 @@ def main(argv):
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)
   from stylex_jax.stages import explain as stage  # pylint: disable=g-import-not-at-top
+  from stylex_jax.stages import checks  # pylint: disable=g-import-not-at-top
   if _IMAGES.value and (_SPLIT.value or _NUM_IMAGES.value is not None):
     sys.exit('error: give either --images or --split/--num_images, not both')
   try:
+    checks.check_stages(_CONFIG.value, ['explain'])  # the config, before any checkpoint is read
     stage.run(_CONFIG.value, _WORKDIR.value, split=_SPLIT.value, num_images=_NUM_IMAGES.value,
               image_patterns=_IMAGES.value, output_dir=_OUTPUT.value)
   except (ValueError, FileNotFoundError) as e:  # bad input: one clear line (STYLEX_DEBUG=1 for the traceback)
@@ -56,4 +60,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=config_flag.parse_flags)

@@ -15,6 +15,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
+from launch import config_flag  # noqa: E402
+
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'The config the GAN was trained with.', lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Workdir holding gan/checkpoints.')
 _OUTDIR = flags.DEFINE_string('outdir', None, 'Where to write PNGs (default <workdir>/generate).')
@@ -69,4 +71,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=config_flag.parse_flags)

@@ -35,12 +35,25 @@ SIGTERM and agrees on a common save step across hosts; the handler then leaves i
 Incomplete step directories (a crash while copying, a half-deleted step) are ignored by
 ``latest_step`` / ``restore`` and, at the first save, renamed ``<step>.incomplete-<time>`` so they
 are neither counted as checkpoints nor deleted.
+
+Damaged checkpoints (a complete-looking step whose array data, ``meta/metadata`` or orbax metadata is
+truncated or corrupt): ``restore`` / ``restore_fields`` of the latest step fall back to the newest
+intact older step with ONE warning naming both steps; ``latest_intact_step`` finds it up front by
+reading the step back completely (meta JSON and every array, as numpy on the host).  A step is
+damaged when its restore fails AND that full read fails too; a restore that fails on an intact step
+is a mismatch (another model or optimiser) and raises the clear error instead.  Damaged steps are
+never deleted or modified: the first ``save`` of this Checkpointer moves each damaged step it found
+to ``<directory>/damaged/<step>`` (one line each), so the retrained step can be written under the
+same number and orbax's step list and retention never count it.  A checkpoint written by another
+config (fingerprint) is refused, never skipped.  (A failed read installs, once, a ``sys.unraisablehook``
+filter for the "Event loop is closed" errors tensorstore's late callbacks raise after orbax gave up.)
 """
 from __future__ import annotations
 
 import json
 import logging
 import signal
+import sys
 import threading
 import time
 from typing import Any
@@ -54,6 +67,7 @@ from orbax.checkpoint import checkpoint_managers
 _STATE = 'state'
 _META = 'meta'
 _STEP_METADATA_FILE = '_CHECKPOINT_METADATA'
+_DAMAGED_DIR = 'damaged'
 
 _log = logging.getLogger(__name__)
 
@@ -180,6 +194,36 @@ def _flatten(d: dict, prefix: str = '') -> dict[str, Any]:
   return out
 
 
+def _short(e: BaseException) -> str:
+  """First line of an exception, cut to 160 characters (tensorstore errors carry pages of spec JSON)."""
+  text = (str(e).strip().splitlines() or [''])[0]
+  text = text if len(text) <= 160 else text[:157] + '...'
+  return f'{type(e).__name__}: {text}' if text else type(e).__name__
+
+
+_quiet_hook_installed = False
+
+
+def _quiet_closed_loop_noise() -> None:
+  """Drops the "Event loop is closed" RuntimeErrors that tensorstore's late callbacks raise after orbax's
+    asyncio loop ended on a failed read (orbax stops at the first damaged array; the other reads finish
+    afterwards and would print a traceback each).  Every other unraisable exception goes to the previous
+    hook.  Installed once, at the first failed read."""
+  global _quiet_hook_installed
+  if _quiet_hook_installed:
+    return
+  previous = sys.unraisablehook
+
+  def hook(unraisable):
+    e = unraisable.exc_value
+    if isinstance(e, RuntimeError) and str(e) == 'Event loop is closed':
+      return
+    previous(unraisable)
+
+  sys.unraisablehook = hook
+  _quiet_hook_installed = True
+
+
 # ---------------------------------------------------------------------------------------------
 # Checkpointer
 # ---------------------------------------------------------------------------------------------
@@ -211,6 +255,8 @@ class Checkpointer:
     self._interval = int(save_interval_steps)
     self._keep = int(keep)
     self._prepared_for_save = False
+    self._damaged: dict[int, str] = {}  # step -> what is wrong with it (found by this Checkpointer)
+    self._warned: set[tuple] = set()
     options = ocp.CheckpointManagerOptions(
         save_decision_policy=checkpoint_managers.AnySavePolicy([
             checkpoint_managers.FixedIntervalPolicy(self._interval),
@@ -259,6 +305,85 @@ class Checkpointer:
     steps = self.all_steps()
     return steps[-1] if steps else None
 
+  def latest_intact_step(self) -> int | None:
+    """Newest step whose checkpoint reads back completely (meta and every array), or None.
+
+        Reads the newest step in full (host memory); a damaged one is skipped for the previous step with
+        one warning naming both (see the module docstring).  None when there is no checkpoint or every
+        one is damaged.
+        """
+    steps = self.all_steps()
+    for step in reversed(steps):
+      if self._damage(step) is None:
+        self._warn_fallback(step)
+        return step
+    return None
+
+  # -- damage -------------------------------------------------------------------------------
+
+  def _damage(self, step: int) -> str | None:
+    """None when step's checkpoint reads back completely, else what is wrong (cached per step)."""
+    if step in self._damaged:
+      return self._damaged[step]
+    try:
+      self._read_meta(step)
+    except Exception as e:  # noqa: BLE001  (orbax/JSON/tensorstore raise anything, even bare Exception)
+      return self._mark_damaged(step, f'meta: {_short(e)}')
+    path = self._directory / str(step) / _STATE
+    handler = ocp.PyTreeCheckpointHandler()
+    try:
+      tree = handler.metadata(path).tree
+      args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
+      handler.restore(path, args=ocp.args.PyTreeRestore(restore_args=args))
+    except Exception as e:  # noqa: BLE001
+      _quiet_closed_loop_noise()
+      return self._mark_damaged(step, f'state: {_short(e)}')
+    finally:
+      handler.close()
+    return None
+
+  def _mark_damaged(self, step: int, problem: str) -> str:
+    self._damaged[step] = problem
+    return problem
+
+  def _warn_fallback(self, used: int) -> None:
+    """One warning naming the damaged steps newer than `used` and `used` itself (once per Checkpointer)."""
+    bad = sorted((s for s in self._damaged if s > used), reverse=True)
+    if not bad or (tuple(bad), used) in self._warned:
+      return
+    self._warned.add((tuple(bad), used))
+    what = '; '.join(f'step {s}: {self._damaged[s]}' for s in bad) if len(bad) > 1 else self._damaged[bad[0]]
+    steps = ', '.join(str(s) for s in bad)
+    _log.warning(
+        'checkpoint step%s %s in %s %s damaged (%s); using step %d, the newest intact one (the '
+        'damaged files are left in place; a run that saves here first moves them to %s/)', 's' if len(bad) > 1 else '',
+        steps, self._directory, 'are' if len(bad) > 1 else 'is', what, used, self._directory / _DAMAGED_DIR)
+
+  def _all_damaged_error(self, steps: list[int]) -> ValueError:
+    """The error when every one of `steps` (newest first) is damaged."""
+    what = '; '.join(f'step {s}: {self._damaged.get(s, "unreadable")}' for s in steps)
+    return ValueError(f'every checkpoint in {self._directory} is damaged ({what}); move {self._directory} aside '
+                      'to train this stage from scratch (or restore it from a backup)')
+
+  def _move_damaged_aside(self) -> None:
+    """Moves each damaged step directory found so far to <directory>/damaged/<step> (never deletes it)."""
+    present = [s for s in sorted(self._damaged) if (self._directory / str(s)).exists()]
+    if not present:
+      return
+    if jax.process_index() == 0:
+      target_dir = self._directory / _DAMAGED_DIR
+      target_dir.mkdir(parents=True, exist_ok=True)
+      for step in present:
+        target = target_dir / str(step)
+        if target.exists():
+          target = target_dir / f'{step}-{time.strftime("%Y%m%d-%H%M%S")}'
+        (self._directory / str(step)).rename(target)
+        _log.warning(
+            'moved damaged checkpoint step %d to %s (kept for you to inspect or delete); the step is '
+            'written afresh if training reaches it again', step, target)
+    if jax.process_count() > 1:
+      ocp.multihost.sync_global_processes('stylex_checkpointing_damaged')
+
   # -- fingerprint --------------------------------------------------------------------------
 
   def _read_meta(self, step: int) -> dict:
@@ -289,8 +414,17 @@ class Checkpointer:
   def _prepare_for_first_save(self) -> None:
     """Before the first save: refuse another config's directory; move incomplete step dirs aside."""
     complete, incomplete = self._step_dirs()
-    if complete:
-      self._check_fingerprint(self._read_meta(complete[-1]))
+    for step in reversed(complete):  # the newest readable meta decides; a damaged step never does
+      if step in self._damaged:
+        continue
+      try:
+        meta = self._read_meta(step)
+      except Exception as e:  # noqa: BLE001
+        self._mark_damaged(step, f'meta: {_short(e)}')
+        continue
+      self._check_fingerprint(meta)
+      break
+    self._move_damaged_aside()
     if incomplete:
       if jax.process_index() == 0:
         stamp = time.strftime('%Y%m%d-%H%M%S')
@@ -300,7 +434,7 @@ class Checkpointer:
           path.rename(target)
       if jax.process_count() > 1:
         ocp.multihost.sync_global_processes('stylex_checkpointing_quarantine')
-      self._manager.reload()
+    self._manager.reload()
     self._prepared_for_save = True
 
   # -- save / restore ---------------------------------------------------------------------
@@ -351,72 +485,90 @@ class Checkpointer:
                 _META: ocp.args.JsonSave(meta)
             })))
 
-  def _complete_step(self, step: int | None) -> int:
-    """The latest complete step (step None) or `step` if it is complete; else FileNotFoundError."""
+  def _candidates(self, step: int | None) -> list[int]:
+    """Steps to try, newest first: every complete step (step None), or just `step`; else FileNotFoundError."""
     steps = self.all_steps()
     if step is None:
       if not steps:
         raise FileNotFoundError(f'no checkpoint in {self._directory}; train this stage first (or point '
                                 '--workdir at the run that has it)')
-      return steps[-1]
+      return list(reversed(steps))
     if int(step) not in steps:
       raise FileNotFoundError(f'no complete checkpoint for step {step} in {self._directory}; '
                               f"available steps: {steps or 'none'}")
-    return int(step)
+    return [int(step)]
+
+  def _restore_first_intact(self, step: int | None, restore_fn, mismatch) -> tuple[Any, dict]:
+    """restore_fn(s) of the latest (or the given) step, falling back past damaged steps (see the module
+        docstring); a failure on an intact step is a mismatch: ValueError(mismatch(step, cause))."""
+    candidates = self._candidates(step)
+    for s in candidates:
+      if s in self._damaged:
+        continue
+      try:
+        meta = self._read_meta(s)
+      except Exception as e:  # noqa: BLE001  (a truncated meta/metadata: JSONDecodeError, or anything orbax raises)
+        self._mark_damaged(s, f'meta: {_short(e)}')
+        continue
+      self._check_fingerprint(meta)  # another config's checkpoint is refused, never skipped
+      try:
+        restored = restore_fn(s)
+      except Exception as e:  # noqa: BLE001  (orbax may raise a bare Exception for unreadable array data)
+        _quiet_closed_loop_noise()
+        if self._damage(s) is None:
+          raise ValueError(mismatch(s, _short(e))) from e
+        continue
+      self._warn_fallback(s)
+      return restored, meta.get('metadata', {})
+    if step is not None:
+      raise ValueError(f'checkpoint step {step} in {self._directory} is damaged ({self._damaged[int(step)]}); '
+                       f'restore another step (available: {self.all_steps()})')
+    raise self._all_damaged_error(candidates)
 
   def restore(self, abstract_state: Any, step: int | None = None) -> tuple[Any, dict]:
-    """Restores the latest (or the given) complete checkpoint into ``abstract_state``'s shardings.
+    """Restores the latest (or the given) intact checkpoint into ``abstract_state``'s shardings.
+
+        A damaged latest checkpoint falls back to the previous intact one with one warning naming both steps.
 
         Args:
           abstract_state: pytree like the saved state, with ``jax.ShapeDtypeStruct`` leaves that
             carry a sharding (see ``abstract_like``); arrays come back with exactly that sharding.
-          step: a specific step, or None for the latest.
+          step: a specific step (no fallback), or None for the latest intact one.
 
         Returns:
           (state, metadata): the restored pytree and the ``metadata`` dict given to ``save``.
 
         Raises:
-          FileNotFoundError: no (complete) checkpoint.  ValueError: written by another config, or
-          the checkpoint does not match ``abstract_state``.
+          FileNotFoundError: no (complete) checkpoint.  ValueError: written by another config, the
+          checkpoint does not match ``abstract_state``, or every checkpoint is damaged.
         """
-    step = self._complete_step(step)
-    meta = self._read_meta(step)
-    self._check_fingerprint(meta)
-    try:
-      restored = self._manager.restore(step,
-                                       args=ocp.args.Composite(**{_STATE: ocp.args.StandardRestore(abstract_state)}))
-    except (ValueError, KeyError, TypeError) as e:
-      raise ValueError(f'checkpoint step {step} in {self._directory} does not match the state to restore '
-                       f'into ({type(e).__name__}: {e}); if the model or optimiser changed use a new '
-                       f'--workdir, if the files are damaged move {self._directory / str(step)} aside to '
-                       'resume from the previous checkpoint') from e
-    return restored[_STATE], meta.get('metadata', {})
+    args = ocp.args.Composite(**{_STATE: ocp.args.StandardRestore(abstract_state)})
+    restored, meta = self._restore_first_intact(
+        step, lambda s: self._manager.restore(s, args=args)[_STATE],
+        lambda s, error: f'checkpoint step {s} in {self._directory} does not match the state to restore into '
+        f'({error}); if the model or optimiser changed use a new --workdir (or the original config and code)')
+    return restored, meta
 
   def restore_fields(self, abstract_fields: dict, step: int | None = None) -> tuple[dict, dict]:
     """Restores only some top-level fields of the saved state (orbax partial restore): what a later stage
         needs (e.g. G_ema and w_avg of a GAN state), never reading the optimiser or augmentation state.
+        A damaged latest checkpoint falls back to the previous intact one with one warning naming both steps.
 
         Args:
           abstract_fields: {field name: pytree of ``jax.ShapeDtypeStruct`` with shardings (``abstract_like``)},
             each laid out as that field of the saved state.
-          step: a specific step, or None for the latest.
+          step: a specific step (no fallback), or None for the latest intact one.
 
         Returns:
           ({field name: restored pytree}, metadata). Errors as ``restore``.
         """
-    step = self._complete_step(step)
-    meta = self._read_meta(step)
-    self._check_fingerprint(meta)
     restore_args = jax.tree.map(lambda x: ocp.ArrayRestoreArgs(sharding=x.sharding, dtype=x.dtype), abstract_fields)
     args = ocp.args.PyTreeRestore(item=abstract_fields, restore_args=restore_args, partial_restore=True)
-    try:
-      restored = self._manager.restore(step, args=ocp.args.Composite(**{_STATE: args}))
-    except (ValueError, KeyError, TypeError) as e:
-      raise ValueError(f'checkpoint step {step} in {self._directory} lacks the fields '
-                       f'{sorted(abstract_fields)} or they do not match ({type(e).__name__}: {e}); if the '
-                       f'model changed use a new --workdir, if the files are damaged move '
-                       f'{self._directory / str(step)} aside to use the previous checkpoint') from e
-    return dict(restored[_STATE]), meta.get('metadata', {})
+    restored, meta = self._restore_first_intact(
+        step, lambda s: self._manager.restore(s, args=ocp.args.Composite(**{_STATE: args}))[_STATE],
+        lambda s, error: f'checkpoint step {s} in {self._directory} lacks the fields {sorted(abstract_fields)} or '
+        f'they do not match ({error}); if the model changed use a new --workdir (or the original config)')
+    return dict(restored), meta
 
   # -- lifecycle ----------------------------------------------------------------------------
 

@@ -308,3 +308,129 @@ def test_two_process_save_restore_and_preemption_sync(tmp_path):
     assert r['preempt_step'] == results[0]['preempt_step']  # agreed across processes
     assert r['steps'] == [0, r['preempt_step']] and r['restored_step'] == r['preempt_step']
     assert r['shards_ok'] and r['x_spec_ok'] and r['w'] == [0.0, 1.0, 2.0]
+
+
+# ---------------------------------------------------------------------------------------------
+# Damaged checkpoints: fall back to the previous intact step, never delete the damaged one
+# ---------------------------------------------------------------------------------------------
+
+
+def _two_steps(directory):
+  """Checkpoints at steps 1 and 2 of a small state (values = step) with metadata {'pos': step}."""
+  with Checkpointer(directory, keep=3, save_interval_steps=1, config_fingerprint={'res': 8}) as ck:
+    for s in (1, 2):
+      ck.save(s, {
+          'w': jnp.full((32, 16), float(s)),
+          'b': jnp.arange(5.0) + s,
+          'key': jax.random.key(s)
+      }, metadata={'pos': s})
+
+
+def _truncate_data(step_dir):
+  """Truncates every array data file of the step's OCDBT database (state/d/*) to half its size."""
+  files = [os.path.join(step_dir, 'state', 'd', f) for f in os.listdir(os.path.join(step_dir, 'state', 'd'))]
+  assert files
+  for f in files:
+    with open(f, 'r+b') as fh:
+      fh.truncate(os.path.getsize(f) // 2)
+
+
+def _garble_data(step_dir):
+  """Overwrites every array data file of the step with random bytes of the same length."""
+  for f in os.listdir(os.path.join(step_dir, 'state', 'd')):
+    path = os.path.join(step_dir, 'state', 'd', f)
+    with open(path, 'r+b') as fh:
+      fh.write(np.random.default_rng(0).bytes(os.path.getsize(path)))
+
+
+def _truncate_meta(step_dir):
+  path = os.path.join(step_dir, 'meta', 'metadata')
+  with open(path, 'r+b') as fh:
+    fh.truncate(10)
+
+
+_ABSTRACT = {'w': jax.ShapeDtypeStruct((32, 16), jnp.float32), 'b': jax.ShapeDtypeStruct((5,), jnp.float32)}
+
+
+def _fallback_warnings(caplog):
+  return [r.getMessage() for r in caplog.records if r.levelname == 'WARNING' and 'damaged (' in r.getMessage()]
+
+
+@pytest.mark.parametrize('damage', [_truncate_data, _garble_data, _truncate_meta])
+def test_damaged_latest_falls_back_with_one_warning_and_keeps_the_files(tmp_path, caplog, damage):
+  directory = str(tmp_path / 'ck')
+  _two_steps(directory)
+  damage(os.path.join(directory, '2'))
+  before = _snapshot(os.path.join(directory, '2'))
+  rep = checkpointing_replicated()
+  abstract = abstract_like({**_ABSTRACT, 'key': jax.eval_shape(lambda: jax.random.key(0))}, rep)
+  caplog.set_level('WARNING', logger='stylex_jax.checkpointing')
+
+  # a later stage loading the fields (restore_latest's path)
+  with Checkpointer(directory, config_fingerprint={'res': 8}) as ck:
+    fields, meta = ck.restore_fields({'w': abstract['w']})
+  np.testing.assert_array_equal(np.asarray(fields['w']), np.full((32, 16), 1.0))
+  assert meta == {'pos': 1}
+  warnings = _fallback_warnings(caplog)
+  assert len(warnings) == 1, warnings
+  assert 'step 2' in warnings[0] and 'using step 1' in warnings[0] and directory in warnings[0]
+  assert '\n' not in warnings[0]
+
+  # the stage resuming itself: complete check, restore, then training saves step 2 again
+  caplog.clear()
+  with Checkpointer(directory, keep=3, save_interval_steps=1, config_fingerprint={'res': 8}) as ck:
+    assert ck.latest_step() == 2  # complete on disk ...
+    assert ck.latest_intact_step() == 1  # ... but damaged
+    state, meta = ck.restore(abstract)
+    assert meta == {'pos': 1} and float(state['w'][0, 0]) == 1.0
+    assert len(_fallback_warnings(caplog)) == 1  # said once, though two calls met the damaged step
+    assert _snapshot(os.path.join(directory, '2')) == before  # nothing deleted or modified
+    assert ck.save(2, {**state, 'w': jnp.full((32, 16), 22.0)}, metadata={'pos': 22})
+    ck.wait_until_finished()
+    assert ck.all_steps() == [1, 2]
+  moved = [r.getMessage() for r in caplog.records if 'moved damaged checkpoint step 2' in r.getMessage()]
+  assert len(moved) == 1 and os.path.join(directory, 'damaged', '2') in moved[0]
+  assert _snapshot(os.path.join(directory, 'damaged', '2')) == before  # moved intact, byte for byte
+
+  caplog.clear()
+  with Checkpointer(directory, config_fingerprint={'res': 8}) as ck:
+    assert ck.latest_intact_step() == 2
+    state, meta = ck.restore(abstract)
+  assert meta == {'pos': 22} and float(state['w'][0, 0]) == 22.0
+  assert not _fallback_warnings(caplog)
+
+
+def test_every_checkpoint_damaged_is_one_clear_error(tmp_path):
+  directory = str(tmp_path / 'ck')
+  _two_steps(directory)
+  _truncate_meta(os.path.join(directory, '2'))
+  _truncate_data(os.path.join(directory, '1'))
+  before = _snapshot(directory)
+  with Checkpointer(directory, config_fingerprint={'res': 8}) as ck:
+    assert ck.latest_intact_step() is None
+    with pytest.raises(ValueError, match=r'every checkpoint in .* is damaged \(step 2: meta: .*step 1: state: .*'
+                       r'move .* aside'):
+      ck.restore(abstract_like(_ABSTRACT, checkpointing_replicated()))
+    with pytest.raises(ValueError, match=r'step 1 .* is damaged'):
+      ck.restore_fields({'w': abstract_like(_ABSTRACT, checkpointing_replicated())['w']}, step=1)
+  assert _snapshot(directory) == before
+
+
+def test_damaged_latest_does_not_hide_another_config(tmp_path):
+  directory = str(tmp_path / 'ck')
+  _two_steps(directory)
+  _truncate_data(os.path.join(directory, '2'))
+  with Checkpointer(directory, config_fingerprint={'res': 16}) as ck:
+    with pytest.raises(ValueError, match=r'another config: res: 8 \(checkpoint\) vs 16 \(now\)'):
+      ck.restore(abstract_like(_ABSTRACT, checkpointing_replicated()))
+
+
+def test_intact_checkpoint_of_another_shape_is_a_mismatch_not_damage(tmp_path, caplog):
+  directory = str(tmp_path / 'ck')
+  _two_steps(directory)
+  caplog.set_level('WARNING', logger='stylex_jax.checkpointing')
+  wrong = abstract_like({'w': jax.ShapeDtypeStruct((4, 4), jnp.float32)}, checkpointing_replicated())
+  with Checkpointer(directory, config_fingerprint={'res': 8}) as ck:
+    with pytest.raises(ValueError, match=r'checkpoint step 2 .* lacks the fields \[.w.\] or they do not match'):
+      ck.restore_fields(wrong)
+  assert not _fallback_warnings(caplog)

@@ -65,6 +65,8 @@ def check_workdir(workdir: str) -> None:
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, dict]:
   """Runs every stage of `config.stages` in order in `workdir` (checked writable first); returns {stage: summary}."""
   names = parse_stages(config.stages)
+  from stylex_jax.stages import checks  # every stage's config constraints, before the first stage runs
+  checks.check_stages(config, names)
   check_workdir(workdir)
   results = {}
   for name in names:

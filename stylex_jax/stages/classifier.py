@@ -19,7 +19,7 @@ from absl import logging
 
 from stylex_jax import checkpointing, sharding, writers
 from stylex_jax.models import classifier as classifier_lib
-from stylex_jax.stages import common
+from stylex_jax.stages import checks, common
 from stylex_jax.train import classifier as classifier_train
 
 STAGE = 'classifier'
@@ -35,6 +35,16 @@ def config_fingerprint(config: ml_collections.ConfigDict) -> dict:
   model = build_model(config)
   return dict(model={k: getattr(model, k) for k in ('num_classes', 'stage_sizes', 'block', 'width', 'stem', 'norm')},
               channels=int(config.data.channels), grad_clip=bool(config.classifier.optimizer.grad_clip_norm > 0))
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+  """One clear error for what the classifier stage would refuse late (batch split, model preset, loop intervals);
+  cheap (no data, no compile), so `stages.run` calls it before the first stage."""
+  cc = config.classifier
+  checks.check_batch('classifier', cc.batch_size, config)
+  build_model(config)  # an unknown preset or override, or an invalid field, is a ValueError naming the choices
+  checks.check_positive('config.classifier', cc,
+                        ('num_steps', 'log_every', 'eval_every', 'checkpoint_every', 'keep_checkpoints'))
 
 
 def _check_data(config, train_data) -> None:
@@ -59,8 +69,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   from stylex_jax.data import pipeline as pipeline_lib  # TF lives in data/; imported only when training
 
   cc = config.classifier
+  check_config(config)
   mesh = sharding.make_mesh(config.num_devices or None)
-  sharding.check_global_batch(cc.batch_size, mesh)
   stage = common.open_stage(STAGE, workdir, cc, config_fingerprint(config))
   if stage.completed is not None:
     return stage.completed

@@ -17,18 +17,38 @@ from stylex_jax import checkpointing
 
 
 def completed_summary(stage: str, ckpt, num_steps: int, summary_path: str) -> dict | None:
-  """The saved summary of a stage whose latest checkpoint is at `num_steps` (so it is not retrained), else None.
+  """The saved summary of a stage whose latest intact checkpoint is at `num_steps` (so it is not retrained), else
+  None: the stage resumes from its latest intact checkpoint (a damaged newest one is skipped with one warning
+  naming both steps, and the missing steps are retrained), and an unreadable summary.json is recomputed (one line).
 
   ckpt: the stage's `checkpointing.Checkpointer` (closed here when the stage is complete).
   """
-  latest = ckpt.latest_step()
-  if latest is None or latest < num_steps or not os.path.exists(summary_path):
+  if not os.path.exists(summary_path):
+    return None
+  latest = ckpt.latest_intact_step()  # reads the newest checkpoint back in full: damage shows here, not later
+  if latest is None or latest < num_steps:
+    return None
+  summary = read_summary(stage, summary_path)
+  if summary is None:
     return None
   print(f'[{stage}] already trained to step {latest} (checkpoints in {ckpt.directory}); not retraining. '
         f'Summary: {summary_path}')
   ckpt.close()
-  with open(summary_path) as f:
-    return json.load(f)
+  return summary
+
+
+def read_summary(stage: str, summary_path: str) -> dict | None:
+  """summary.json as a dict, or None (after one line naming the file) when it is truncated or not a JSON object."""
+  try:
+    with open(summary_path) as f:
+      summary = json.load(f)
+    if isinstance(summary, dict):
+      return summary
+    problem = f'holds a {type(summary).__name__}, not a JSON object'
+  except (OSError, UnicodeDecodeError, ValueError) as e:
+    problem = f'is unreadable ({type(e).__name__}: {e})'
+  print(f'[{stage}] {summary_path} {problem}; recomputing it from the latest checkpoint (the file is rewritten)')
+  return None
 
 
 @dataclasses.dataclass

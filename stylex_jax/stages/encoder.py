@@ -23,8 +23,9 @@ import numpy as np
 from stylex_jax import checkpointing, sharding, writers
 from stylex_jax.explain import invert
 from stylex_jax.explain import reconstruction
+from stylex_jax.models import stylegan2
 from stylex_jax.stages import classifier as classifier_stage
-from stylex_jax.stages import common
+from stylex_jax.stages import checks, common
 from stylex_jax.stages import gan as gan_stage
 from stylex_jax.train import encoder as encoder_train
 
@@ -36,6 +37,22 @@ def config_fingerprint(config: ml_collections.ConfigDict) -> dict:
   enc = encoder_train.build_encoder(config, *encoder_train.generator_shape(config))
   return dict(encoder={k: getattr(enc, k) for k in ('num_ws', 'w_dim', 'width', 'channel_max', 'hidden')},
               image_size=config.data.image_size, channels=config.data.channels)
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+  """One clear error for what the encoder stage would refuse late (batch split, synthetic fraction, loss terms,
+  config.invert, the generator's resolution, loop intervals); cheap (no data, no compile), so `stages.run` calls
+  it before the first stage."""
+  ec = config.encoder
+  checks.check_batch('encoder', ec.batch_size, config)
+  invert.check_invert_config(config.invert)
+  encoder_train.num_synthetic(ec)
+  unknown = set(dict(ec.loss)) - set(reconstruction.LOSS_TERMS)
+  if unknown:
+    raise ValueError(f'config.encoder.loss has unknown term(s) {sorted(unknown)}; use {reconstruction.LOSS_TERMS}')
+  stylegan2.check_resolution_channels(config.data.image_size, config.data.channels,
+                                      'encoder stage (the generator of config.data.image_size / channels)')
+  checks.check_positive('config.encoder', ec, ('num_steps', 'log_every', 'checkpoint_every', 'keep_checkpoints'))
 
 
 def _frozen(config, workdir, mesh):
@@ -83,13 +100,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   from stylex_jax.data import pipeline as pipeline_lib  # TF lives in data/; imported only when training
 
   ec = config.encoder
+  check_config(config)
   mesh = sharding.make_mesh(config.num_devices or None)
-  sharding.check_global_batch(ec.batch_size, mesh)
-  invert.check_invert_config(config.invert)
   num_syn = encoder_train.num_synthetic(ec)
-  unknown = set(dict(ec.loss)) - set(reconstruction.LOSS_TERMS)
-  if unknown:
-    raise ValueError(f'config.encoder.loss has unknown term(s) {sorted(unknown)}; use {reconstruction.LOSS_TERMS}')
   stage = common.open_stage(STAGE, workdir, ec, config_fingerprint(config))
   if stage.completed is not None:
     return stage.completed

@@ -165,8 +165,17 @@ def _phantom_reference(spec: dict, reals: dict, target_class: int) -> tuple[dict
   return signs, std
 
 
+def check_config(config: ml_collections.ConfigDict) -> None:
+  """One clear error for a bad config.evaluate before anything is read; cheap, so `stages.run` calls it before the
+  first stage."""
+  if config.evaluate.real_images < 2:
+    raise ValueError(f'config.evaluate.real_images={config.evaluate.real_images} must be >= 2 (the test images '
+                     'realism (KID) and the phantom attribute statistics are measured on)')
+
+
 def run(config: ml_collections.ConfigDict, workdir: str, *, explanations: str | None = None) -> dict:
   """Computes the scorecard of the export (see the module docstring); returns {metric: entry}."""
+  check_config(config)
   t0 = time.perf_counter()
   directory = _export_dir(workdir, explanations)
   schema = _read_schema(directory)

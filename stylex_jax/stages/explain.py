@@ -46,6 +46,7 @@ from stylex_jax.explain import direction as direction_lib
 from stylex_jax.explain import export as export_lib
 from stylex_jax.explain import gradcam as gradcam_lib
 from stylex_jax.explain import image_files
+from stylex_jax.explain import invert
 from stylex_jax.explain import series as series_lib
 from stylex_jax.stages import common
 from stylex_jax.stages import encoder as encoder_stage
@@ -56,8 +57,11 @@ MODES = ('gradient', 'blackbox')
 SCOPES = ('global', 'local')
 
 
-def check_config(ec: ml_collections.ConfigDict) -> None:
-  """One clear error for a bad config.explain before anything is loaded or computed."""
+def check_config(config: ml_collections.ConfigDict) -> None:
+  """One clear error for a bad config.explain (or config.invert, or a target the classes cannot have) before
+  anything is loaded or computed; cheap (no data, no compile), so `stages.run` calls it before the first stage."""
+  ec = config.explain
+  invert.check_invert_config(config.invert)
   problems = []
   if ec.mode not in MODES:
     problems.append(f'mode={ec.mode!r} must be one of {MODES}')
@@ -78,6 +82,16 @@ def check_config(ec: ml_collections.ConfigDict) -> None:
   if not ec.max_shift > 0 or not ec.step_size > 0:
     problems.append(f'max_shift={ec.max_shift} and step_size={ec.step_size} must be > 0 (multiples of the '
                     'latent scale)')
+  if min(ec.chunk_size, ec.examples_per_shard, ec.direction_latents) < 1 or ec.report_max_images < 0:
+    problems.append(f'chunk_size={ec.chunk_size}, examples_per_shard={ec.examples_per_shard} and direction_latents='
+                    f'{ec.direction_latents} must be >= 1, report_max_images={ec.report_max_images} >= 0')
+  k = config.data.num_classes
+  if ec.class_names and len(ec.class_names) != k:
+    problems.append(f'class_names has {len(ec.class_names)} names but config.data.num_classes={k}')
+  try:
+    direction_lib.make_target(ec.target, k, None if ec.class_index < 0 else int(ec.class_index))
+  except ValueError as e:
+    problems.append(f'target={ec.target!r}, class_index={ec.class_index}: {e}')
   if problems:
     raise ValueError('config.explain: ' + '; '.join(problems))
 
@@ -91,7 +105,7 @@ class Explainer:
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: str, *, inverter=None, classifier=None, mesh=None):
     ec = config.explain
-    check_config(ec)
+    check_config(config)
     self.config, self.ec = config, ec
     self.mesh = mesh or sharding.make_mesh(config.num_devices or None)
     if inverter is None:
@@ -288,7 +302,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, split: str | None = 
   comma-separated list) explains the user's files instead of a split.
   """
   ec = config.explain
-  check_config(ec)
+  check_config(config)
   out = os.path.abspath(output_dir or os.path.join(workdir, STAGE))
   split = split or ec.split
   num_images = ec.num_images if num_images is None else int(num_images)

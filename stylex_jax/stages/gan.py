@@ -20,7 +20,7 @@ import numpy as np
 from stylex_jax import checkpointing, sharding, writers
 from stylex_jax.evaluate import realism
 from stylex_jax.stages import classifier as classifier_stage
-from stylex_jax.stages import common
+from stylex_jax.stages import checks, common
 from stylex_jax.train import gan as gan_train
 
 STAGE = 'gan'
@@ -41,14 +41,25 @@ def config_fingerprint(config: ml_collections.ConfigDict) -> dict:
       })
 
 
+def check_config(config: ml_collections.ConfigDict) -> None:
+  """One clear error for what the gan stage would refuse late (resolution not a power of two, channels, batch
+  split over the devices and minibatch-stddev groups, dtypes, loop intervals); cheap (no data, no compile), so
+  `stages.run` calls it before the first stage."""
+  checks.check_batch('gan', config.gan.batch_size, config)
+  gan_train.check_config(config, sharding.make_mesh(config.num_devices or None))
+  checks.check_positive(
+      'config.gan', config.gan,
+      ('num_steps', 'log_every', 'sample_every', 'eval_every', 'checkpoint_every', 'keep_checkpoints'))
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                        max_steps_this_run: int | None = None) -> dict:
   """Trains (or resumes) the GAN in `<workdir>/gan/`; a finished stage is not retrained. Returns its summary."""
   from stylex_jax.data import pipeline as pipeline_lib  # TF lives in data/; imported only when training
 
   gc = config.gan
+  check_config(config)
   mesh = sharding.make_mesh(config.num_devices or None)
-  gan_train.check_config(config, mesh)
   stage = common.open_stage(STAGE, workdir, gc, config_fingerprint(config))
   if stage.completed is not None:
     return stage.completed
@@ -100,6 +111,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       break
   ckpt.wait_until_finished()
   step = int(state.step)
+  if start >= gc.num_steps:  # resumed at the end (e.g. an unreadable summary.json): the final eval again
+    last_eval = evaluator(lambda z: gen_fn(state.g_ema, state.g_stats, z), jax.random.fold_in(key, 7))
+    writer.write_scalars(step, last_eval)
   writer.close()
   ckpt.close()
   if step < gc.num_steps:
