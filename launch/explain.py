@@ -9,9 +9,11 @@
 Writes <output_dir> (default <workdir>/explain/): report.html (open it in a browser), tfrecords/ + schema.json,
 strips/*.png, gifs/*.gif, index.jsonl, directions.npz, summary.json. Users' files of another size or channel
 count are converted (one line each); files that cannot be used are rejected with one line each while the rest
-are explained. Always recomputes (the `explain` stage of launch/train.py skips a finished export).
+are explained. Always recomputes (the `explain` stage of launch/train.py skips a finished export). SIGTERM or
+Ctrl-C stop it between batches with one `incomplete:` line and exit 0; a previous export is left as it was.
 """
 import os
+import shlex
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # repo root, for `configs`
@@ -39,11 +41,15 @@ def main(argv):
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)
   from stylex_jax.stages import explain as stage  # pylint: disable=g-import-not-at-top
+  from stylex_jax.stages import Preempted  # pylint: disable=g-import-not-at-top
   if _IMAGES.value and (_SPLIT.value or _NUM_IMAGES.value is not None):
     sys.exit('error: give either --images or --split/--num_images, not both')
   try:
     stage.run(_CONFIG.value, _WORKDIR.value, split=_SPLIT.value, num_images=_NUM_IMAGES.value,
               image_patterns=_IMAGES.value, output_dir=_OUTPUT.value)
+  except Preempted as e:
+    print(f'incomplete: {e}. Rerun with: {shlex.join([sys.executable, *sys.argv])}', flush=True)
+    return
   except (ValueError, FileNotFoundError) as e:  # bad input: one clear line (STYLEX_DEBUG=1 for the traceback)
     if os.environ.get('STYLEX_DEBUG'):
       raise

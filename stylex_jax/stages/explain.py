@@ -16,9 +16,11 @@ For each image x (a split of the configured dataset, or the user's own files):
                `data/measure.py`).
 
 Outputs: `<workdir>/explain/` (or `output_dir`): report.html, schema.json, tfrecords/, strips/, gifs/,
-index.jsonl, directions.npz (the global direction(s) and their fit) and summary.json. The export directory is
-checked for writability before anything is computed; a previous export is replaced only when the new one is
-complete.
+index.jsonl, directions.npz (the global direction(s) and their fit) and summary.json; schema.json and summary.json
+record the checkpoint steps of the classifier, GAN and encoder used (`provenance`: the stage re-exports when they
+change). The export directory is checked for writability before anything is computed; a previous export is
+replaced only when the new one is complete. SIGTERM / Ctrl-C stop the run between batches (`common.Preempted`),
+the unfinished export is dropped and a previous one stays as it was.
 
 Shift units: config.explain.step_size and max_shift are multiples of the latent scale, the median
 ||w - w_avg|| of the latents the direction is fitted on (so configs carry over between generators).
@@ -34,7 +36,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from stylex_jax import sharding, writers
+from stylex_jax import checkpointing, sharding, writers
 from stylex_jax.data import pipeline as pipeline_lib
 from stylex_jax.evaluate import explanations as quality
 from stylex_jax.explain import direction as direction_lib
@@ -49,6 +51,7 @@ from stylex_jax.stages import evaluate as evaluate_stage
 STAGE = 'explain'
 MODES = ('gradient', 'blackbox')
 SCOPES = ('global', 'local')
+UPSTREAM = ('classifier', 'gan', 'encoder')  # the checkpoints an export is made from (its provenance)
 
 
 def check_config(ec: ml_collections.ConfigDict) -> None:
@@ -266,6 +269,9 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, split: str | None = 
   check_config(ec)
   out = os.path.abspath(output_dir or os.path.join(workdir, STAGE))
   export_lib.check_writable(out)  # before any computation
+  checkpointing.install_preemption_handler()  # SIGTERM / Ctrl-C stop between batches, the previous export kept
+  kept = f'the previous export in {out}, if any, is unchanged'
+  provenance = common.checkpoint_steps(workdir, UPSTREAM)
   split = split or ec.split
   num_images = ec.num_images if num_images is None else int(num_images)
   if num_images < 0:
@@ -278,6 +284,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, split: str | None = 
           f'latents in {explainer.direction_info["seconds"]:.1f} s: ' +
           ', '.join(f'{k}={v:.3g}' for k, v in explainer.direction_info.items()
                     if isinstance(v, float) and k not in ('seconds',)))
+  common.stop_if_preempted(STAGE, 0, kept)
   if image_patterns:
     source, what = _file_images(config, image_patterns, ec.batch_size), f'files {image_patterns}'
     total, class_names = None, _class_names(config)
@@ -291,7 +298,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, split: str | None = 
       out, num_classes=explainer.num_classes, class_names=class_names,
       image_shape=(config.data.image_size, config.data.image_size, config.data.channels), num_ws=inv.num_ws,
       w_dim=inv.w_dim, config=config.to_dict(), examples_per_shard=ec.examples_per_shard,
-      target_description=_describe_target(explainer.target, class_names, ec), report_max_images=ec.report_max_images)
+      target_description=_describe_target(explainer.target, class_names,
+                                          ec), report_max_images=ec.report_max_images, provenance=provenance)
   per_image: dict[str, list[np.ndarray]] = {}
   summary_inputs = []
   done = 0
@@ -306,6 +314,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, split: str | None = 
       rate = done / (time.perf_counter() - t0)
       print(f'[explain] {done}{"/" + str(total) if total else ""} images explained ({what}), {rate:.2f} img/s',
             flush=True)
+      common.stop_if_preempted(STAGE, done, kept)  # raising here aborts the writer: nothing half-exported
     metrics = {k: np.concatenate(v) for k, v in per_image.items()}
     summary_metrics = _summary(metrics)
     summary_metrics['images'] = done
@@ -319,7 +328,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, split: str | None = 
     np.savez(os.path.join(out, 'directions.npz'), directions=explainer.directions, **fit)
   summary = dict(stage=STAGE, complete=True, source=what, **summary_metrics, direction=explainer.direction_info,
                  report=paths['report'], tfrecords=paths['tfrecords'], schema=paths['schema'], strips=paths['strips'],
-                 gifs=paths['gifs'], directory=out)
+                 gifs=paths['gifs'], directory=out, provenance=provenance)
   summary = writers.write_json(os.path.join(out, 'summary.json'), summary)
   print(f'[explain] {done} images in {summary_metrics["seconds"]:.0f} s: ' +
         ' '.join(f'{k}={summary_metrics[k]:.3g}' for k in ('ssim', 'agree', 'flip_rate', 'monotonicity')
@@ -363,7 +372,7 @@ def _describe_target(target, class_names, ec) -> str:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Stage entry point for launch/train.py: explains config.explain.split unless a complete export of the same
   config exists (rerun with launch/explain.py to explain other images)."""
-  stage = common.open_export_stage(STAGE, workdir, config)
+  stage = common.open_export_stage(STAGE, workdir, config, common.checkpoint_steps(workdir, UPSTREAM))
   if stage.completed is not None:
     return stage.completed
   return run(config, workdir)
