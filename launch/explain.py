@@ -14,8 +14,11 @@ config, split and num_images, recorded as 'source' in schema.json).
 --images needs --output_dir (<workdir>/explain/ is the split's export, refused for users' files), and is read
 before anything is computed: a glob matching nothing or an empty folder is one error and leaves no folder.
 Files above 64 megapixels are rejected from their header (STYLEX_MAX_IMAGE_PIXELS=<pixels> raises the limit).
+SIGTERM or Ctrl-C stop it between batches with one `incomplete:` line and exit 0; a previous export is
+left as it was.
 """
 import os
+import shlex
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # repo root, for `configs`
@@ -47,12 +50,16 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
   from stylex_jax.stages import explain as stage  # pylint: disable=g-import-not-at-top
   from stylex_jax.stages import checks  # pylint: disable=g-import-not-at-top
+  from stylex_jax.stages import Preempted  # pylint: disable=g-import-not-at-top
   if _IMAGES.value and (_SPLIT.value or _NUM_IMAGES.value is not None):
     sys.exit('error: give either --images or --split/--num_images, not both')
   try:
     checks.check_stages(_CONFIG.value, ['explain'])  # the config, before any checkpoint is read
     stage.run(_CONFIG.value, _WORKDIR.value, split=_SPLIT.value, num_images=_NUM_IMAGES.value,
               image_patterns=_IMAGES.value, output_dir=_OUTPUT.value)
+  except Preempted as e:
+    print(f'incomplete: {e}. Rerun with: {shlex.join([sys.executable, *sys.argv])}', flush=True)
+    return
   except (ValueError, FileNotFoundError) as e:  # bad input: one clear line (STYLEX_DEBUG=1 for the traceback)
     if os.environ.get('STYLEX_DEBUG'):
       raise

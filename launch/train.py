@@ -6,8 +6,13 @@
 
 Multi-host (TPU pods, multi-node GPU): run the same command on every host; `jax.distributed` is initialised
 from the environment (see launch/tpu_pod.sh and launch/slurm.sh) or from --coordinator_address etc.
+
+Preemption: SIGTERM (and Ctrl-C once, on one process) lets the running stage finish its step and save; no later
+stage runs, and the command exits 0 with one line `incomplete: ...` naming the stage and step and the command to
+resume (the same command). A second Ctrl-C quits at once.
 """
 import os
+import shlex
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # repo root, for `configs`
@@ -36,6 +41,9 @@ def main(argv):
   try:
     sharding.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     results = stages.run(_CONFIG.value, _WORKDIR.value)
+  except stages.Preempted as e:  # saved; a rerun resumes: not an error for the scheduler
+    print(f'incomplete: {e}; later stages not run. Resume with: {shlex.join([sys.executable, *sys.argv])}', flush=True)
+    return
   except (ValueError, FileNotFoundError) as e:  # bad input: one clear line (STYLEX_DEBUG=1 for the traceback)
     if os.environ.get('STYLEX_DEBUG'):
       raise

@@ -27,10 +27,14 @@ key data with the PRNG implementation and ``restore`` gives back typed keys when
 state holds key-typed ``ShapeDtypeStruct`` s (as ``jax.eval_shape`` / ``abstract_like`` produce).
 Raw ``uint32`` key data (``jax.random.key_data(key)``) round-trips as an ordinary array.
 
-Preemption: on a single process, ``install_preemption_handler`` turns SIGTERM into a flag.  After
+Preemption: on a single process, ``install_preemption_handler`` turns SIGTERM and the first SIGINT
+(Ctrl-C) into a flag: the loop saves at its next step and stops (a second Ctrl-C interrupts at once,
+KeyboardInterrupt).  ``preemption_requested()`` reads the flag where there is no checkpointer (e.g.
+between explanation batches); ``request_preemption()`` raises it without a signal, ``clear_preemption()``
+lowers it (a long-lived process that goes on after a preempted run: notebooks, tests).  After
 ``jax.distributed.initialize`` (several processes) JAX's own preemption notifier already catches
 SIGTERM and agrees on a common save step across hosts; the handler then leaves it in place and
-``reached_preemption`` asks orbax for that sync point.
+``reached_preemption`` asks orbax for that sync point (SIGINT is then not caught).
 
 Incomplete step directories (a crash while copying, a half-deleted step) are ignored by
 ``latest_step`` / ``restore`` and, at the first save, renamed ``<step>.incomplete-<time>`` so they
@@ -91,13 +95,29 @@ def _on_sigterm_factory(previous: Any):
   return _on_sigterm
 
 
-def install_preemption_handler() -> None:
-  """Turns SIGTERM into a "save at the next step and exit" flag instead of killing the process.
+def _on_sigint_factory(previous: Any):
 
-    Chains a previously installed Python handler (it is still called).  Idempotent; must be called
-    from the main thread.  When ``jax.distributed`` is initialised with its preemption service (the
-    multi-process default), JAX already handles SIGTERM natively and agrees on a save step across
-    processes; installing a Python handler would replace it, so this is then a no-op.
+  def _on_sigint(signum, frame):
+    if _PREEMPTED.is_set():  # the second Ctrl-C: stop now, as Python would
+      if callable(previous):
+        return previous(signum, frame)
+      raise KeyboardInterrupt
+    _PREEMPTED.set()
+    print('\nCtrl-C: saving a checkpoint at the next step, then stopping (Ctrl-C again to quit at once)',
+          file=sys.stderr, flush=True)
+
+  return _on_sigint
+
+
+def install_preemption_handler() -> None:
+  """Turns SIGTERM (and on one process the first SIGINT, Ctrl-C) into a "save at the next step and stop" flag
+    instead of killing the process.
+
+    Chains a previously installed Python SIGTERM handler (it is still called); a second Ctrl-C goes to the
+    previous SIGINT handler (Python's KeyboardInterrupt).  Idempotent; must be called from the main thread.
+    When ``jax.distributed`` is initialised with its preemption service (the multi-process default), JAX
+    already handles SIGTERM natively and agrees on a save step across processes; installing a Python handler
+    would replace it, so this is then a no-op.
     """
   global _python_handler_installed
   if threading.current_thread() is not threading.main_thread():
@@ -111,7 +131,25 @@ def install_preemption_handler() -> None:
       return
     previous = signal.getsignal(signal.SIGTERM)
     signal.signal(signal.SIGTERM, _on_sigterm_factory(previous))
+    if jax.process_count() == 1:  # one Ctrl-C on one host of several would leave the others running
+      signal.signal(signal.SIGINT, _on_sigint_factory(signal.getsignal(signal.SIGINT)))
     _python_handler_installed = True
+
+
+def request_preemption() -> None:
+  """Raises the preemption flag as SIGTERM would (the next save() checkpoints, then the stages stop)."""
+  _PREEMPTED.set()
+
+
+def clear_preemption() -> None:
+  """Lowers the preemption flag, so a process that goes on after a preempted run can train again."""
+  _PREEMPTED.clear()
+
+
+def preemption_requested() -> bool:
+  """Whether a preemption notice (SIGTERM, Ctrl-C, request_preemption) was received; with several processes,
+    whether any process got one (a collective: call it at the same points on every process)."""
+  return _preemption_flag_agreed()
 
 
 def _preemption_flag_agreed() -> bool:
@@ -224,6 +262,46 @@ def _quiet_closed_loop_noise() -> None:
   _quiet_hook_installed = True
 
 
+def _is_complete(step_dir: epath.Path) -> bool:
+  try:
+    return ((step_dir / _STEP_METADATA_FILE).exists() and (step_dir / _STATE).is_dir() and (step_dir / _META).is_dir())
+  except OSError:
+    return False
+
+
+def _scan(directory: epath.Path) -> tuple[list[int], list[epath.Path]]:
+  """(sorted complete steps, incomplete integer-named step directories) of a checkpoint directory."""
+  complete, incomplete = [], []
+  if not directory.exists():
+    return complete, incomplete
+  for child in directory.iterdir():
+    if not child.name.isdigit():
+      continue  # orbax temporaries, quarantined dirs, stray files
+    if child.is_dir() and _is_complete(child):
+      complete.append(int(child.name))
+    else:
+      incomplete.append(child)
+  return sorted(complete), incomplete
+
+
+def latest_step(directory: str) -> int | None:
+  """The newest complete checkpoint step in `directory` (no Checkpointer needed, nothing created), or None."""
+  steps = _scan(epath.Path(directory))[0]
+  return steps[-1] if steps else None
+
+
+def move_aside(directory: str, reason: str) -> str:
+  """Renames a checkpoint directory `<directory>.stale-<time>` (nothing is deleted) so the stage starts afresh;
+  returns the new path. The chief renames, every process waits for it."""
+  target = f'{directory}.stale-{time.strftime("%Y%m%d-%H%M%S")}'
+  if jax.process_index() == 0:
+    _log.warning('moving %s aside to %s: %s', directory, target, reason)
+    epath.Path(directory).rename(target)
+  if jax.process_count() > 1:
+    ocp.multihost.sync_global_processes('stylex_checkpointing_move_aside')
+  return target
+
+
 # ---------------------------------------------------------------------------------------------
 # Checkpointer
 # ---------------------------------------------------------------------------------------------
@@ -274,26 +352,9 @@ class Checkpointer:
 
   # -- discovery --------------------------------------------------------------------------
 
-  def _is_complete(self, step_dir: epath.Path) -> bool:
-    try:
-      return ((step_dir / _STEP_METADATA_FILE).exists() and (step_dir / _STATE).is_dir() and
-              (step_dir / _META).is_dir())
-    except OSError:
-      return False
-
   def _step_dirs(self) -> tuple[list[int], list[epath.Path]]:
     """(sorted complete steps, incomplete integer-named step directories)."""
-    complete, incomplete = [], []
-    if not self._directory.exists():
-      return complete, incomplete
-    for child in self._directory.iterdir():
-      if not child.name.isdigit():
-        continue  # orbax temporaries, quarantined dirs, stray files
-      if child.is_dir() and self._is_complete(child):
-        complete.append(int(child.name))
-      else:
-        incomplete.append(child)
-    return sorted(complete), incomplete
+    return _scan(self._directory)
 
   def all_steps(self) -> list[int]:
     """Steps with a complete checkpoint on disk, ascending (waits for this process's pending save)."""
@@ -383,6 +444,10 @@ class Checkpointer:
             'written afresh if training reaches it again', step, target)
     if jax.process_count() > 1:
       ocp.multihost.sync_global_processes('stylex_checkpointing_damaged')
+
+  def metadata(self, step: int | None = None) -> dict:
+    """The `metadata` dict saved with the latest (or the given) complete checkpoint, without its arrays."""
+    return self._read_meta(self._complete_step(step)).get('metadata', {})
 
   # -- fingerprint --------------------------------------------------------------------------
 

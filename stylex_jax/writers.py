@@ -266,6 +266,33 @@ def read_metrics(path: str) -> list[dict]:
   return records
 
 
+def truncate_metrics(path: str, last_step: int) -> int:
+  """Drops the rows of a ``metrics.jsonl`` with ``step > last_step`` (and a truncated last line); returns how
+    many were dropped. The file is rewritten atomically (temporary file + rename) only when something is
+    dropped, so a crash meanwhile leaves either the old or the new file. A missing file is left missing."""
+  if not os.path.exists(path):
+    return 0
+  with open(path, encoding='utf-8') as f:
+    lines = f.read().split('\n')
+  kept, dropped = [], 0
+  for line in lines:
+    if not line.strip():
+      continue
+    try:
+      step = json.loads(line).get('step')
+    except (json.JSONDecodeError, AttributeError):
+      dropped += 1  # a line cut by the crash (or not an object): never a row of the resumed run
+      continue
+    if isinstance(step, (int, float)) and step > last_step:
+      dropped += 1
+    else:
+      kept.append(line)
+  if dropped:
+    _log.info('%s: dropping %d rows after step %d (written after the last checkpoint)', path, dropped, last_step)
+    _write_atomic(path, ''.join(line + '\n' for line in kept).encode('utf-8'))
+  return dropped
+
+
 def _safe_filename(name: str) -> str:
   return re.sub(r'[^A-Za-z0-9_.-]+', '_', name).strip('._') or 'image'
 
@@ -273,12 +300,17 @@ def _safe_filename(name: str) -> str:
 class MetricWriter:
   """Writes metrics.jsonl, TensorBoard events and sample grids under one stage directory."""
 
-  def __init__(self, directory: str, *, tensorboard: bool = True, is_chief: bool | None = None):
+  def __init__(self, directory: str, *, tensorboard: bool = True, is_chief: bool | None = None,
+               resume_step: int | None = None):
     """
         Args:
           directory: ``<workdir>/<stage>``; created on the chief.
           tensorboard: also write TensorBoard event files under ``<directory>/tensorboard/``.
           is_chief: whether this process writes; default ``jax.process_index() == 0``.
+          resume_step: the step training resumes from (0 for a fresh start): rows of metrics.jsonl with a
+            larger step, written by an interrupted run after its last checkpoint, are dropped first (the file
+            is rewritten atomically), so each step appears once. None keeps the file as it is. TensorBoard
+            event files are not rewritten: a resumed run's events repeat those steps in a new file.
         """
     self.directory = str(directory)
     self.is_chief = (jax.process_index() == 0) if is_chief is None else bool(is_chief)
@@ -289,6 +321,8 @@ class MetricWriter:
     self.samples_dir = os.path.join(self.directory, 'samples')
     if self.is_chief:
       os.makedirs(self.directory, exist_ok=True)
+      if resume_step is not None:
+        truncate_metrics(self.metrics_path, self._check_step(resume_step))
       self._jsonl = open(self.metrics_path, 'a', encoding='utf-8')
 
   def _event_file(self) -> _EventFile | None:

@@ -49,3 +49,13 @@ def smoke_stages(tmp_path_factory):
     return smoke_config(root / 'tfds'), dst  # a fresh config per call: tests may change it
 
   return copy
+
+
+@pytest.fixture
+def preempt_at(monkeypatch):
+  """preempt_at('gan:2'): the stages send this process a real SIGTERM when that stage reaches that step (the
+    STYLEX_TEST_PREEMPT_AT hook of stylex_jax/stages/common.py); the preemption flag is lowered afterwards, so the
+    rest of the session trains normally."""
+  from stylex_jax import checkpointing
+  yield lambda where: monkeypatch.setenv('STYLEX_TEST_PREEMPT_AT', where)
+  checkpointing.clear_preemption()

@@ -66,8 +66,24 @@ def test_one_call_trains_everything_and_writes_the_report(trained):
   assert d.shape == (1, num_ws, w_dim)
   np.testing.assert_allclose(np.linalg.norm(d.reshape(1, -1), axis=1), 1.0, rtol=1e-5)
 
+  made_from = {
+      'classifier': config.classifier.num_steps,
+      'gan': config.gan.num_steps,
+      'encoder': config.encoder.num_steps
+  }
+  assert schema['provenance'] == summary['provenance'] == made_from
   again = stage.train_and_evaluate(config, str(root / 'work'))  # complete with this config: not recomputed
   assert again == summary
+
+
+def test_sigterm_in_explain_stops_between_batches_and_keeps_the_previous_export(trained, preempt_at):
+  config, root, _ = trained
+  out = root / 'work' / 'explain'
+  before = _tree_bytes(out)
+  preempt_at('explain:0')  # a real SIGTERM once the direction is fitted, before the first batch
+  with pytest.raises(stages.Preempted, match='explain stage at step 0 .the previous export .* is unchanged'):
+    stage.run(config, str(root / 'work'))
+  assert _tree_bytes(out) == before and not [p for p in os.listdir(out) if p.startswith('.export-')]
 
 
 def test_user_files_bad_one_rejected_rest_explained_blackbox(trained, tmp_path, capsys):
@@ -110,7 +126,7 @@ def _tree_bytes(directory) -> dict:
   }
 
 
-def test_evaluate_stage_scores_the_export_and_puts_the_scorecard_in_the_report(trained, tmp_path):
+def test_evaluate_stage_scores_the_export_and_puts_the_scorecard_in_the_report(trained, tmp_path, monkeypatch):
   config, root, _ = trained
   work = str(root / 'work')
   out = root / 'work' / 'explain'
@@ -139,6 +155,18 @@ def test_evaluate_stage_scores_the_export_and_puts_the_scorecard_in_the_report(t
   top = html[:html.index('class="row"')]  # the scorecard opens the page, above the rows
   assert 'class="scorecard"' in top and 'causal_right_direction' in top and 'kid_ratio' in top
   assert html.count('class="scorecard"') == 1
+
+  # the stage keeps this scorecard while it scores this very export, and recomputes once the export changed
+  calls = []
+  monkeypatch.setattr(evaluate_stage, 'run', lambda *a, **k: calls.append(a) or {'recomputed': True})
+  assert evaluate_stage.train_and_evaluate(config, work)['scorecard'] == card and not calls
+  schema = json.load(open(out / 'schema.json'))
+  schema['provenance']['gan'] += 2  # as if re-exported with a GAN trained further
+  json.dump(schema, open(out / 'schema.json', 'w'))
+  try:
+    assert evaluate_stage.train_and_evaluate(config, work) == {'recomputed': True} and len(calls) == 1
+  finally:
+    (out / 'schema.json').write_bytes(before['schema.json'])
 
 
 def test_evaluate_bad_export_fails_with_one_line_naming_the_file(trained, tmp_path):

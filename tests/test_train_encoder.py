@@ -1,5 +1,6 @@
 """The `encoder` stage on configs/demo.py:smoke: needs G and the classifier, trains, stops and resumes to the same
-state, writes held-out inversion metrics, is not retrained when complete, and feeds load_inverter."""
+state (metrics rows an interrupted run wrote after its checkpoint dropped), writes held-out inversion metrics and
+the upstream checkpoint steps, is not retrained when complete, and feeds load_inverter."""
 import json
 import os
 
@@ -29,14 +30,17 @@ def test_stage_trains_resumes_and_reports(workdir):
   work = str(root / 'work')
   part = encoder.train_and_evaluate(config, work, max_steps_this_run=2)
   assert part == dict(stage='encoder', step=2, complete=False)
+  with open(os.path.join(work, 'encoder', 'metrics.jsonl'), 'a') as f:  # rows a crashed run logged after step 2
+    f.write('{"step": 3, "loss": 99.0}\n{"step": 4, "loss": 99.0}\n')
   summary = encoder.train_and_evaluate(config, work)
   assert summary['step'] == config.encoder.num_steps
+  assert summary['upstream'] == {'classifier': config.classifier.num_steps, 'gan': config.gan.num_steps}
   for prefix in ('encoder_', 'refine_'):
     for k in ('ssim', 'psnr', 'agreement', 'prob_delta', 'w_distance'):
       assert np.isfinite(summary[prefix + k]), prefix + k
   assert summary['encoder_num_images'] == 4 and summary['refine_num_images'] == 4
   rows = [json.loads(l) for l in open(os.path.join(work, 'encoder', 'metrics.jsonl'))]
-  assert [r['step'] for r in rows if 'loss' in r] == [2, 4]
+  assert [r['step'] for r in rows if 'loss' in r] == [2, 4] and 99.0 not in [r.get('loss') for r in rows]
   assert any('refine_ssim' in r for r in rows) and os.listdir(os.path.join(work, 'encoder', 'samples'))
   assert encoder.train_and_evaluate(config, work) == summary  # complete: not retrained
 

@@ -193,3 +193,24 @@ def test_write_json_is_strict_json_with_nan_as_null(tmp_path):
     assert _json.loads(f.read(), parse_constant=lambda c: (_ for _ in ()).throw(ValueError(c))) == out
   writers.write_json(str(tmp_path / 'other.json'), {'a': 1}, is_chief=False)
   assert not (tmp_path / 'other.json').exists()
+
+
+def test_resume_drops_rows_written_after_the_checkpoint(tmp_path):
+  path = tmp_path / 'metrics.jsonl'
+  with MetricWriter(str(tmp_path), tensorboard=False, is_chief=True) as w:  # the interrupted run: logged to 6
+    for step in (2, 4, 6):
+      w.write_scalars(step, {'loss': float(step)})
+    w.write_scalars(4, {'eval_auc': 0.5})
+  with open(path, 'a') as f:
+    f.write('{"step": 8, "lo')  # cut by the crash
+  before = path.read_bytes()
+  with MetricWriter(str(tmp_path), tensorboard=False, is_chief=True, resume_step=4) as w:  # resumed from step 4
+    w.write_scalars(6, {'loss': 60.0})
+  rows = read_metrics(str(path))
+  assert [(r['step'], r.get('loss')) for r in rows] == [(2, 2.0), (4, 4.0), (4, None), (6, 60.0)]
+  assert writers.truncate_metrics(str(path), 6) == 0  # nothing to drop: the file is not rewritten
+  assert writers.truncate_metrics(str(tmp_path / 'missing.jsonl'), 0) == 0
+  assert before != path.read_bytes() and not [p for p in os.listdir(tmp_path) if '.tmp' in p]
+  with MetricWriter(str(tmp_path), tensorboard=False, is_chief=True, resume_step=0):  # a fresh start: all dropped
+    pass
+  assert read_metrics(str(path)) == []

@@ -118,7 +118,7 @@ class ExplanationWriter:
   def __init__(self, directory, *, num_classes: int, class_names, image_shape, num_ws: int, w_dim: int,
                config: Mapping | None = None, examples_per_shard: int = 256, target_description: str = '',
                overwrite: bool = False, report_max_images: int = 100, report_max_mib: float = 64.0,
-               title: str = 'StyleX explanations', source: Mapping | None = None):
+               title: str = 'StyleX explanations', source: Mapping | None = None, provenance: Mapping | None = None):
     """
     Args:
       directory: the export directory (created; must be writable).
@@ -126,6 +126,8 @@ class ExplanationWriter:
       image_shape: (H, W, C) with C in {1, 3}.
       num_ws, w_dim: latent shape [num_ws, w_dim].
       config: JSON-able dict stored in schema.json (e.g. config.to_dict()).
+      provenance: JSON-able dict stored in schema.json: what the explanations were made from (e.g. the
+        checkpoint step of each model), so a later run can tell whether the export is out of date.
       examples_per_shard: records per TFRecord shard.
       target_description: what the direction targets (shown in the report, stored in schema.json).
       overwrite: delete the previous export's entries now (default: keep it until close() swaps).
@@ -163,6 +165,10 @@ class ExplanationWriter:
       self.config = json.loads(json.dumps(dict(config or {}), default=str))
     except (TypeError, ValueError) as e:
       raise ValueError(f'config must be a JSON-able dict (e.g. config.to_dict()): {e}') from None
+    try:
+      self.provenance = None if provenance is None else json.loads(json.dumps(dict(provenance)))
+    except (TypeError, ValueError) as e:
+      raise ValueError(f'provenance must be a JSON-able dict: {e}') from None
 
     self.directory = os.path.abspath(os.fspath(directory))
     check_writable(self.directory)
@@ -377,6 +383,7 @@ class ExplanationWriter:
         },
         'source': self.source,
         'config': self.config,
+        'provenance': self.provenance,
     }
     writers.write_json(os.path.join(self._staging, 'schema.json'), schema, is_chief=True)
     self._report.write(os.path.join(self._staging, 'report.html'), title=self.title,

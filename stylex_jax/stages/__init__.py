@@ -11,6 +11,11 @@ Each stage is a module of this package with `train_and_evaluate(config, workdir)
   shortcut    the shortcut experiment: confounded vs clean classifiers explained with one GAN + encoder
               -> <workdir>/shortcut/<kind>/{confounded,clean}/ and <workdir>/evaluate/shortcut.json
 
+Preemption: `run` turns SIGTERM and Ctrl-C into a flag (`checkpointing.install_preemption_handler`); the stage
+that is running finishes its step, saves and raises `Preempted` (a notice between stages raises it before the next
+one), so no later stage runs on half-trained models. launch/train.py prints one line (which stage, which step) and
+exits 0; rerunning the same command resumes.
+
 This package is the composition root: the only code that knows the `<workdir>/<stage>/` layout. It wires the
 training math (`train/`), the explanation pieces (`explain/`) and the metrics (`evaluate/`) to data, checkpoints
 and writers.
@@ -21,6 +26,9 @@ import importlib
 import os
 
 import ml_collections
+
+from stylex_jax import checkpointing
+from stylex_jax.stages.common import Preempted  # noqa: F401  (re-exported: launch/ catches stages.Preempted)
 
 # stage name -> module with `train_and_evaluate(config, workdir) -> dict`, in pipeline order
 STAGES = {
@@ -63,13 +71,20 @@ def check_workdir(workdir: str) -> None:
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, dict]:
-  """Runs every stage of `config.stages` in order in `workdir` (checked writable first); returns {stage: summary}."""
+  """Runs every stage of `config.stages` in order in `workdir` (checked writable first); returns {stage: summary}.
+
+  Raises Preempted (after the running stage saved) on SIGTERM / Ctrl-C: the later stages do not run.
+  """
   names = parse_stages(config.stages)
   from stylex_jax.stages import checks  # every stage's config constraints, before the first stage runs
   checks.check_stages(config, names)
   check_workdir(workdir)
+  checkpointing.install_preemption_handler()
   results = {}
-  for name in names:
+  for i, name in enumerate(names):
+    if checkpointing.preemption_requested():
+      done = f'{names[i - 1]} complete' if i else 'nothing started'
+      raise Preempted(name, 0, f'before it started; {done}')
     module = importlib.import_module(STAGES[name])
     results[name] = module.train_and_evaluate(config, workdir)
   return results

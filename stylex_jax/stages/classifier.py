@@ -99,9 +99,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   eval_fn = jax.jit(functools.partial(classifier_train.eval_step, model=model),
                     in_shardings=(replicated, batch_sharding), out_shardings=replicated)
 
-  writer = writers.MetricWriter(stage_dir)
   checkpointing.install_preemption_handler()
   start = int(state.step)
+  writer = writers.MetricWriter(stage_dir, resume_step=start)  # drops rows an interrupted run wrote after `start`
   stop = cc.num_steps if max_steps_this_run is None else min(cc.num_steps, start + max_steps_this_run)
   progress = writers.Progress(cc.num_steps, start, cc.batch_size, every=cc.log_every, name=STAGE)
   last_eval = None
@@ -125,6 +125,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   ckpt.wait_until_finished()
 
   step = int(state.step)
+  if stage.preempted and step < cc.num_steps:
+    writer.close()
+    ckpt.close()
+    stage.raise_if_preempted(step, cc.num_steps)
   summary = None
   if step >= cc.num_steps:
     test_data = pipeline_lib.Pipeline(config.data, config.data.test_split, global_batch_size=cc.batch_size,

@@ -103,7 +103,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   check_config(config)
   mesh = sharding.make_mesh(config.num_devices or None)
   num_syn = encoder_train.num_synthetic(ec)
-  stage = common.open_stage(STAGE, workdir, ec, config_fingerprint(config))
+  upstream = common.checkpoint_steps(workdir, (classifier_stage.STAGE, gan_stage.STAGE))
+  stage = common.open_stage(STAGE, workdir, ec, config_fingerprint(config), upstream)
   if stage.completed is not None:
     return stage.completed
   stage_dir, summary_path, ckpt = stage.directory, stage.summary_path, stage.ckpt
@@ -129,9 +130,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                         perceptual_layers=tuple(ec.perceptual_layers)), in_shardings=(rep, rep, data_sh, rep),
       out_shardings=(rep, rep), donate_argnums=0)
 
-  writer = writers.MetricWriter(stage_dir)
   checkpointing.install_preemption_handler()
   start = int(state.step)
+  writer = writers.MetricWriter(stage_dir, resume_step=start)  # drops rows an interrupted run wrote after `start`
   stop = ec.num_steps if max_steps_this_run is None else min(ec.num_steps, start + max_steps_this_run)
   progress = writers.Progress(ec.num_steps, start, ec.batch_size, every=ec.log_every, name=STAGE)
   t_log, n_log = time.perf_counter(), 0
@@ -153,6 +154,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   step = int(state.step)
   if step < ec.num_steps:
     writer.close()
+    stage.raise_if_preempted(step, ec.num_steps)
     return dict(stage=STAGE, step=step, complete=False)
 
   factory = lambda ic: invert.Inverter(generator, g_ema, g_stats, cls_model, cls_vars, ic, encoder=enc, encoder_params=
@@ -165,7 +167,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   recon = factory(ml_collections.ConfigDict({**config.invert.to_dict(), 'steps': 0}))(sample)['reconstructions']
   writer.write_images(step, {'samples': np.concatenate([sample, recon])})
   writer.close()
-  summary = dict(stage=STAGE, step=step, **results, checkpoints=ckpt.directory,
+  summary = dict(stage=STAGE, step=step, **results, upstream=upstream, checkpoints=ckpt.directory,
                  metrics=os.path.join(stage_dir, 'metrics.jsonl'), samples=os.path.join(stage_dir, 'samples'))
   summary = writers.write_json(summary_path, summary)
   line = lambda p: ' '.join(f'{k[len(p):]}={results[k]:.3g}' for k in results if k.startswith(p))

@@ -3,7 +3,9 @@
 Reads any export through its TFRecords and schema.json (`<workdir>/explain/` by default, or an export made
 elsewhere), never modifying its records, and writes `<workdir>/evaluate/scorecard.json` (metric name -> {value,
 low, high, goal, met, meaning}: the mean over series with a 95% bootstrap interval) and `scorecard.md`, then puts
-the scorecard at the top of the export's report.html.
+the scorecard at the top of the export's report.html. scorecard.json records which export it scores (`source`:
+its creation time, size and provenance, and the classifier step): the stage recomputes when the export changed,
+and removes an old scorecard before it starts. SIGTERM / Ctrl-C stop it between chunks (`common.Preempted`).
 
 Metrics per series (`evaluate/fidelity.py`), aggregated over the export:
   flip_rate              the prediction changes along the series (validity)
@@ -18,6 +20,7 @@ Metrics per series (`evaluate/fidelity.py`), aggregated over the export:
 """
 from __future__ import annotations
 
+import json
 import os
 import time
 
@@ -35,6 +38,7 @@ from stylex_jax.explain import direction as direction_lib
 from stylex_jax.explain import export as export_lib
 from stylex_jax.explain import report as report_lib
 from stylex_jax.stages import classifier as classifier_stage
+from stylex_jax.stages import common
 
 STAGE = 'evaluate'
 CHUNK = 64  # explanations held in memory at once (bounded memory for large exports)
@@ -139,6 +143,18 @@ class _Classifier:
     return self._map(self._features, images)
 
 
+def scored_export(schema: dict, directory: str, workdir: str) -> dict:
+  """What a scorecard is a scorecard of: the export (directory, creation time, size, the checkpoint steps it was
+  made from) and the classifier checkpoint step that scores it. A scorecard of anything else is out of date."""
+  return dict(directory=directory, created=schema.get('created'), num_examples=schema.get('num_examples'),
+              provenance=schema.get('provenance'),
+              classifier=common.checkpoint_steps(workdir, (classifier_stage.STAGE,))[classifier_stage.STAGE])
+
+
+def _jsonable_config(config: ml_collections.ConfigDict) -> dict:
+  return json.loads(json.dumps(config.to_dict(), default=str))
+
+
 def _real_images(config: ml_collections.ConfigDict, split: str, num: int) -> dict[str, np.ndarray]:
   """A seeded class-balanced sample of `num` images of `split` (float [-1, 1]) with their labels."""
   data = pipeline_lib.Pipeline(config.data, split, global_batch_size=min(64, max(num, 1)), seed=config.seed,
@@ -181,6 +197,10 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, explanations: str | 
   schema = _read_schema(directory)
   out_dir = os.path.join(workdir, STAGE)
   os.makedirs(out_dir, exist_ok=True)
+  source = scored_export(schema, directory, workdir)
+  for name in ('scorecard.json', 'scorecard.md'):  # never left beside an export it does not describe
+    if os.path.exists(os.path.join(out_dir, name)):
+      os.remove(os.path.join(out_dir, name))
   target = _target(schema, config)
   classifier = _Classifier(workdir, config)
   dataset = schema.get('config', {}).get('data', {}).get('dataset', config.data.dataset)
@@ -198,7 +218,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, explanations: str | 
   per: dict[str, list[np.ndarray]] = {}
   flip_feats, recon_feats = [], []
   add = lambda k, v: per.setdefault(k, []).append(np.asarray(v, np.float64))
-  for chunk in _chunks(directory):
+  for done, chunk in enumerate(_chunks(directory)):
+    common.stop_if_preempted(STAGE, done * CHUNK, 'no scorecard written')
     series = np.stack([_to_float(c['series']) for c in chunk])  # [B, S, H, W, C]
     recon = np.stack([_to_float(c['reconstruction']) for c in chunk])
     probs = np.stack([c['probs'] for c in chunk]).astype(np.float64)  # [B, S, K]
@@ -254,7 +275,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, explanations: str | 
   for name in sorted(k for k in values if k.startswith('trend_')):
     scorecard[name] = fidelity.score(fidelity.Metric(name, values[name], None, f'Spearman of {name[6:]} with shift'))
   result = dict(stage=STAGE, export=directory, images=int(len(values['flip_rate'])), scorecard=scorecard,
-                seconds=round(time.perf_counter() - t0, 2))
+                seconds=round(time.perf_counter() - t0, 2), source=source, config=_jsonable_config(config))
   writers.write_json(os.path.join(out_dir, 'scorecard.json'), result)
   markdown = fidelity.to_markdown(scorecard)
   with open(os.path.join(out_dir, 'scorecard.md'), 'w') as f:
@@ -266,5 +287,16 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, explanations: str | 
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Stage entry point for launch/train.py: the scorecard of `<workdir>/explain/`."""
+  """Stage entry point for launch/train.py: the scorecard of `<workdir>/explain/`, unless scorecard.json already
+  scores that very export (same creation time, size and provenance, same classifier step) with this config."""
+  path = os.path.join(workdir, STAGE, 'scorecard.json')
+  directory = _export_dir(workdir, None)
+  if os.path.exists(path) and os.path.exists(os.path.join(directory, 'schema.json')):
+    with open(path) as f:
+      previous = json.load(f)
+    source = scored_export(_read_schema(directory), directory, workdir)
+    if previous.get('source') == source and previous.get('config') == _jsonable_config(config):
+      print(f'[evaluate] already scored this export with this config ({path}); not recomputing')
+      return previous
+    print(f'[evaluate] {path} scores another export or config; recomputing')
   return run(config, workdir)

@@ -23,6 +23,9 @@ complete. schema.json and summary.json record what was explained ('source': {'ki
 when that source is config.explain's split and num_images. Users' files (image_patterns) are read before
 anything is computed or created (no match, an empty folder, no usable file: one error, no folder left behind)
 and never go into `<workdir>/explain/` (refused: give output_dir), so they are never taken for the split's export.
+schema.json and summary.json also record the checkpoint steps of the classifier, GAN and encoder used
+(`provenance`: the stage re-exports when they change). SIGTERM / Ctrl-C stop the run between batches
+(`common.Preempted`), the unfinished export is dropped and a previous one stays as it was.
 
 Shift units: config.explain.step_size and max_shift are multiples of the latent scale, the median
 ||w - w_avg|| of the latents the direction is fitted on (so configs carry over between generators).
@@ -39,7 +42,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from stylex_jax import sharding, writers
+from stylex_jax import checkpointing, sharding, writers
 from stylex_jax.data import pipeline as pipeline_lib
 from stylex_jax.evaluate import explanations as quality
 from stylex_jax.explain import direction as direction_lib
@@ -55,6 +58,7 @@ from stylex_jax.stages import evaluate as evaluate_stage
 STAGE = 'explain'
 MODES = ('gradient', 'blackbox')
 SCOPES = ('global', 'local')
+UPSTREAM = ('classifier', 'gan', 'encoder')  # the checkpoints an export is made from (its provenance)
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
@@ -304,6 +308,9 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, split: str | None = 
   ec = config.explain
   check_config(config)
   out = os.path.abspath(output_dir or os.path.join(workdir, STAGE))
+  checkpointing.install_preemption_handler()  # SIGTERM / Ctrl-C stop between batches, the previous export kept
+  kept = f'the previous export in {out}, if any, is unchanged'
+  provenance = common.checkpoint_steps(workdir, UPSTREAM)
   split = split or ec.split
   num_images = ec.num_images if num_images is None else int(num_images)
   if num_images < 0:
@@ -331,6 +338,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, split: str | None = 
           f'latents in {explainer.direction_info["seconds"]:.1f} s: ' +
           ', '.join(f'{k}={v:.3g}' for k, v in explainer.direction_info.items()
                     if isinstance(v, float) and k not in ('seconds',)))
+  common.stop_if_preempted(STAGE, 0, kept)
   if image_patterns:
     source, what = files, f'files {image_patterns}'
     total, class_names = None, _class_names(config)
@@ -345,7 +353,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, split: str | None = 
       out, num_classes=explainer.num_classes, class_names=class_names,
       image_shape=(config.data.image_size, config.data.image_size, config.data.channels), num_ws=inv.num_ws,
       w_dim=inv.w_dim, config=config.to_dict(), examples_per_shard=ec.examples_per_shard,
-      target_description=target_description, report_max_images=ec.report_max_images, source=export_source)
+      target_description=target_description, report_max_images=ec.report_max_images, source=export_source,
+      provenance=provenance)
   per_image: dict[str, list[np.ndarray]] = {}
   summary_inputs = []
   done = 0
@@ -360,6 +369,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, split: str | None = 
       rate = done / (time.perf_counter() - t0)
       print(f'[explain] {done}{"/" + str(total) if total else ""} images explained ({what}), {rate:.2f} img/s',
             flush=True)
+      common.stop_if_preempted(STAGE, done, kept)  # raising here aborts the writer: nothing half-exported
     metrics = {k: np.concatenate(v) for k, v in per_image.items()}
     summary_metrics = _summary(metrics)
     summary_metrics['images'] = done
@@ -373,7 +383,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, split: str | None = 
     np.savez(os.path.join(out, 'directions.npz'), directions=explainer.directions, **fit)
   summary = dict(stage=STAGE, complete=True, source=export_source, **summary_metrics,
                  direction=explainer.direction_info, report=paths['report'], tfrecords=paths['tfrecords'],
-                 schema=paths['schema'], strips=paths['strips'], gifs=paths['gifs'], directory=out)
+                 schema=paths['schema'], strips=paths['strips'], gifs=paths['gifs'], directory=out,
+                 provenance=provenance)
   summary = writers.write_json(os.path.join(out, 'summary.json'), summary)
   print(f'[explain] {done} images in {summary_metrics["seconds"]:.0f} s: ' +
         ' '.join(f'{k}={summary_metrics[k]:.3g}' for k in ('ssim', 'agree', 'flip_rate', 'monotonicity')
@@ -417,8 +428,8 @@ def _describe_target(target, class_names, ec) -> str:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Stage entry point for launch/train.py: explains config.explain.split unless a complete export of the same
   config exists (rerun with launch/explain.py to explain other images)."""
-  stage = common.open_export_stage(STAGE, workdir, config, source=split_source(config.explain.split,
-                                                                               config.explain.num_images))
+  stage = common.open_export_stage(STAGE, workdir, config, common.checkpoint_steps(workdir, UPSTREAM),
+                                   source=split_source(config.explain.split, config.explain.num_images))
   if stage.completed is not None:
     return stage.completed
   return run(config, workdir)

@@ -84,9 +84,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   evaluator = realism.RealismEvaluator(config, data, num_images=gc.eval_images,
                                        features=_classifier_features(config, workdir, gc.eval_images))
 
-  writer = writers.MetricWriter(stage_dir)
   checkpointing.install_preemption_handler()
   start = int(state.step)
+  writer = writers.MetricWriter(stage_dir, resume_step=start)  # drops rows an interrupted run wrote after `start`
   stop = gc.num_steps if max_steps_this_run is None else min(gc.num_steps, start + max_steps_this_run)
   progress = writers.Progress(gc.num_steps, start, gc.batch_size, every=gc.log_every, name=STAGE)
   t_log, n_log, last_eval = time.perf_counter(), 0, {}
@@ -116,6 +116,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     writer.write_scalars(step, last_eval)
   writer.close()
   ckpt.close()
+  stage.raise_if_preempted(step, gc.num_steps)
   if step < gc.num_steps:
     return dict(stage=STAGE, step=step, complete=False)
   summary = dict(stage=STAGE, step=step, kimg=step * gc.batch_size / 1000, ada_p=float(state.ada_p), **last_eval,
