@@ -188,7 +188,7 @@ def main(argv=None) -> dict:
 
   models = gan.build_models(config, mesh)
   rep = sharding.replicated(mesh)
-  state = jax.jit(functools.partial(gan.create_state, models, initial_p=0.0), out_shardings=rep)(jax.random.key(0))
+  state = sharding.jit_init(functools.partial(gan.create_state, models, initial_p=0.0), rep)(jax.random.key(0))
   n_g = sum(x.size for x in jax.tree.leaves(state.g_params))
   n_d = sum(x.size for x in jax.tree.leaves(state.d_params))
   print(f'# G={n_g / 1e6:.2f}M D={n_d / 1e6:.2f}M parameters', flush=True)

@@ -11,6 +11,7 @@ import pytest
 import scipy.special
 
 from configs import demo
+from stylex_jax import sharding
 from stylex_jax.explain import invert, reconstruction
 from stylex_jax.models import encoder as encoder_lib
 from stylex_jax.stages import classifier as classifier_stage
@@ -34,7 +35,7 @@ def _config():
 def pieces():
   config = _config()
   models = gan.build_models(config)
-  state = jax.jit(functools.partial(gan.create_state, models))(jax.random.key(0))
+  state = sharding.jit_init(functools.partial(gan.create_state, models), None)(jax.random.key(0))
   # a random G's w_avg is 0 and its outputs are faint: give w_avg a value and the images contrast
   g_stats = {'mapping_network': {'w_avg': jax.random.normal(jax.random.key(1), (16,)) * 0.5}}
   model = classifier_stage.build_model(config)

@@ -38,8 +38,8 @@ def _one_step(num_devices, batch):
   tx = optax.sgd(0.05)
   mesh = sharding.make_mesh(num_devices)
   rep = sharding.replicated(mesh)
-  state = jax.jit(functools.partial(classifier_train.create_state, model, tx, (32, 32, 1)),
-                  out_shardings=rep)(jax.random.key(0))
+  state = sharding.jit_init(functools.partial(classifier_train.create_state, model, tx, (32, 32, 1)),
+                            rep)(jax.random.key(0))
   step = jax.jit(functools.partial(classifier_train.train_step, model=model, tx=tx),
                  in_shardings=(rep, sharding.data_sharding(mesh), rep), out_shardings=(rep, rep))
   weights = jnp.ones([2], jnp.float32)

@@ -43,7 +43,7 @@ def _setup(num_devices):
   mesh = sharding.make_mesh(num_devices)
   models = gan.build_models(config, mesh)
   rep = sharding.replicated(mesh)
-  state = jax.jit(functools.partial(gan.create_state, models, initial_p=0.3), out_shardings=rep)(jax.random.key(0))
+  state = sharding.jit_init(functools.partial(gan.create_state, models, initial_p=0.3), rep)(jax.random.key(0))
   return mesh, gan.StepFunctions(config, models, mesh), state
 
 

@@ -86,8 +86,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   tx = classifier_train.build_optimizer(cc.optimizer, cc.num_steps)
   schedule = classifier_train.learning_rate_schedule(cc.optimizer, cc.num_steps)
   replicated = sharding.replicated(mesh)
-  init_fn = jax.jit(functools.partial(classifier_train.create_state, model, tx, train_data.image_shape),
-                    out_shardings=replicated)
+  init_fn = sharding.jit_init(functools.partial(classifier_train.create_state, model, tx, train_data.image_shape),
+                              replicated)
   state = stage.restore_or_init(init_fn, jax.random.key(config.seed), replicated)
 
   class_weights = jax.device_put(classifier_train.class_weights(train_data, config.data.num_classes, cc.class_balanced),

@@ -119,7 +119,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   enc = encoder_train.build_encoder(config, generator.num_ws, generator.w_dim)
   models = encoder_train.Models(enc, generator, cls_model, encoder_train.build_optimizer(ec))
   rep, data_sh = sharding.replicated(mesh), sharding.data_sharding(mesh)
-  init_fn = jax.jit(functools.partial(encoder_train.create_state, enc, models.tx, shape), out_shardings=rep)
+  init_fn = sharding.jit_init(functools.partial(encoder_train.create_state, enc, models.tx, shape), rep)
   key = jax.random.fold_in(jax.random.key(config.seed), 3)
   init_key, train_key = jax.random.split(key)
   state = stage.restore_or_init(init_fn, init_key, rep)

@@ -73,7 +73,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                      f'--config.data.channels={data.image_shape[-1]}')
   models = gan_train.build_models(config, mesh)
   rep = sharding.replicated(mesh)
-  init_fn = jax.jit(functools.partial(gan_train.create_state, models, initial_p=gc.augment_p), out_shardings=rep)
+  init_fn = sharding.jit_init(functools.partial(gan_train.create_state, models, initial_p=gc.augment_p), rep)
   key = jax.random.key(config.seed)
   init_key, train_key, sample_key = jax.random.split(jax.random.fold_in(key, 1), 3)
   state = stage.restore_or_init(init_fn, init_key, rep)
