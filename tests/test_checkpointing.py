@@ -308,3 +308,21 @@ def test_two_process_save_restore_and_preemption_sync(tmp_path):
     assert r['preempt_step'] == results[0]['preempt_step']  # agreed across processes
     assert r['steps'] == [0, r['preempt_step']] and r['restored_step'] == r['preempt_step']
     assert r['shards_ok'] and r['x_spec_ok'] and r['w'] == [0.0, 1.0, 2.0]
+
+
+def test_a_state_with_nan_or_inf_is_never_written(tmp_path):
+  mesh = jax.make_mesh((8,), ('data',), axis_types=(jax.sharding.AxisType.Auto,))
+  split = NamedSharding(mesh, P('data'))
+  state = {'w': jax.device_put(jnp.ones((8, 4)), split), 'step': 3, 'key': jax.random.key(0), 'p': np.float32(0.5)}
+  assert checkpointing.nonfinite_leaves(state) == []
+  with Checkpointer(str(tmp_path / 'ck'), save_interval_steps=2) as ck:
+    assert ck.save(2, state)
+    ck.wait_until_finished()
+    bad = {**state, 'w': jax.device_put(state['w'].at[5, 1].set(jnp.nan), split)}  # on one of the 8 shards
+    assert not ck.save(3, bad)  # not due: nothing is checked or written
+    with pytest.raises(checkpointing.NonFiniteError, match=r"step 4 .*NaN/Inf values in \['w'\]"):
+      ck.save(4, bad)
+    with pytest.raises(ValueError, match=r"\['p'\]"):
+      ck.save(4, {**state, 'p': np.float32(np.inf)}, force=True)
+    assert ck.all_steps() == [2]
+  assert sorted(p for p in os.listdir(tmp_path / 'ck') if p.isdigit()) == ['2']
