@@ -66,6 +66,11 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
           eval_every=250,
           checkpoint_every=250,
           keep_checkpoints=3,
+          # non-finite guard: a NaN/Inf loss or gradient skips that step's update (counted in metrics.jsonl)
+          nonfinite_patience=10,  # more than this many skipped steps in a row -> on_nonfinite
+          on_nonfinite='stop',  # 'stop' (clear error, last checkpoint kept) | 'restore' (reload it, lr x factor)
+          nonfinite_lr_factor=0.5,  # 'restore': the learning rate(s) are multiplied by this at each restore
+          nonfinite_max_restores=3,  # 'restore': stop after this many restores
       ))
 
   # StyleGAN2-ADA. Defaults are NVIDIA's `paper256`-style settings; experiment configs scale them.
@@ -107,6 +112,11 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
           inception_weights='',  # optional .npz of the FID InceptionV3 (see models/inception.py) for fid/kid
           checkpoint_every=1000,
           keep_checkpoints=3,
+          # non-finite guard: a NaN/Inf loss or gradient skips that step's update (counted in metrics.jsonl)
+          nonfinite_patience=10,  # more than this many skipped steps in a row -> on_nonfinite
+          on_nonfinite='stop',  # 'stop' (clear error, last checkpoint kept) | 'restore' (reload it, lr x factor)
+          nonfinite_lr_factor=0.5,  # 'restore': the learning rate(s) are multiplied by this at each restore
+          nonfinite_max_restores=3,  # 'restore': stop after this many restores
       ))
 
   # Image -> W+ encoder (stage `encoder`): models.encoder.Encoder(**model, num_ws=G.num_ws, w_dim=G.w_dim).
@@ -125,6 +135,11 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
           log_every=50,
           checkpoint_every=1000,
           keep_checkpoints=3,
+          # non-finite guard: a NaN/Inf loss or gradient skips that step's update (counted in metrics.jsonl)
+          nonfinite_patience=10,  # more than this many skipped steps in a row -> on_nonfinite
+          on_nonfinite='stop',  # 'stop' (clear error, last checkpoint kept) | 'restore' (reload it, lr x factor)
+          nonfinite_lr_factor=0.5,  # 'restore': the learning rate(s) are multiplied by this at each restore
+          nonfinite_max_restores=3,  # 'restore': stop after this many restores
           eval_images=64,  # held-out images for the encoder-only metrics at the end
           eval_refine_images=16,  # of those, inverted with the projector (config.invert) too
       ))

@@ -36,6 +36,10 @@ lowers it (a long-lived process that goes on after a preempted run: notebooks, t
 SIGTERM and agrees on a common save step across hosts; the handler then leaves it in place and
 ``reached_preemption`` asks orbax for that sync point (SIGINT is then not caught).
 
+A state with a NaN or Inf in any floating-point array is never written: ``save`` checks it first (one jitted
+all-finite reduction over the state, only when a save is due) and raises ``NonFiniteError`` naming the arrays,
+so the last good checkpoint stays the latest.
+
 Incomplete step directories (a crash while copying, a half-deleted step) are ignored by
 ``latest_step`` / ``restore`` and, at the first save, renamed ``<step>.incomplete-<time>`` so they
 are neither counted as checkpoints nor deleted.
@@ -54,6 +58,7 @@ filter for the "Event loop is closed" errors tensorstore's late callbacks raise 
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import signal
@@ -63,6 +68,7 @@ import time
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
@@ -74,6 +80,15 @@ _STEP_METADATA_FILE = '_CHECKPOINT_METADATA'
 _DAMAGED_DIR = 'damaged'
 
 _log = logging.getLogger(__name__)
+
+NONFINITE_HINTS = ('lower the learning rate, check the inputs for NaN/Inf (e.g. corrupt images), or set '
+                   'on_nonfinite=restore in the stage\'s config group')
+
+
+class NonFiniteError(ValueError):
+  """Training produced NaN/Inf values: a run of non-finite steps (the stages' guard) or a non-finite state a
+  checkpoint would hold (``Checkpointer.save``). A ValueError, so launch/train.py prints it as one line."""
+
 
 _PREEMPTED = threading.Event()
 _handler_lock = threading.Lock()
@@ -195,6 +210,48 @@ def abstract_like(tree: Any, sharding_tree_or_single_sharding: Any) -> Any:
     raise ValueError('abstract_like: the sharding tree must be one Sharding or a pytree prefix of the state '
                      f'({e})') from e
   return jax.tree.map(leaf, tree, shardings, is_leaf=lambda x: x is None)
+
+
+# ---------------------------------------------------------------------------------------------
+# Finite check
+# ---------------------------------------------------------------------------------------------
+
+
+def _finite_per_leaf(leaves: list) -> jax.Array:
+  return jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves])
+
+
+@functools.lru_cache(maxsize=None)
+def _finite_per_leaf_jit(out_sharding):
+  """The jitted check, its [num_leaves] bool result replicated on the state's mesh (readable on every host)."""
+  return jax.jit(_finite_per_leaf, out_shardings=out_sharding)
+
+
+def nonfinite_leaves(state: Any) -> list[str]:
+  """Key paths (e.g. ``.params['dense']['kernel']``) of the floating-point leaves of ``state`` holding a NaN or
+  Inf; [] when all are finite. jax arrays (sharded or not) are checked in one jitted reduction on their devices,
+  numpy arrays and python floats on the host; integer, bool and PRNG-key leaves are skipped."""
+  on_device, bad = [], []
+  for path, x in jax.tree_util.tree_flatten_with_path(state)[0]:
+    name = jax.tree_util.keystr(path)
+    if isinstance(x, jax.Array):
+      if jnp.issubdtype(x.dtype, jnp.inexact):
+        on_device.append((name, x))
+    elif isinstance(x, (np.ndarray, np.generic, float)):
+      x = np.asarray(x)
+      if np.issubdtype(x.dtype, np.inexact) and not np.all(np.isfinite(x)):
+        bad.append(name)
+  if on_device:
+    first = on_device[0][1].sharding
+    out = jax.sharding.NamedSharding(first.mesh, jax.sharding.PartitionSpec()) if isinstance(
+        first, jax.sharding.NamedSharding) else None
+    local = lambda a: np.asarray(a.addressable_data(0))  # replicated results: every host holds all of it
+    try:
+      ok = local(_finite_per_leaf_jit(out)([x for _, x in on_device]))
+    except ValueError:  # leaves committed to different devices: check them one by one where they are
+      ok = [local(jnp.all(jnp.isfinite(x))) for _, x in on_device]
+    bad.extend(name for (name, _), fine in zip(on_device, ok) if not fine)
+  return bad
 
 
 # ---------------------------------------------------------------------------------------------
@@ -517,6 +574,7 @@ class Checkpointer:
         Due when ``step % save_interval_steps == 0``, ``force``, or after a preemption notice.  A step
         that already has a checkpoint is not rewritten (returns False).  Must be called by every
         process with the same step.  Metadata must be JSON-able (numbers, strings, lists, dicts).
+        A due save of a state with NaN/Inf values raises ``NonFiniteError`` and writes nothing.
 
         Args:
           step: non-negative training step (the number of optimiser updates applied to ``state``).
@@ -541,6 +599,12 @@ class Checkpointer:
     if step in self._manager.all_steps():
       _log.info('checkpoint for step %d already exists in %s; not rewriting it', step, self._directory)
       return False
+    bad = nonfinite_leaves(state)
+    if bad:
+      shown = ', '.join(bad[:5]) + (f' and {len(bad) - 5} more' if len(bad) > 5 else '')
+      raise NonFiniteError(f'refusing to write checkpoint step {step} in {self._directory}: the state holds NaN/Inf '
+                           f'values in {shown} (training diverged); the checkpoints already there are kept. '
+                           f'Rerun to resume from the last one after a fix: {NONFINITE_HINTS}')
     if preempted:
       _log.warning('preemption: saving checkpoint at step %d', step)
     return bool(

@@ -434,3 +434,21 @@ def test_intact_checkpoint_of_another_shape_is_a_mismatch_not_damage(tmp_path, c
     with pytest.raises(ValueError, match=r'checkpoint step 2 .* lacks the fields \[.w.\] or they do not match'):
       ck.restore_fields(wrong)
   assert not _fallback_warnings(caplog)
+
+
+def test_a_state_with_nan_or_inf_is_never_written(tmp_path):
+  mesh = jax.make_mesh((8,), ('data',), axis_types=(jax.sharding.AxisType.Auto,))
+  split = NamedSharding(mesh, P('data'))
+  state = {'w': jax.device_put(jnp.ones((8, 4)), split), 'step': 3, 'key': jax.random.key(0), 'p': np.float32(0.5)}
+  assert checkpointing.nonfinite_leaves(state) == []
+  with Checkpointer(str(tmp_path / 'ck'), save_interval_steps=2) as ck:
+    assert ck.save(2, state)
+    ck.wait_until_finished()
+    bad = {**state, 'w': jax.device_put(state['w'].at[5, 1].set(jnp.nan), split)}  # on one of the 8 shards
+    assert not ck.save(3, bad)  # not due: nothing is checked or written
+    with pytest.raises(checkpointing.NonFiniteError, match=r"step 4 .*NaN/Inf values in \['w'\]"):
+      ck.save(4, bad)
+    with pytest.raises(ValueError, match=r"\['p'\]"):
+      ck.save(4, {**state, 'p': np.float32(np.inf)}, force=True)
+    assert ck.all_steps() == [2]
+  assert sorted(p for p in os.listdir(tmp_path / 'ck') if p.isdigit()) == ['2']

@@ -12,6 +12,7 @@ import pytest
 
 from configs import demo
 from stylex_jax import sharding
+from stylex_jax.models import classifier as classifier_lib
 from stylex_jax.stages import classifier as stage
 from stylex_jax.train import classifier as classifier_train
 
@@ -149,3 +150,78 @@ def test_checkpoint_from_another_config_is_refused(data_dir, tmp_path):
   with pytest.raises(ValueError, match='another config'):
     stage.train_and_evaluate(other, str(tmp_path))
   assert sorted(os.listdir(tmp_path / 'classifier' / 'checkpoints')) == before
+
+
+def _assert_trees_equal(a, b):
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(a), jax.device_get(b))
+
+
+def test_nan_batch_skips_the_update_and_the_next_clean_step_is_exact():
+  """One NaN pixel (on one of 8 devices) poisons the loss of the whole global batch: the update is skipped
+  (params, BatchNorm statistics and AdamW state bit for bit as before, the step counter advances), and the next
+  clean step gives exactly what the clean step gives from the state the NaN batch never touched."""
+  config = demo.get_config('smoke')
+  model = classifier_lib.create_classifier('demo', num_classes=2, stage_sizes=(1,), width=4)  # compiles fast
+  tx = classifier_train.build_optimizer(config.classifier.optimizer, 10)
+  mesh = sharding.make_mesh(8)
+  rep, data = sharding.replicated(mesh), sharding.data_sharding(mesh)
+  state = jax.jit(functools.partial(classifier_train.create_state, model, tx, (16, 16, 1)),
+                  out_shardings=rep)(jax.random.key(0))
+  step = jax.jit(functools.partial(classifier_train.train_step, model=model, tx=tx), in_shardings=(rep, data, rep),
+                 out_shardings=(rep, rep))
+  rng = np.random.default_rng(0)
+  batch = lambda: dict(image=rng.uniform(-1, 1, (16, 16, 16, 1)).astype(np.float32), label=rng.integers(0, 2, 16).
+                       astype(np.int32))
+  weights = jnp.ones([2], jnp.float32)
+  state, metrics = step(state, batch(), weights)  # past the first warm-up step (lr 0): non-trivial Adam moments
+  assert int(metrics['nonfinite']) == 0
+  poisoned, clean = batch(), batch()
+  poisoned['image'][11, 5, 7, 0] = np.nan
+  skipped, m_skip = step(state, poisoned, weights)
+  assert int(m_skip['nonfinite']) == 1 and not np.isfinite(float(m_skip['train_loss']))
+  assert int(skipped.step) == int(state.step) + 1
+  _assert_trees_equal(skipped.replace(step=state.step), state)
+  after, m_after = step(skipped, clean, weights)
+  reference, m_ref = step(state, clean, weights)
+  assert int(m_after['nonfinite']) == 0 and int(after.step) == int(reference.step) + 1
+  _assert_trees_equal(after.replace(step=reference.step), reference)
+  assert float(m_after['train_loss']) == float(m_ref['train_loss'])
+  assert not np.array_equal(jax.device_get(after.params['head']['kernel']),
+                            jax.device_get(state.params['head']['kernel']))
+
+
+def test_a_run_of_nan_batches_restores_then_stops_with_a_clear_error(data_dir, tmp_path, monkeypatch, capsys):
+  """Loop level: every batch from data position 2 on has NaN pixels. With patience 1, the second skipped step in
+  a row restores the last checkpoint at half the learning rate (on_nonfinite='restore'); the replay meets the same
+  batches and, restores exhausted, the stage stops with one clear ValueError. Checkpoints hold finite states only."""
+  from stylex_jax import checkpointing
+  from stylex_jax.data import pipeline as pipeline_lib
+  with pytest.raises(ValueError, match='on_nonfinite'):
+    stage.train_and_evaluate(_smoke_config(data_dir, **{'classifier.on_nonfinite': 'skip'}), str(tmp_path))
+  config = _smoke_config(
+      data_dir, **{
+          'classifier.checkpoint_every': 2,
+          'classifier.nonfinite_patience': 1,
+          'classifier.on_nonfinite': 'restore',
+          'classifier.nonfinite_max_restores': 1,
+          'data.image_size': 16
+      })
+  config.classifier.model = dict(preset='demo', stage_sizes=(1,), width=4)  # compiles fast
+  batch = pipeline_lib.Pipeline.batch
+
+  def poisoned(self, step):
+    out = batch(self, step)
+    return {**out, 'image': np.full_like(out['image'], np.nan)} if step >= 2 else out
+
+  monkeypatch.setattr(pipeline_lib.Pipeline, 'batch', poisoned)
+  with pytest.raises(checkpointing.NonFiniteError) as error:
+    stage.train_and_evaluate(config, str(tmp_path))
+  message = str(error.value)
+  assert isinstance(error.value, ValueError) and '\n' not in message
+  assert message.startswith('[classifier] 2 training steps in a row had a NaN/Inf loss or gradient (steps 3-4')
+  assert 'after 1 restore(s)' in message and '--config.classifier.optimizer.learning_rate=' in message
+  assert 'restoring the last checkpoint with the learning rate x0.5' in capsys.readouterr().out
+  rows = _read(tmp_path / 'classifier' / 'metrics.jsonl')
+  assert [r['nonfinite_steps'] for r in rows if 'nonfinite_steps' in r] == [0]  # step 2; it stopped at step 4
+  with checkpointing.Checkpointer(str(tmp_path / 'classifier' / 'checkpoints')) as ckpt:
+    assert ckpt.all_steps() == [2]

@@ -228,3 +228,39 @@ def test_regularisation_steps_agree_with_native_and_im2col_convolutions(one_devi
     # Adam's first update is lr * g / (|g| + eps): where |g| ~ eps, float rounding moves it by up to ~1e-5
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=2e-5), getattr(s_i, name),
                  getattr(s_n, name))
+
+
+def _assert_trees_equal(a, b):
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(a), jax.device_get(b))
+
+
+def test_nan_reals_skip_the_d_steps_exactly_and_g_goes_on(one_device):
+  """An iteration on reals with one NaN pixel: D main and lazy R1 skip their updates (D, its Adam state and the
+  ADA accumulators bit for bit as before), G main and path length update as on clean data, the step advances and
+  `nonfinite` is 1; the next clean D step equals the clean D step from the state the NaN never touched. A NaN in D
+  makes G's loss NaN: G main skips too (G, G_ema, w_avg and G's Adam state unchanged)."""
+  mesh, steps, state = one_device
+  copy = lambda s: jax.tree.map(jnp.copy, s)  # the steps donate their input state
+  rng = np.random.default_rng(3)
+  clean = rng.uniform(-1, 1, (16, 16, 16, 1)).astype(np.float32)
+  poisoned = clean.copy()
+  poisoned[4, 2, 9, 0] = np.nan
+  shard = lambda x: sharding.shard_batch({'image': x}, mesh)['image']
+  key = jax.random.key(1)
+  skipped, m = steps.iteration(copy(state), shard(poisoned), key, 2)  # step 2: all four steps run
+  m = jax.device_get(m)
+  assert (m['nonfinite'], m['nonfinite_g'], m['nonfinite_pl'], m['nonfinite_d'], m['nonfinite_r1']) == (1, 0, 0, 1, 1)
+  g_only, _ = steps.g_reg(*steps.g_main(copy(state), key)[:1], key)  # the same G updates, no D step
+  reference = g_only.replace(step=g_only.step + 1)
+  _assert_trees_equal(skipped, reference)
+  changed = lambda a, b: any(not np.array_equal(x, y) for x, y in zip(*map(jax.tree.leaves, jax.device_get((a, b)))))
+  assert changed(skipped.g_params, state.g_params)
+  after, m_after = steps.d_main(copy(skipped), shard(clean), key)
+  expected, m_expected = steps.d_main(reference, shard(clean), key)
+  assert int(m_after['nonfinite_d']) == 0 and float(m_after['d_loss']) == float(m_expected['d_loss'])
+  _assert_trees_equal(after, expected)
+  assert changed(after.d_params, skipped.d_params)
+  broken_d = copy(state).replace(d_params=jax.tree.map(lambda p: p * jnp.nan, state.d_params))
+  g_skipped, m_g = steps.g_main(copy(broken_d), key)
+  assert int(m_g['nonfinite_g']) == 1
+  _assert_trees_equal(g_skipped, broken_d)

@@ -3,7 +3,8 @@
 `train_and_evaluate` runs the sharded, jitted loop of `train/classifier.py`'s pure steps with resumable orbax
 checkpoints and writes `<workdir>/classifier/metrics.jsonl` (train loss/accuracy/learning rate/images per second
 every `log_every` steps; `accuracy`, `auc`, `qwk`, `confusion_matrix`, `log_loss`, ... on the eval split every
-`eval_every` steps and at the end; `test_*` on the test split at the end) and `<workdir>/classifier/summary.json`.
+`eval_every` steps and at the end; `test_*` on the test split at the end; `nonfinite_steps`, the running count of
+updates skipped for a NaN/Inf loss or gradient, see `stages/nonfinite.py`) and `<workdir>/classifier/summary.json`.
 `load_classifier` gives a later stage the trained model.
 """
 from __future__ import annotations
@@ -19,10 +20,11 @@ from absl import logging
 
 from stylex_jax import checkpointing, sharding, writers
 from stylex_jax.models import classifier as classifier_lib
-from stylex_jax.stages import checks, common
+from stylex_jax.stages import checks, common, nonfinite
 from stylex_jax.train import classifier as classifier_train
 
 STAGE = 'classifier'
+LR_FIELDS = ('optimizer.learning_rate',)  # what config.classifier.on_nonfinite='restore' lowers
 
 
 def build_model(config: ml_collections.ConfigDict) -> classifier_lib.ResNet:
@@ -65,7 +67,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   A stage whose latest checkpoint is at `num_steps` is not retrained: its summary is returned as saved.
   max_steps_this_run: stop (with a checkpoint) after this many steps in this call — for tests and for
   splitting long jobs; a later call continues exactly where this one stopped.
+  More than `config.classifier.nonfinite_patience` NaN/Inf steps in a row: `on_nonfinite` ('stop' raises
+  `checkpointing.NonFiniteError`, 'restore' resumes from the last checkpoint at a lower learning rate).
   """
+  return nonfinite.train_with_restores(STAGE, config, LR_FIELDS,
+                                       lambda c: _train_and_evaluate(c, workdir, max_steps_this_run))
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, max_steps_this_run: int | None) -> dict:
   from stylex_jax.data import pipeline as pipeline_lib  # TF lives in data/; imported only when training
 
   cc = config.classifier
@@ -105,14 +114,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   stop = cc.num_steps if max_steps_this_run is None else min(cc.num_steps, start + max_steps_this_run)
   progress = writers.Progress(cc.num_steps, start, cc.batch_size, every=cc.log_every, name=STAGE)
   last_eval = None
+  guard = nonfinite.Monitor(stage, cc, LR_FIELDS, closing=(writer, ckpt))
   t_log, n_log = time.perf_counter(), 0
   for step, batch in zip(range(start + 1, stop + 1), train_data.iterate(start)):
     state, train_metrics = step_fn(state, sharding.shard_batch(batch, mesh), class_weights)
+    guard.observe(step, train_metrics['nonfinite'])
     n_log += 1
     if step % cc.log_every == 0 or step == stop:
+      guard.flush()
       scalars = {k: float(v) for k, v in jax.device_get(train_metrics).items()}
       dt = time.perf_counter() - t_log
-      scalars.update(learning_rate=float(schedule(step - 1)), images_per_sec=n_log * cc.batch_size / dt)
+      scalars.update(learning_rate=float(schedule(step - 1)), images_per_sec=n_log * cc.batch_size / dt,
+                     nonfinite_steps=guard.total)
       writer.write_scalars(step, scalars)
       progress.update(step, dict(loss=scalars['train_loss'], acc=scalars['train_accuracy']))
       t_log, n_log = time.perf_counter(), 0
@@ -122,6 +135,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       logging.info('[classifier] step %d eval %s', step, last_eval)
     if stage.save(step, state, last=step == stop):
       break
+  guard.flush()
   ckpt.wait_until_finished()
 
   step = int(state.step)

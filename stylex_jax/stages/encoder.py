@@ -6,7 +6,8 @@ state replicated, donated). At the end, held-out inversion metrics (SSIM, PSNR, 
 (`refine_*`, encoder + `config.invert` refinement on `eval_refine_images`) are written and printed.
 
 Outputs in `<workdir>/encoder/`: `checkpoints/` (step, params, optimiser state; the data position is the step),
-`metrics.jsonl`, `samples/` (originals over reconstructions) and `summary.json`. `load_encoder` and
+`metrics.jsonl` (with `nonfinite_steps`: the running count of updates skipped for a NaN/Inf loss or gradient, see
+`stages/nonfinite.py`), `samples/` (originals over reconstructions) and `summary.json`. `load_encoder` and
 `load_inverter` give the explain stage (and benchmarks) the trained encoder and a ready Inverter.
 """
 from __future__ import annotations
@@ -27,9 +28,11 @@ from stylex_jax.models import stylegan2
 from stylex_jax.stages import classifier as classifier_stage
 from stylex_jax.stages import checks, common
 from stylex_jax.stages import gan as gan_stage
+from stylex_jax.stages import nonfinite
 from stylex_jax.train import encoder as encoder_train
 
 STAGE = 'encoder'
+LR_FIELDS = ('lr',)  # what config.encoder.on_nonfinite='restore' lowers
 
 
 def config_fingerprint(config: ml_collections.ConfigDict) -> dict:
@@ -96,7 +99,16 @@ def evaluate_inversion(config, inverter_factory, num_encoder: int, num_refine: i
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                        max_steps_this_run: int | None = None) -> dict:
-  """Trains (or resumes) the encoder in `<workdir>/encoder/`; a finished stage is not retrained. Returns its summary."""
+  """Trains (or resumes) the encoder in `<workdir>/encoder/`; a finished stage is not retrained. Returns its summary.
+
+  More than `config.encoder.nonfinite_patience` NaN/Inf steps in a row: `on_nonfinite` ('stop' raises
+  `checkpointing.NonFiniteError`, 'restore' resumes from the last checkpoint at a lower learning rate).
+  """
+  return nonfinite.train_with_restores(STAGE, config, LR_FIELDS,
+                                       lambda c: _train_and_evaluate(c, workdir, max_steps_this_run))
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, max_steps_this_run: int | None) -> dict:
   from stylex_jax.data import pipeline as pipeline_lib  # TF lives in data/; imported only when training
 
   ec = config.encoder
@@ -136,19 +148,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   stop = ec.num_steps if max_steps_this_run is None else min(ec.num_steps, start + max_steps_this_run)
   progress = writers.Progress(ec.num_steps, start, ec.batch_size, every=ec.log_every, name=STAGE)
   t_log, n_log = time.perf_counter(), 0
+  guard = nonfinite.Monitor(stage, ec, LR_FIELDS, closing=(writer, ckpt))
   for step, batch in zip(range(start + 1, stop + 1), data.iterate(start)):
     images = sharding.shard_batch({'image': batch['image']}, mesh)['image']
     state, metrics = step_fn(state, frozen, images, train_key)
+    guard.observe(step, metrics['nonfinite'])
     n_log += 1
     if step % ec.log_every == 0 or step == stop:
+      guard.flush()
       scalars = {k: float(v) for k, v in jax.device_get(metrics).items()}
       dt = time.perf_counter() - t_log
-      scalars['images_per_sec'] = n_log * (ec.batch_size + num_syn) / dt
+      scalars.update(images_per_sec=n_log * (ec.batch_size + num_syn) / dt, nonfinite_steps=guard.total)
       writer.write_scalars(step, scalars)
       progress.update(step, dict(loss=scalars['loss']))
       t_log, n_log = time.perf_counter(), 0
     if stage.save(step, state, last=step == stop):
       break
+  guard.flush()
   ckpt.wait_until_finished()
   ckpt.close()
   step = int(state.step)

@@ -2,8 +2,9 @@
 
 Outputs in `<workdir>/gan/`: `checkpoints/` (the whole `GanState`: step, params, G_ema, both optimiser states,
 w_avg, ADA p and its accumulators, pl_mean; the data position is the step), `metrics.jsonl` (losses, R1,
-path-length penalty, ADA p, r_t, kimg, images/s; realism metrics at eval steps, on the trained classifier's
-features when its checkpoint exists), `samples/` (G_ema grids at fixed latents) and `summary.json`.
+path-length penalty, ADA p, r_t, kimg, images/s, `nonfinite_steps`: the running count of iterations with an
+update skipped for a NaN/Inf loss or gradient, see `stages/nonfinite.py`; realism metrics at eval steps, on the
+trained classifier's features when its checkpoint exists), `samples/` (G_ema grids at fixed latents) and `summary.json`.
 `load_generator` gives later stages G_ema; `images_from_seeds` / `style_mixing_grid` serve launch/generate.py.
 """
 from __future__ import annotations
@@ -20,10 +21,11 @@ import numpy as np
 from stylex_jax import checkpointing, sharding, writers
 from stylex_jax.evaluate import realism
 from stylex_jax.stages import classifier as classifier_stage
-from stylex_jax.stages import checks, common
+from stylex_jax.stages import checks, common, nonfinite
 from stylex_jax.train import gan as gan_train
 
 STAGE = 'gan'
+LR_FIELDS = ('g_lr', 'd_lr')  # what config.gan.on_nonfinite='restore' lowers
 
 
 def config_fingerprint(config: ml_collections.ConfigDict) -> dict:
@@ -54,7 +56,16 @@ def check_config(config: ml_collections.ConfigDict) -> None:
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                        max_steps_this_run: int | None = None) -> dict:
-  """Trains (or resumes) the GAN in `<workdir>/gan/`; a finished stage is not retrained. Returns its summary."""
+  """Trains (or resumes) the GAN in `<workdir>/gan/`; a finished stage is not retrained. Returns its summary.
+
+  More than `config.gan.nonfinite_patience` iterations in a row with a NaN/Inf loss or gradient: `on_nonfinite`
+  ('stop' raises `checkpointing.NonFiniteError`, 'restore' resumes from the last checkpoint at lower g_lr, d_lr).
+  """
+  return nonfinite.train_with_restores(STAGE, config, LR_FIELDS,
+                                       lambda c: _train_and_evaluate(c, workdir, max_steps_this_run))
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, max_steps_this_run: int | None) -> dict:
   from stylex_jax.data import pipeline as pipeline_lib  # TF lives in data/; imported only when training
 
   gc = config.gan
@@ -90,15 +101,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   stop = gc.num_steps if max_steps_this_run is None else min(gc.num_steps, start + max_steps_this_run)
   progress = writers.Progress(gc.num_steps, start, gc.batch_size, every=gc.log_every, name=STAGE)
   t_log, n_log, last_eval = time.perf_counter(), 0, {}
+  guard = nonfinite.Monitor(stage, gc, LR_FIELDS, closing=(writer, ckpt))
   for step, batch in zip(range(start + 1, stop + 1), data.iterate(start)):
     reals = sharding.shard_batch({'image': batch['image']}, mesh)['image']
     state, metrics = steps.iteration(state, reals, train_key, step)
+    guard.observe(step, metrics['nonfinite'])
     n_log += 1
     if step % gc.log_every == 0 or step == stop:
+      guard.flush()
       scalars = {k: float(v) for k, v in jax.device_get(metrics).items()}
       dt = time.perf_counter() - t_log
       scalars.update(ada_p=float(state.ada_p), pl_mean=float(state.pl_mean), kimg=step * gc.batch_size / 1000,
-                     images_per_sec=n_log * gc.batch_size / dt)
+                     images_per_sec=n_log * gc.batch_size / dt, nonfinite_steps=guard.total)
       writer.write_scalars(step, scalars)
       progress.update(step, dict(g=scalars['g_loss'], d=scalars['d_loss'], p=scalars['ada_p']))
       t_log, n_log = time.perf_counter(), 0
@@ -109,6 +123,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       writer.write_scalars(step, last_eval)
     if stage.save(step, state, last=step == stop):
       break
+  guard.flush()
   ckpt.wait_until_finished()
   step = int(state.step)
   if start >= gc.num_steps:  # resumed at the end (e.g. an unreadable summary.json): the final eval again

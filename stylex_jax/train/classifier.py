@@ -20,6 +20,7 @@ import optax
 
 from stylex_jax import sharding
 from stylex_jax.evaluate import metrics as metrics_lib
+from stylex_jax.train import nonfinite
 
 
 @flax.struct.dataclass
@@ -73,7 +74,9 @@ def train_step(state: ClassifierState, batch: dict, class_weights: jax.Array, *,
   """One optimizer step on the global batch.
 
   batch: 'image' [B, H, W, C] float32 in [-1, 1], 'label' [B] int32. class_weights: [K] float32 (ones for the
-  plain loss). Returns the new state and scalar metrics (train_loss, train_accuracy, grad_norm).
+  plain loss). Returns the new state and scalar metrics (train_loss, train_accuracy, grad_norm, nonfinite).
+  A NaN/Inf loss or gradient skips the update (params, BatchNorm statistics and optimiser state stay as they
+  were; the step counter, the data position, still advances) and sets `nonfinite` to 1.
   """
   has_bn = bool(jax.tree.leaves(state.batch_stats))
 
@@ -88,11 +91,14 @@ def train_step(state: ClassifierState, batch: dict, class_weights: jax.Array, *,
     return _loss(logits, batch['label'], class_weights, label_smoothing), (logits, new_stats)
 
   (loss, (logits, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  grad_norm = optax.tree.norm(grads)
+  ok = nonfinite.finite(loss, grad_norm)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   metrics = dict(train_loss=loss, train_accuracy=jnp.mean(jnp.argmax(logits, -1) == batch['label']),
-                 grad_norm=optax.tree.norm(grads))
-  return state.replace(step=state.step + 1, params=params, batch_stats=new_stats, opt_state=opt_state), metrics
+                 grad_norm=grad_norm, nonfinite=nonfinite.flag(ok))
+  new_state = state.replace(step=state.step + 1, params=params, batch_stats=new_stats, opt_state=opt_state)
+  return nonfinite.keep_if(ok, new_state, state.replace(step=new_state.step)), metrics
 
 
 def eval_step(state: ClassifierState, batch: dict, *, model) -> dict:

@@ -23,6 +23,7 @@ import optax
 from stylex_jax.explain import reconstruction
 from stylex_jax.models import encoder as encoder_lib
 from stylex_jax.train import gan as gan_train
+from stylex_jax.train import nonfinite
 
 
 @flax.struct.dataclass
@@ -86,7 +87,11 @@ def num_synthetic(ec: ml_collections.ConfigDict) -> int:
 def train_step(state: EncoderState, frozen: Frozen, images: jax.Array, key: jax.Array, *, models: Models, num_syn: int,
                truncation_psi: float, latent_weight: float, weights: dict,
                perceptual_layers: tuple) -> tuple[EncoderState, dict]:
-  """One step on real images [B, H, W, C] in [-1, 1] plus `num_syn` fresh synthetic pairs; step += 1."""
+  """One step on real images [B, H, W, C] in [-1, 1] plus `num_syn` fresh synthetic pairs; step += 1.
+
+  Metrics: loss, loss_<term> and nonfinite (1 when a NaN/Inf loss or gradient skipped the update: params and
+  optimiser state unchanged, the step still advances).
+  """
   g, enc = models.generator, models.encoder
   key = jax.random.fold_in(key, state.step)
   classify = lambda x: reconstruction.classifier_features(models.classifier, frozen.classifier_vars, x,
@@ -115,6 +120,9 @@ def train_step(state: EncoderState, frozen: Frozen, images: jax.Array, key: jax.
     return loss, aux
 
   (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  ok = nonfinite.finite(loss, optax.tree.norm(grads))
   updates, opt_state = models.tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  return state.replace(step=state.step + 1, params=params, opt_state=opt_state), dict(loss=loss, **aux)
+  new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+  return nonfinite.keep_if(ok, new_state, state.replace(step=new_state.step)), dict(loss=loss, **aux,
+                                                                                    nonfinite=nonfinite.flag(ok))

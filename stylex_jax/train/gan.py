@@ -3,7 +3,10 @@
 One iteration = G main step, G path-length step (every `pl_interval`), D main step, D R1 step (every
 `r1_interval`) — four undecorated pure functions, jitted at the call site with donation and shardings, chosen
 by step count (lazy regularisation with the Adam correction). ADA augments every image D sees and adapts its
-strength p from E[sign(D(real))]. G_ema follows G with a half-life in kimg and a ramp-up.
+strength p from E[sign(D(real))]. G_ema follows G with a half-life in kimg and a ramp-up. Each step skips its
+update when its loss or gradient is NaN/Inf (`train/nonfinite.py`; its state fields stay as they were) and
+reports that as its own flag (`nonfinite_g`, `nonfinite_pl`, `nonfinite_d`, `nonfinite_r1`); an iteration's
+`nonfinite` is 1 when any of its steps was skipped.
 
 `GanState` holds everything a resume needs (step, params, G_ema, both optimiser states, w_avg, ADA p and its
 accumulators, pl_mean; the data position is the step). The loop, checkpoints and outputs are
@@ -24,6 +27,7 @@ from stylex_jax import sharding
 from stylex_jax.models import layers, stylegan2
 from stylex_jax.train import augment as augment_lib
 from stylex_jax.train import losses
+from stylex_jax.train import nonfinite
 
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 
@@ -165,12 +169,14 @@ def g_main_step(state: GanState, key: jax.Array, *, models: Models, batch_size: 
     return losses.g_nonsaturating_loss(logits), (stats, logits)
 
   (loss, (stats, logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.g_params)
+  ok = nonfinite.finite(loss, optax.tree.norm(grads))
   updates, opt_state = models.g_tx.update(grads, state.g_opt_state, state.g_params)
   g_params = optax.apply_updates(state.g_params, updates)
   beta = losses.ema_beta(batch_size, ema_kimg, ema_rampup, (state.step + 1) * batch_size)
   g_ema = jax.tree.map(lambda p, e: p + beta * (e - p), g_params, state.g_ema)
-  return state.replace(g_params=g_params, g_stats=stats, g_ema=g_ema,
-                       g_opt_state=opt_state), dict(g_loss=loss, fake_logits=jnp.mean(logits), ema_beta=beta)
+  new_state = state.replace(g_params=g_params, g_stats=stats, g_ema=g_ema, g_opt_state=opt_state)
+  return nonfinite.keep_if(ok, new_state, state), dict(g_loss=loss, fake_logits=jnp.mean(logits), ema_beta=beta,
+                                                       nonfinite_g=nonfinite.flag(ok))
 
 
 def g_reg_step(state: GanState, key: jax.Array, *, models: Models, batch_size: int, mixing_prob: float,
@@ -185,15 +191,19 @@ def g_reg_step(state: GanState, key: jax.Array, *, models: Models, batch_size: i
                                                            state.pl_mean, pl_decay)
     return jnp.mean(penalty) * pl_weight * pl_interval, (jnp.mean(penalty), pl_mean, jnp.mean(lengths))
 
-  (_, (penalty, pl_mean, length)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.g_params)
+  (loss, (penalty, pl_mean, length)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.g_params)
+  ok = nonfinite.finite(loss, optax.tree.norm(grads))
   updates, opt_state = models.g_tx.update(grads, state.g_opt_state, state.g_params)
-  return state.replace(g_params=optax.apply_updates(state.g_params, updates), g_opt_state=opt_state,
-                       pl_mean=pl_mean), dict(pl_penalty=penalty, pl_length=length)
+  new_state = state.replace(g_params=optax.apply_updates(state.g_params, updates), g_opt_state=opt_state,
+                            pl_mean=pl_mean)
+  return nonfinite.keep_if(ok, new_state, state), dict(pl_penalty=penalty, pl_length=length,
+                                                       nonfinite_pl=nonfinite.flag(ok))
 
 
 def d_main_step(state: GanState, reals: jax.Array, key: jax.Array, *, models: Models, mixing_prob: float,
                 ada_interval: int, ada_target: float, ada_kimg: float) -> tuple[GanState, dict]:
-  """D logistic step on reals [B, H, W, C] in [-1, 1] and fresh fakes; ADA bookkeeping; step += 1."""
+  """D logistic step on reals [B, H, W, C] in [-1, 1] and fresh fakes; ADA bookkeeping; step += 1 (also when a
+  non-finite loss or gradient skips the update: D, its optimiser and the ADA state then stay as they were)."""
   batch_size = reals.shape[0]
   key = jax.random.fold_in(jax.random.fold_in(key, state.step), 2)
   km, ks, kf, kr = jax.random.split(key, 4)
@@ -206,6 +216,7 @@ def d_main_step(state: GanState, reals: jax.Array, key: jax.Array, *, models: Mo
     return losses.d_logistic_loss(real_logits, fake_logits), (real_logits, fake_logits)
 
   (loss, (real_logits, fake_logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.d_params)
+  ok = nonfinite.finite(loss, optax.tree.norm(grads))
   updates, opt_state = models.d_tx.update(grads, state.d_opt_state, state.d_params)
   step = state.step + 1
   ada_sum = state.ada_sum + jnp.sum(jnp.sign(real_logits))
@@ -219,9 +230,10 @@ def d_main_step(state: GanState, reals: jax.Array, key: jax.Array, *, models: Mo
     ada_sum = jnp.where(due, 0.0, ada_sum)
     ada_count = jnp.where(due, 0.0, ada_count)
   metrics = dict(d_loss=loss, real_logits=jnp.mean(real_logits), fake_logits_d=jnp.mean(fake_logits),
-                 rt=jnp.mean(jnp.sign(real_logits)))
-  return state.replace(step=step, d_params=optax.apply_updates(state.d_params, updates), d_opt_state=opt_state,
-                       ada_p=ada_p, ada_sum=ada_sum, ada_count=ada_count), metrics
+                 rt=jnp.mean(jnp.sign(real_logits)), nonfinite_d=nonfinite.flag(ok))
+  new_state = state.replace(step=step, d_params=optax.apply_updates(state.d_params, updates), d_opt_state=opt_state,
+                            ada_p=ada_p, ada_sum=ada_sum, ada_count=ada_count)
+  return nonfinite.keep_if(ok, new_state, state.replace(step=step)), metrics
 
 
 def d_reg_step(state: GanState, reals: jax.Array, key: jax.Array, *, models: Models, gamma: float,
@@ -233,10 +245,11 @@ def d_reg_step(state: GanState, reals: jax.Array, key: jax.Array, *, models: Mod
     penalty, _ = losses.r1_penalty(lambda x: _d_logits(models, d_params, x, key, state.ada_p), reals)
     return jnp.mean(penalty) * (gamma / 2) * r1_interval, jnp.mean(penalty)
 
-  (_, penalty), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.d_params)
+  (loss, penalty), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.d_params)
+  ok = nonfinite.finite(loss, optax.tree.norm(grads))
   updates, opt_state = models.d_tx.update(grads, state.d_opt_state, state.d_params)
-  return state.replace(d_params=optax.apply_updates(state.d_params, updates),
-                       d_opt_state=opt_state), dict(r1_penalty=penalty)
+  new_state = state.replace(d_params=optax.apply_updates(state.d_params, updates), d_opt_state=opt_state)
+  return nonfinite.keep_if(ok, new_state, state), dict(r1_penalty=penalty, nonfinite_r1=nonfinite.flag(ok))
 
 
 def generate(models: Models, g_ema, g_stats, z: jax.Array, truncation_psi: float = 1.0,
@@ -299,7 +312,9 @@ class StepFunctions:
     self.pl_interval, self.r1_interval = gc.pl_interval, gc.r1_interval
 
   def iteration(self, state: GanState, reals: jax.Array, key: jax.Array, step: int):
-    """One full iteration (1-based `step` decides the lazy regularisers, as the reference's phase counter)."""
+    """One full iteration (1-based `step` decides the lazy regularisers, as the reference's phase counter).
+
+    metrics: the steps' scalars, their `nonfinite_*` flags and `nonfinite` (int32 0/1: any step skipped)."""
     metrics = {}
     state, m = self.g_main(state, key)
     metrics.update(m)
@@ -311,4 +326,5 @@ class StepFunctions:
     if self.d_reg is not None and step % self.r1_interval == 0:
       state, m = self.d_reg(state, reals, key)
       metrics.update(m)
+    metrics['nonfinite'] = functools.reduce(jnp.maximum, [v for k, v in metrics.items() if k.startswith('nonfinite_')])
     return state, metrics
