@@ -1,6 +1,8 @@
-"""Test setup: 8 fake CPU devices (set before jax is imported) so sharded code is exercised, and a persistent
-XLA compilation cache for the session, so stage tests that train, stop and resume (and so re-jit the same
-steps in a new call) compile each program once."""
+"""Test setup: 8 fake CPU devices (set before jax is imported) so sharded code is exercised, a persistent XLA
+compilation cache for the session (shared by the pytest-xdist workers), so stage tests that train, stop and resume
+(and so re-jit the same steps in a new call) compile each program once, and the xdist grouping: each test module
+runs on one worker (its module fixtures are built once), and every test using `smoke_stages` on the same worker
+(the session's smoke run is trained once)."""
 import os
 import tempfile
 
@@ -12,14 +14,35 @@ os.environ.setdefault('CUDA_VISIBLE_DEVICES', '')
 import jax  # noqa: E402
 
 jax.config.update('jax_threefry_partitionable', True)
-jax.config.update('jax_compilation_cache_dir',
-                  os.environ.get('STYLEX_TEST_JAX_CACHE') or tempfile.mkdtemp(prefix='stylex_jax_cache_'))
+
+
+def _cache_dir() -> str:
+  """STYLEX_TEST_JAX_CACHE, else one folder per test run, shared by its xdist workers."""
+  if os.environ.get('STYLEX_TEST_JAX_CACHE'):
+    return os.environ['STYLEX_TEST_JAX_CACHE']
+  run = os.environ.get('PYTEST_XDIST_TESTRUNUID')
+  if run:
+    path = os.path.join(tempfile.gettempdir(), f'stylex_jax_cache_{run}')
+    os.makedirs(path, exist_ok=True)
+    return path
+  return tempfile.mkdtemp(prefix='stylex_jax_cache_')
+
+
+jax.config.update('jax_compilation_cache_dir', _cache_dir())
 jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
 jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
 
 import shutil  # noqa: E402
 
 import pytest  # noqa: E402
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
+def pytest_collection_modifyitems(items):
+  """xdist --dist loadgroup: tests of `smoke_stages` in group 'smoke', every other test in its module's group."""
+  for item in items:
+    group = 'smoke' if 'smoke_stages' in getattr(item, 'fixturenames', ()) else item.module.__name__
+    item.add_marker(pytest.mark.xdist_group(group))
 
 
 def smoke_config(data_dir, stages: str = 'classifier,gan,encoder,explain'):
