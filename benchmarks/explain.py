@@ -16,6 +16,8 @@ call of batch x frames images is what keeps the device busy.
 
 Usage:
   python benchmarks/explain.py --workdir /tmp/stylex_demo    # batch 256, chunk 8 on CPU, loop over 16 images
+  # speed only, any config, no trained workdir (e.g. 256² on an accelerator): randomly initialised G and classifier
+  python benchmarks/explain.py --config configs/kl_xray.py --random-init
 
 Output: one figure per line, `name value unit`; lines starting with '#' are notes.
   direction_run_s         fit of the global direction, --direction-latents latents, --steps Adam steps (2nd call)
@@ -53,12 +55,19 @@ from stylex_jax.explain import gradcam as gradcam_lib  # noqa: E402
 from stylex_jax.explain import series as series_lib  # noqa: E402
 from stylex_jax.stages import classifier as classifier_stage  # noqa: E402
 from stylex_jax.stages import gan as gan_stage  # noqa: E402
+from stylex_jax.train import gan as gan_train  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
   p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   p.add_argument('--workdir', default='/tmp/stylex_demo', help='workdir with classifier/ and gan/ of configs/demo.py')
   p.add_argument('--variant', default='', help="configs/demo.py variant ('' = the default demo)")
+  p.add_argument('--config', default=None,
+                 help="another config file, e.g. configs/kl_xray.py[:variant] (default: configs/demo.py:--variant)")
+  p.add_argument(
+      '--random-init', action='store_true',
+      help='randomly initialised G and classifier of the config instead of --workdir\'s checkpoints: '
+      'speed only (the direction and series are meaningless), for configs nobody trained here')
   p.add_argument('--batch', type=int, default=256, help='images explained in one batched call')
   p.add_argument(
       '--chunk', type=int, default=None,
@@ -123,16 +132,44 @@ class Explainer:
     return auto, images, probs, cams
 
 
+def _config(a: argparse.Namespace):
+  """configs/demo.py:--variant, or the `get_config(variant)` of --config 'configs/<name>.py[:variant]'."""
+  if a.config is None:
+    return demo.get_config(a.variant)
+  path, _, variant = a.config.partition(':')
+  name = os.path.splitext(os.path.basename(path))[0]
+  if os.path.dirname(os.path.abspath(path)) != os.path.join(_ROOT, 'configs') or not os.path.exists(path):
+    raise SystemExit(f'error: --config {a.config!r}: give a file of configs/, e.g. configs/kl_xray.py:binary')
+  import importlib
+  return importlib.import_module(f'configs.{name}').get_config(variant)
+
+
+def _random_models(config):
+  """(G, G params, G stats, classifier, classifier variables) freshly initialised for `config` (speed only): w_avg
+  is the mean of 512 mapped latents, as training would track it."""
+  g = gan_train.build_generator(config)
+  g_vars = jax.jit(lambda k: g.init({'params': k, 'noise': k}, jnp.zeros((1, g.z_dim), jnp.float32)))(jax.random.key(0))
+  ws = jax.jit(lambda z: g.apply(g_vars, z, method='mapping'))(jax.random.normal(jax.random.key(1), (512, g.z_dim)))
+  g_stats = {'mapping_network': {'w_avg': jnp.mean(ws[:, 0], axis=0)}}
+  model = classifier_stage.build_model(config)
+  shape = (1, config.data.image_size, config.data.image_size, config.data.channels)
+  variables = jax.jit(lambda k: model.init(k, jnp.zeros(shape, jnp.float32), train=False))(jax.random.key(2))
+  return g, g_vars['params'], g_stats, model, variables
+
+
 def main(argv=None) -> None:
   a = parse_args(argv)
   if a.chunk is None:
     a.chunk = 8 if jax.default_backend() == 'cpu' else 64
-  config = demo.get_config(a.variant)
+  config = _config(a)
   print(f'# backend={jax.default_backend()} devices={jax.device_count()} '
         f'load={os.getloadavg()[0]:.2f},{os.getloadavg()[1]:.2f},{os.getloadavg()[2]:.2f} (1/5/15 min) '
         f'cpus={os.cpu_count()}')
-  g, g_ema, g_stats = gan_stage.load_generator(a.workdir, config)
-  model, variables = classifier_stage.load_classifier(a.workdir, config)
+  if a.random_init:
+    g, g_ema, g_stats, model, variables = _random_models(config)
+  else:
+    g, g_ema, g_stats = gan_stage.load_generator(a.workdir, config)
+    model, variables = classifier_stage.load_classifier(a.workdir, config)
 
   def synthesize(ws):
     return jnp.clip(g.apply({'params': g_ema}, ws, method='synthesis', noise_mode='const'), -1.0, 1.0)
