@@ -46,7 +46,7 @@ def main(argv):
     raise app.UsageError(f'unexpected arguments {argv[1:]}')
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)
-  from stylex_jax import writers
+  from stylex_jax import storage, writers
   from stylex_jax.stages import gan
   try:
     seeds = parse_ranges(_SEEDS.value)
@@ -54,7 +54,7 @@ def main(argv):
     if bool(rows) != bool(cols):
       raise ValueError('style mixing needs both --mix_rows and --mix_cols')
     outdir = _OUTDIR.value or os.path.join(_WORKDIR.value, 'generate')
-    os.makedirs(outdir, exist_ok=True)
+    storage.makedirs(outdir)  # local or gs://
     generator, g_ema, g_stats = gan.load_generator(_WORKDIR.value, _CONFIG.value)
   except (ValueError, FileNotFoundError) as e:
     sys.exit(f'error: {e}')

@@ -37,7 +37,7 @@ def main(argv):
   if not flags.FLAGS['verbosity'].present:  # library INFO logs (orbax, tfds) only with -v / --verbosity=0
     logging.set_verbosity(logging.WARNING)
   from stylex_jax import sharding
-  from stylex_jax import stages
+  from stylex_jax import stages, storage
   try:
     sharding.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     results = stages.run(_CONFIG.value, _WORKDIR.value)
@@ -48,7 +48,7 @@ def main(argv):
     if os.environ.get('STYLEX_DEBUG'):
       raise
     sys.exit(f'error: {e}')
-  print(f'outputs in {os.path.abspath(_WORKDIR.value)}: ' + ', '.join(f'{k}/' for k in results))
+  print(f'outputs in {storage.absolute(_WORKDIR.value)}: ' + ', '.join(f'{k}/' for k in results))
 
 
 if __name__ == '__main__':

@@ -19,6 +19,8 @@ from typing import Any, Iterator, Mapping
 import google_crc32c
 import numpy as np
 
+from stylex_jax import storage
+
 # ---------------------------------------------------------------------------------------------
 # CRC-32C and TFRecord framing
 # ---------------------------------------------------------------------------------------------
@@ -46,7 +48,7 @@ def frame_record(payload: bytes) -> bytes:
 
 def read_records(path: str) -> Iterator[bytes]:
   """Payloads of a TFRecord file; verifies both masked CRC-32Cs. Corruption -> ValueError naming file and offset."""
-  with open(path, 'rb') as f:
+  with storage.open_file(path, 'rb') as f:  # a local path or any URI etils.epath knows (gs://...)
     offset = 0
     while True:
       header = f.read(12)

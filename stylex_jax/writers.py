@@ -11,6 +11,10 @@
 * ``samples/<name>_<step:08d>.png``: image grids.
 
 Only the chief process (``jax.process_index() == 0``) writes; the others validate and do nothing.
+The directory may be local or on an object store (``gs://bucket/kl/gan``): every file goes through
+``stylex_jax.storage`` (etils.epath). metrics.jsonl and the event file are appended to and flushed after each
+write; on a local disk that is a plain append, on an object store (no append there) ``storage.AppendFile`` keeps
+the content and re-uploads the whole object at most every 10 s and at ``close``.
 Also here: ``image_grid`` / ``to_uint8`` / ``save_png`` for PNGs at the package's edges, ``read_metrics``
 and a console ``Progress`` line for training loops.
 """
@@ -25,14 +29,13 @@ import re
 import socket
 import sys
 import time
-import uuid
 from typing import Any, Callable, TextIO
 
 import jax
 import numpy as np
 from PIL import Image
 
-from stylex_jax import tfrecord
+from stylex_jax import storage, tfrecord
 
 _log = logging.getLogger(__name__)
 
@@ -45,20 +48,20 @@ class _EventFile:
   _counter = 0
 
   def __init__(self, logdir: str):
-    os.makedirs(logdir, exist_ok=True)
+    storage.makedirs(logdir)
     _EventFile._counter += 1
     name = (f'events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}.'
             f'{os.getpid()}.{_EventFile._counter}')
     self.path = os.path.join(logdir, name)
-    self._file = open(self.path, 'ab')
+    self._file = storage.AppendFile(self.path, 'ab')
     self.write(tfrecord.event(time.time(), file_version='brain.Event:2'))
     self._file.flush()
 
   def write(self, event: bytes) -> None:
     self._file.write(tfrecord.frame_record(event))
 
-  def flush(self) -> None:
-    self._file.flush()
+  def flush(self, force: bool = False) -> None:
+    self._file.flush(force)
 
   def close(self) -> None:
     if not self._file.closed:
@@ -136,21 +139,12 @@ def _encode_png(image: np.ndarray) -> bytes:
   return buffer.getvalue()
 
 
-def _write_atomic(path: str, data: bytes) -> None:
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  tmp = os.path.join(directory, f'.{os.path.basename(path)}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}')
-  try:
-    with open(tmp, 'wb') as f:
-      f.write(data)
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
+_write_atomic = storage.write_atomic
 
 
 def save_png(path: str, image: np.ndarray) -> None:
-  """Writes uint8 [H, W, C] (C in {1, 3, 4}) as a PNG; atomic (temporary file + rename)."""
+  """Writes uint8 [H, W, C] (C in {1, 3, 4}) as a PNG; atomic (`storage.write_atomic`: temporary file + rename on
+  a local disk, one object upload on an object store)."""
   _write_atomic(path, _encode_png(image))
 
 
@@ -248,8 +242,7 @@ def read_metrics(path: str) -> list[dict]:
     A truncated last line (the process died mid-write) is skipped with a warning; a malformed line
     elsewhere raises ValueError naming the line.
     """
-  with open(path, encoding='utf-8') as f:
-    lines = f.read().split('\n')
+  lines = storage.read_text(path).split('\n')
   records = []
   nonempty = [(i, line) for i, line in enumerate(lines, 1) if line.strip()]
   for k, (lineno, line) in enumerate(nonempty):
@@ -268,12 +261,12 @@ def read_metrics(path: str) -> list[dict]:
 
 def truncate_metrics(path: str, last_step: int) -> int:
   """Drops the rows of a ``metrics.jsonl`` with ``step > last_step`` (and a truncated last line); returns how
-    many were dropped. The file is rewritten atomically (temporary file + rename) only when something is
-    dropped, so a crash meanwhile leaves either the old or the new file. A missing file is left missing."""
-  if not os.path.exists(path):
+    many were dropped. The file is rewritten atomically only when something is dropped, so a crash meanwhile
+    leaves either the old or the new file: a temporary file + rename on a local disk, one object upload on an
+    object store (gs://; no rename there, see `storage.write_atomic`). A missing file is left missing."""
+  if not storage.exists(path):
     return 0
-  with open(path, encoding='utf-8') as f:
-    lines = f.read().split('\n')
+  lines = storage.read_text(path).split('\n')
   kept, dropped = [], 0
   for line in lines:
     if not line.strip():
@@ -320,10 +313,10 @@ class MetricWriter:
     self.metrics_path = os.path.join(self.directory, 'metrics.jsonl')
     self.samples_dir = os.path.join(self.directory, 'samples')
     if self.is_chief:
-      os.makedirs(self.directory, exist_ok=True)
+      storage.makedirs(self.directory)
       if resume_step is not None:
         truncate_metrics(self.metrics_path, self._check_step(resume_step))
-      self._jsonl = open(self.metrics_path, 'a', encoding='utf-8')
+      self._jsonl = storage.AppendFile(self.metrics_path, 'a')
 
   def _event_file(self) -> _EventFile | None:
     if not (self.is_chief and self._tensorboard):
@@ -392,11 +385,11 @@ class MetricWriter:
     return paths
 
   def flush(self) -> None:
-    """Pushes buffered metrics and events to disk."""
+    """Pushes buffered metrics and events to disk (on an object store: uploads them now)."""
     if self._jsonl is not None:
-      self._jsonl.flush()
+      self._jsonl.flush(force=True)
     if self._events is not None:
-      self._events.flush()
+      self._events.flush(force=True)
 
   def close(self) -> None:
     """Flushes and closes the files; the writer must not be used afterwards."""

@@ -1,6 +1,7 @@
 """The dependency rule of the package map, checked on the source (ast), function-local imports included.
 
-launch -> stages -> {train, explain, evaluate} -> {models, data, tfrecord, sharding, checkpointing, writers}.
+launch -> stages -> {train, explain, evaluate} -> {models, data, tfrecord, sharding, checkpointing, writers} ->
+storage (workdir file I/O through etils.epath).
 Within the middle tier the order is train -> explain -> evaluate (the encoder trains with explain's
 reconstruction losses; inversion measures with evaluate's SSIM); nothing imports a layer above its own, and no
 two modules import each other, directly or through others.
@@ -25,6 +26,7 @@ LAYERS = {
     'sharding': 5,
     'writers': 5,
     'tfrecord': 6,
+    'storage': 7,
 }
 
 

@@ -28,6 +28,7 @@ LIGHT_MODULES = [
     'stylex_jax.train.classifier',
     'stylex_jax.train.gan',
     'stylex_jax.train.encoder',
+    'stylex_jax.storage',
     'stylex_jax.tfrecord',
     'stylex_jax.writers',
     'stylex_jax.checkpointing',

@@ -18,7 +18,7 @@ shapes and dtypes, and `feature_spec` gives the parsing spec. Parsing with plain
 
   import json, os, tensorflow as tf
   export = '<workdir>/explain'
-  schema = json.load(open(os.path.join(export, 'schema.json')))
+  schema = json.load(tf.io.gfile.GFile(os.path.join(export, 'schema.json')))   # local or gs://
   spec = {k: tf.io.FixedLenFeature(v['shape'], getattr(tf, v['dtype']))
           for k, v in schema['tf_feature_spec'].items()}
   files = [os.path.join(export, f) for f in schema['shards']]
@@ -43,6 +43,14 @@ exception) removes the staging directory, and a killed run leaves a `.export-tmp
 deleted. Files in `directory` that are not export entries are never touched. With `overwrite=True` the
 previous export's entries are deleted up front (frees the disk space, but a crash then leaves no export).
 A complete export always has a schema.json; a directory without one holds no finished export.
+
+On an object store (`gs://bucket/kl/explain`, any path etils.epath knows; all I/O goes through
+`stylex_jax.storage`) the same steps run, but a rename there is a copy of every object followed by a delete
+(gs/s3 have no rename), so the swap is not atomic: a crash in the middle can leave entries half moved and a
+`.export-old-*` / `.export-tmp-*` prefix behind. What still holds is the marker: schema.json is moved away first
+and moved in last, and each object appears only once fully uploaded, so a directory with a schema.json holds a
+complete export, and one without it holds none (rerun the explain stage). The staging prefix is inside the
+export directory on the store too (server-side copies, no download).
 """
 from __future__ import annotations
 
@@ -50,12 +58,11 @@ import datetime
 import json
 import math
 import os
-import shutil
 import uuid
 from typing import Any, Mapping
 
 import numpy as np
-from stylex_jax import tfrecord, writers
+from stylex_jax import storage, tfrecord, writers
 from stylex_jax.explain import batch as batch_lib
 from stylex_jax.explain import gradcam as gradcam_lib
 from stylex_jax.explain import media
@@ -77,22 +84,17 @@ def check_writable(directory) -> None:
   Call before any computation. Raises ValueError with one line
   'cannot write explanations to X: <reason>; choose another --workdir / export dir'.
   """
-  path = os.path.abspath(os.fspath(directory))
+  path = storage.absolute(directory)
 
   def fail(reason: str):
     raise ValueError(f'cannot write explanations to {path}: {reason}; choose another --workdir / export dir')
 
-  if os.path.exists(path) and not os.path.isdir(path):
-    fail('it exists and is not a directory')
-  probe = os.path.join(path, f'.write-probe-{os.getpid()}-{uuid.uuid4().hex[:8]}')
   try:
-    os.makedirs(path, exist_ok=True)
-    with open(probe, 'wb') as f:
-      f.write(b'probe')
-    os.remove(probe)
+    storage.check_writable(path)
   except OSError as e:
     reason = e.strerror or str(e)
-    if e.filename and os.path.abspath(str(e.filename)) not in (path, probe):
+    filename = str(e.filename or '')
+    if filename and storage.absolute(filename) != path and not os.path.basename(filename).startswith('.write-probe-'):
       reason += f' ({e.filename})'
     fail(reason)
 
@@ -170,15 +172,15 @@ class ExplanationWriter:
     except (TypeError, ValueError) as e:
       raise ValueError(f'provenance must be a JSON-able dict: {e}') from None
 
-    self.directory = os.path.abspath(os.fspath(directory))
+    self.directory = storage.absolute(directory)
     check_writable(self.directory)
     if overwrite:
       for entry in EXPORT_ENTRIES:
-        _remove(os.path.join(self.directory, entry))
+        storage.remove(os.path.join(self.directory, entry))
     self._staging = os.path.join(self.directory, f'.export-tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}')
     for sub in (SHARD_DIR, 'strips', 'gifs'):
-      os.makedirs(os.path.join(self._staging, sub))
-    self._index = open(os.path.join(self._staging, 'index.jsonl'), 'w', encoding='utf-8')
+      storage.makedirs(os.path.join(self._staging, sub))
+    self._index = storage.open_file(os.path.join(self._staging, 'index.jsonl'), 'w')
     self._report = report_lib.Report(os.path.join(self._staging, '.report_rows.html'), class_names=self.class_names,
                                      max_images=self.report_max_images, max_bytes=int(report_max_mib * 2**20))
     self._shard_file = None
@@ -195,7 +197,7 @@ class ExplanationWriter:
   def _write_record(self, payload: bytes) -> int:
     if self._shard_file is None:
       index = len(self._shard_counts)
-      self._shard_file = open(os.path.join(self._staging, SHARD_DIR, f'.shard-{index:05d}.tmp'), 'wb')
+      self._shard_file = storage.open_file(os.path.join(self._staging, SHARD_DIR, f'.shard-{index:05d}.tmp'), 'wb')
       self._shard_counts.append(0)
     self._shard_file.write(tfrecord.frame_record(payload))
     self._shard_counts[-1] += 1
@@ -321,7 +323,7 @@ class ExplanationWriter:
     shards = []
     for index in range(num_shards):
       final = f'{SHARD_PREFIX}-{index:05d}-of-{num_shards:05d}.tfrecord'
-      os.replace(os.path.join(shard_dir, f'.shard-{index:05d}.tmp'), os.path.join(shard_dir, final))
+      storage.replace(os.path.join(shard_dir, f'.shard-{index:05d}.tmp'), os.path.join(shard_dir, final))
       shards.append(f'{SHARD_DIR}/{final}')
     metric_stats = {
         n: {
@@ -404,16 +406,18 @@ class ExplanationWriter:
     }
 
   def _swap_in(self) -> None:
+    """Moves the previous export aside and the staged one in (module docstring: atomic renames on a local disk,
+    copy + delete per object on an object store, where only the schema.json-last order protects readers)."""
     old = os.path.join(self.directory, f'.export-old-{os.getpid()}-{uuid.uuid4().hex[:8]}')
-    os.makedirs(old)
+    storage.makedirs(old)
     for entry in EXPORT_ENTRIES:  # schema.json first: a half-swapped directory never looks complete
       src = os.path.join(self.directory, entry)
-      if os.path.lexists(src):
-        os.replace(src, os.path.join(old, entry))
+      if storage.lexists(src):
+        storage.replace(src, os.path.join(old, entry))
     for entry in reversed(EXPORT_ENTRIES):  # schema.json last
-      os.replace(os.path.join(self._staging, entry), os.path.join(self.directory, entry))
-    shutil.rmtree(old, ignore_errors=True)
-    shutil.rmtree(self._staging, ignore_errors=True)
+      storage.replace(os.path.join(self._staging, entry), os.path.join(self.directory, entry))
+    storage.remove_quietly(old)
+    storage.remove_quietly(self._staging)
 
   def abort(self) -> None:
     """Drops the unfinished export (the staging directory); any previous export is left as it was."""
@@ -424,7 +428,7 @@ class ExplanationWriter:
         f.close()
     self._report.close()
     self._shard_file = None
-    shutil.rmtree(self._staging, ignore_errors=True)
+    storage.remove_quietly(self._staging)
     self._closed = True
 
   @property
@@ -450,10 +454,3 @@ def _jsonable(v):
   if isinstance(v, float) and not math.isfinite(v):
     return None
   return v
-
-
-def _remove(path: str) -> None:
-  if os.path.isdir(path) and not os.path.islink(path):
-    shutil.rmtree(path)
-  elif os.path.lexists(path):
-    os.remove(path)

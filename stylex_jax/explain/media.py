@@ -2,7 +2,8 @@
 and the file-system-safe names they are saved under.
 
 Used by `explain.export.ExplanationWriter` (strips/<safe_id>.png, gifs/<safe_id>.gif) and
-`explain.report` (the PNGs inlined in report.html). Pillow only; no TensorFlow, no JAX.
+`explain.report` (the PNGs inlined in report.html). Pillow only; no TensorFlow, no JAX. Files are written through
+`stylex_jax.storage` (etils.epath), so an export directory may be on an object store.
 """
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+
+from stylex_jax import storage
 
 MIN_TILE = 128  # strip/GIF tiles are upscaled (nearest) to at least this many pixels
 _DIFF_MIN_SCALE = 1 / 127.5  # one grey level: differences below it are not blown up to full colour
@@ -172,7 +175,10 @@ def save_strip(path: str, title: str, image: np.ndarray, reconstruction: np.ndar
         _captioned(to_rgb(series[j]), factor, [f'shift {alphas[j]:+.2f}', f'p={p_series[j]:.3f}'], float(p_series[j])))
   tiles.append(_captioned(cam_rgb, factor, ['GradCAM', ''], None))
   tiles.append(_captioned(diff_rgb, factor, ['end - recon', f'blue/red = -/+{diff_scale:.2f}'], None))
-  _strip_image(tiles, title).save(path, format='PNG')
+  buffer = io.BytesIO()
+  _strip_image(tiles, title).save(buffer, format='PNG')
+  with storage.open_file(path, 'wb') as f:  # local or object store
+    f.write(buffer.getvalue())
 
 
 def save_gif(path: str, series: np.ndarray, alphas: np.ndarray, p_series: np.ndarray, class_name: str) -> None:
@@ -187,7 +193,10 @@ def save_gif(path: str, series: np.ndarray, alphas: np.ndarray, p_series: np.nda
   ]
   if series.shape[-1] == 1:  # ~10x faster than PIL's adaptive palette per frame
     frames = [f.quantize(palette=_GREY_PALETTE, dither=Image.Dither.NONE) for f in frames]
-  frames[0].save(path, format='GIF', save_all=True, append_images=frames[1:], duration=400, loop=0)
+  buffer = io.BytesIO()
+  frames[0].save(buffer, format='GIF', save_all=True, append_images=frames[1:], duration=400, loop=0)
+  with storage.open_file(path, 'wb') as f:  # local or object store
+    f.write(buffer.getvalue())
 
 
 class UniqueStems:

@@ -1,6 +1,7 @@
 """The explanation records: the TFRecord feature table, the schema.json reader and a TensorFlow-free record
 reader (`read_explanations`) for exports written by `export.ExplanationWriter`.
 
+The export may be local or on an object store (`gs://...`; read through `stylex_jax.storage` / etils.epath).
 Bad input fails with one line naming the file: a directory without schema.json, a schema of another format,
 a shard listed in schema.json that is missing, a truncated or corrupt shard (CRC), or a record whose shapes do
 not match the schema (e.g. a shard copied in from another export).
@@ -13,7 +14,7 @@ from typing import Any, Iterator, Mapping
 
 import numpy as np
 
-from stylex_jax import tfrecord
+from stylex_jax import storage, tfrecord
 from stylex_jax.explain import media
 
 SCHEMA_FORMAT = 'stylex_jax.explanations'
@@ -42,11 +43,11 @@ FEATURE_KEYS = tuple(FEATURE_MEANINGS)
 
 
 def _find_schema(path: str) -> str:
-  candidates = [path] if os.path.isdir(path) else []
+  candidates = [path] if storage.isdir(path) else []
   candidates += [os.path.dirname(path), os.path.dirname(os.path.dirname(path))]
   for c in candidates:
     p = os.path.join(c, 'schema.json')
-    if os.path.isfile(p):
+    if storage.isfile(p):
       return p
   raise FileNotFoundError(f'no schema.json found for {path} (looked in {", ".join(dict.fromkeys(candidates))}); '
                           'pass the export directory written by ExplanationWriter')
@@ -54,13 +55,12 @@ def _find_schema(path: str) -> str:
 
 def read_schema(path_or_dir) -> dict:
   """The schema.json of an export (given the export directory, its tfrecords/ directory or a shard file)."""
-  path = os.path.abspath(os.fspath(path_or_dir))
-  if path.endswith('.json') and os.path.isfile(path):
+  path = storage.absolute(path_or_dir)
+  if path.endswith('.json') and storage.isfile(path):
     schema_path = path
   else:
     schema_path = _find_schema(path)
-  with open(schema_path, encoding='utf-8') as f:
-    schema = json.load(f)
+  schema = json.loads(storage.read_text(schema_path))
   if schema.get('format') != SCHEMA_FORMAT:
     raise ValueError(f'{schema_path} is not a stylex_jax explanation schema (format={schema.get("format")!r})')
   schema['_directory'] = os.path.dirname(schema_path)
@@ -102,13 +102,13 @@ def read_explanations(path_or_dir, *, decode_images: bool = True) -> Iterator[di
   'latent': float32 [num_ws, w_dim], 'gradcam': uint8 [H, W] (/ 255 -> [0, 1]), 'label': int}; with
   decode_images=False the image entries stay PNG bytes. Corrupt or truncated shards -> ValueError.
   """
-  path = os.path.abspath(os.fspath(path_or_dir))
+  path = storage.absolute(path_or_dir)
   schema = read_schema(path)
-  if os.path.isfile(path) and not path.endswith('.json'):
+  if storage.isfile(path) and not path.endswith('.json'):
     files = [path]
   else:
     files = [os.path.join(schema['_directory'], f) for f in schema['shards']]
-    missing = [f for f in files if not os.path.isfile(f)]
+    missing = [f for f in files if not storage.isfile(f)]
     if missing:
       raise FileNotFoundError(f'shard(s) listed in schema.json are missing: {missing}; the export is incomplete')
   s, k = int(schema['num_series']), int(schema['num_classes'])

@@ -18,13 +18,13 @@ import html
 import importlib.resources
 import json
 import math
-import os
 import shutil
 import string
 from typing import Any, Mapping
 
 import numpy as np
 
+from stylex_jax import storage
 from stylex_jax.explain import media
 
 _CLASS_COLOURS = ('#1f77b4', '#d62728', '#2ca02c', '#ff7f0e', '#9467bd', '#8c564b', '#e377c2', '#7f7f7f', '#bcbd22',
@@ -89,21 +89,18 @@ def scorecard_html(scorecard: Mapping[str, Mapping[str, Any]]) -> str:
 
 
 def insert_scorecard(path: str, scorecard: Mapping[str, Mapping[str, Any]]) -> bool:
-  """Replaces the scorecard section at the top of an existing report.html (atomically: a .tmp file, then a
-  rename); nothing else of the page changes. Returns False (and changes nothing) when the page has no scorecard
-  section (no report, or one written before reports had it)."""
-  if not os.path.isfile(path):
+  """Replaces the scorecard section at the top of an existing report.html (atomically: `storage.write_atomic`, a
+  .tmp file then a rename locally, one object upload on an object store); nothing else of the page changes.
+  Returns False (and changes nothing) when the page has no scorecard section (no report, or one written before
+  reports had it)."""
+  if not storage.isfile(path):
     return False
-  with open(path, encoding='utf-8') as f:
-    page = f.read()
+  page = storage.read_text(path)
   start, end = page.find(SCORECARD_START), page.find(SCORECARD_END)
   if start < 0 or end < start:
     return False
   page = page[:start + len(SCORECARD_START)] + scorecard_html(scorecard) + page[end:]
-  tmp = path + '.tmp'
-  with open(tmp, 'w', encoding='utf-8') as f:
-    f.write(page)
-  os.replace(tmp, path)
+  storage.write_atomic(path, page.encode('utf-8'))
   return True
 
 
@@ -127,7 +124,7 @@ class Report:
     self.max_images = int(max_images)
     self._budget = int(max_bytes)
     self._rows_path = rows_path
-    self._rows = open(rows_path, 'w', encoding='utf-8')
+    self._rows = storage.open_file(rows_path, 'w')
     self._row_template = string.Template(_template('report_row_template.html'))
     self.shown = 0
     self._full = False
@@ -225,7 +222,8 @@ class Report:
   def write(self, path: str, *, title: str, target_description: str, num_images: int, summary: Mapping[str, Any],
             metric_means: Mapping[str, float], config: Mapping,
             scorecard: Mapping[str, Mapping[str, Any]] | None = None) -> None:
-    """Writes the page to `path` (atomically: a .tmp file, then a rename) and removes the rows file.
+    """Writes the page to `path` (atomically: a .tmp file then a rename locally, one object upload on
+    an object store) and removes the rows file.
 
     num_images: all images of the export (the page says when it shows fewer); scorecard: shown at the top
     (`scorecard_html`; the evaluate stage later replaces it with the full one); summary: name -> value and
@@ -244,14 +242,18 @@ class Report:
         summary_rows=''.join(f'<tr><td>{esc(str(k))}</td><td>{esc(_fmt(v))}</td></tr>' for k, v in summary.items()),
         mean_rows=''.join(f'<tr><td>mean {esc(k)}</td><td>{esc(_fmt(v))}</td></tr>' for k, v in metric_means.items()),
         scorecard=scorecard_html(scorecard or {}), config=esc(json.dumps(config, indent=1, default=str)))
-    tmp = path + '.tmp'
-    with open(tmp, 'w', encoding='utf-8') as out:
+    if storage.is_local(path):
+      tmp = path + '.tmp'  # a rename makes the page appear whole; on an object store the upload itself does
+    else:
+      tmp = path
+    with storage.open_file(tmp, 'w') as out:
       out.write(head)
-      with open(self._rows_path, encoding='utf-8') as rows:
+      with storage.open_file(self._rows_path, 'r') as rows:
         shutil.copyfileobj(rows, out)
       out.write(tail)
-    os.replace(tmp, path)
-    os.remove(self._rows_path)
+    if tmp != path:
+      storage.replace(tmp, path)
+    storage.remove(self._rows_path)
 
   def close(self) -> None:
     """Closes the rows file (idempotent); the caller removes it with its staging directory."""

@@ -23,11 +23,10 @@ and writers.
 from __future__ import annotations
 
 import importlib
-import os
 
 import ml_collections
 
-from stylex_jax import checkpointing
+from stylex_jax import checkpointing, storage
 from stylex_jax.stages.common import Preempted  # noqa: F401  (re-exported: launch/ catches stages.Preempted)
 
 # stage name -> module with `train_and_evaluate(config, workdir) -> dict`, in pipeline order
@@ -56,16 +55,9 @@ def parse_stages(stages: str) -> list[str]:
 
 def check_workdir(workdir: str) -> None:
   """Creates `workdir` if needed and proves it writable (a probe file); else ValueError naming it and the fix.
-  Remote paths (gs://...) are created as before and left to the checkpointer."""
-  if '://' in str(workdir):
-    os.makedirs(workdir, exist_ok=True)
-    return
-  probe = os.path.join(workdir, f'.write-probe-{os.getpid()}')
+  A local folder or any path etils.epath knows (gs://bucket/kl: the probe is an object written and deleted)."""
   try:
-    os.makedirs(workdir, exist_ok=True)
-    with open(probe, 'wb'):
-      pass
-    os.remove(probe)
+    storage.check_writable(workdir)
   except OSError as e:
     raise ValueError(f'cannot write to --workdir {workdir}: {e.strerror or e}; choose a writable --workdir') from None
 

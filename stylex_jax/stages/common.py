@@ -25,7 +25,7 @@ from typing import Any, Callable
 import jax
 import ml_collections
 
-from stylex_jax import checkpointing
+from stylex_jax import checkpointing, storage
 
 TEST_PREEMPT_AT = 'STYLEX_TEST_PREEMPT_AT'
 
@@ -81,7 +81,7 @@ def completed_summary(stage: str, ckpt, num_steps: int, summary_path: str) -> di
 
   ckpt: the stage's `checkpointing.Checkpointer` (closed here when the stage is complete).
   """
-  if not os.path.exists(summary_path):
+  if not storage.exists(summary_path):
     return None
   latest = ckpt.latest_intact_step()  # reads the newest checkpoint back in full: damage shows here, not later
   if latest is None or latest < num_steps:
@@ -98,8 +98,7 @@ def completed_summary(stage: str, ckpt, num_steps: int, summary_path: str) -> di
 def read_summary(stage: str, summary_path: str) -> dict | None:
   """summary.json as a dict, or None (after one line naming the file) when it is truncated or not a JSON object."""
   try:
-    with open(summary_path) as f:
-      summary = json.load(f)
+    summary = json.loads(storage.read_text(summary_path))
     if isinstance(summary, dict):
       return summary
     problem = f'holds a {type(summary).__name__}, not a JSON object'
@@ -173,8 +172,8 @@ def _discard_if_stale(name: str, ckpt_dir: str, summary_path: str, upstream: dic
     return
   why = describe_change(saved, upstream)
   stale = checkpointing.move_aside(ckpt_dir, why)
-  if jax.process_index() == 0 and os.path.exists(summary_path):
-    os.replace(summary_path, os.path.join(stale, os.path.basename(summary_path)))
+  if jax.process_index() == 0 and storage.exists(summary_path):
+    storage.replace(summary_path, os.path.join(stale, os.path.basename(summary_path)))
   print(f'[{name}] trained against other upstream checkpoints ({why}): retraining from scratch; the old '
         f'checkpoints and summary are in {stale}')
 
@@ -186,7 +185,7 @@ def open_stage(name: str, workdir: str, stage_config: ml_collections.ConfigDict,
   `upstream`: {stage: checkpoint step} the stage is built from (`checkpoint_steps`); checkpoints trained against
   other steps are moved aside and the stage starts afresh)."""
   directory = os.path.join(workdir, name)
-  os.makedirs(directory, exist_ok=True)
+  storage.makedirs(directory)
   summary_path = os.path.join(directory, 'summary.json')
   ckpt_dir = os.path.join(directory, 'checkpoints')
   if upstream is not None:
@@ -207,9 +206,8 @@ def open_export_stage(name: str, workdir: str, config: ml_collections.ConfigDict
   summary_path = os.path.join(directory, 'summary.json')
   schema_path = os.path.join(directory, 'schema.json')
   completed = None
-  if os.path.exists(summary_path) and os.path.exists(schema_path):
-    with open(schema_path) as f:
-      schema = json.load(f)
+  if storage.exists(summary_path) and storage.exists(schema_path):
+    schema = json.loads(storage.read_text(schema_path))
     if schema.get('config') != json.loads(json.dumps(config.to_dict(), default=str)):
       pass  # another config: recomputed (the export says which config it holds)
     elif source is not None and schema.get('source') != json.loads(json.dumps(source)):
@@ -221,8 +219,7 @@ def open_export_stage(name: str, workdir: str, config: ml_collections.ConfigDict
     else:
       print(f'[{name}] already explained with this config and these checkpoints ({summary_path}); not recomputing. '
             f'Report: {os.path.join(directory, "report.html")}')
-      with open(summary_path) as f:
-        completed = json.load(f)
+      completed = json.loads(storage.read_text(summary_path))
   return Stage(name, directory, summary_path, None, completed)
 
 
@@ -237,7 +234,7 @@ def restore_latest(name: str, workdir: str, fingerprint: dict, abstract_fields: 
   directory = os.path.join(workdir, name, 'checkpoints')
   missing = FileNotFoundError(f'no {name} checkpoint in {directory}; run the {name} stage first '
                               f'(--config.stages={name}) {how}')
-  if '://' not in directory and not os.path.isdir(directory):
+  if not storage.isdir(directory):
     raise missing  # before the Checkpointer, which would create the folder: a failed run leaves nothing behind
   ckpt = checkpointing.Checkpointer(directory, config_fingerprint=fingerprint)
   try:

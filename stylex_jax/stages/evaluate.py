@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from stylex_jax import writers
+from stylex_jax import storage, writers
 from stylex_jax.data import measure
 from stylex_jax.data import pipeline as pipeline_lib
 from stylex_jax.evaluate import explanations as quality
@@ -85,12 +85,12 @@ def build_scorecard(values: dict[str, np.ndarray]) -> dict[str, dict]:
 
 
 def _export_dir(workdir: str, explanations: str | None) -> str:
-  return os.path.abspath(explanations or os.path.join(workdir, 'explain'))
+  return storage.absolute(explanations or os.path.join(workdir, 'explain'))
 
 
 def _read_schema(directory: str) -> dict:
   """schema.json of the export, with one clear error when there is none."""
-  if not os.path.isdir(directory):
+  if not storage.isdir(directory):
     raise FileNotFoundError(f'no explanation export at {directory}; run the explain stage first '
                             '(--config.stages=explain) or pass --explanations DIR')
   try:
@@ -196,11 +196,10 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, explanations: str | 
   directory = _export_dir(workdir, explanations)
   schema = _read_schema(directory)
   out_dir = os.path.join(workdir, STAGE)
-  os.makedirs(out_dir, exist_ok=True)
+  storage.makedirs(out_dir)
   source = scored_export(schema, directory, workdir)
   for name in ('scorecard.json', 'scorecard.md'):  # never left beside an export it does not describe
-    if os.path.exists(os.path.join(out_dir, name)):
-      os.remove(os.path.join(out_dir, name))
+    storage.remove(os.path.join(out_dir, name))
   target = _target(schema, config)
   classifier = _Classifier(workdir, config)
   dataset = schema.get('config', {}).get('data', {}).get('dataset', config.data.dataset)
@@ -278,8 +277,9 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, explanations: str | 
                 seconds=round(time.perf_counter() - t0, 2), source=source, config=_jsonable_config(config))
   writers.write_json(os.path.join(out_dir, 'scorecard.json'), result)
   markdown = fidelity.to_markdown(scorecard)
-  with open(os.path.join(out_dir, 'scorecard.md'), 'w') as f:
-    f.write(f'# Scorecard of {directory}\n\n{len(values["flip_rate"])} explained images.\n\n{markdown}\n')
+  storage.write_atomic(
+      os.path.join(out_dir, 'scorecard.md'),
+      f'# Scorecard of {directory}\n\n{len(values["flip_rate"])} explained images.\n\n{markdown}\n'.encode())
   report_lib.insert_scorecard(os.path.join(directory, 'report.html'), scorecard)
   print(f'[evaluate] {result["images"]} explanations in {result["seconds"]:.0f} s\n{markdown}\n'
         f'  scorecard: {os.path.join(out_dir, "scorecard.json")}')
@@ -291,9 +291,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   scores that very export (same creation time, size and provenance, same classifier step) with this config."""
   path = os.path.join(workdir, STAGE, 'scorecard.json')
   directory = _export_dir(workdir, None)
-  if os.path.exists(path) and os.path.exists(os.path.join(directory, 'schema.json')):
-    with open(path) as f:
-      previous = json.load(f)
+  if storage.exists(path) and storage.exists(os.path.join(directory, 'schema.json')):
+    previous = json.loads(storage.read_text(path))
     source = scored_export(_read_schema(directory), directory, workdir)
     if previous.get('source') == source and previous.get('config') == _jsonable_config(config):
       print(f'[evaluate] already scored this export with this config ({path}); not recomputing')

@@ -33,6 +33,7 @@ Shift units: config.explain.step_size and max_shift are multiples of the latent 
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import time
 from typing import Any, Sequence
@@ -42,7 +43,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from stylex_jax import checkpointing, sharding, writers
+from stylex_jax import checkpointing, sharding, storage, writers
 from stylex_jax.data import pipeline as pipeline_lib
 from stylex_jax.evaluate import explanations as quality
 from stylex_jax.explain import direction as direction_lib
@@ -291,7 +292,9 @@ def split_source(split: str, num_images: int) -> dict:
 def _check_images_output(out: str, workdir: str, split: str) -> None:
   """Users' files never go into <workdir>/explain/, the train command's export of config.explain.split (the
   explain stage would take them for it, or replace them)."""
-  if os.path.realpath(out) == os.path.realpath(os.path.join(workdir, STAGE)):
+  same = (os.path.realpath(out) == os.path.realpath(os.path.join(workdir, STAGE))
+          if storage.is_local(out) else storage.absolute(out) == storage.absolute(os.path.join(workdir, STAGE)))
+  if same:
     raise ValueError(
         f'--images would write into {out}, the export of split {split!r} that the train command\'s '
         f'explain stage keeps; give --output_dir, e.g. --output_dir={os.path.join(workdir, "explain_images")}')
@@ -307,7 +310,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, split: str | None = 
   """
   ec = config.explain
   check_config(config)
-  out = os.path.abspath(output_dir or os.path.join(workdir, STAGE))
+  out = storage.absolute(output_dir or os.path.join(workdir, STAGE))
   checkpointing.install_preemption_handler()  # SIGTERM / Ctrl-C stop between batches, the previous export kept
   kept = f'the previous export in {out}, if any, is unchanged'
   provenance = common.checkpoint_steps(workdir, UPSTREAM)
@@ -322,15 +325,15 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, split: str | None = 
     export_source = {'kind': 'images', 'patterns': patterns}
   else:
     export_source = split_source(split, num_images)
-  created = not os.path.exists(out)
+  created = not storage.exists(out)
   export_lib.check_writable(out)  # before any computation
   t0 = time.perf_counter()
   try:
     explainer = explainer or Explainer(config, workdir)
   except BaseException:  # e.g. an earlier stage is missing: leave no empty output folder behind
     if created:
-      with contextlib.suppress(OSError):
-        os.rmdir(out)
+      with contextlib.suppress(OSError, ValueError):
+        storage.remove_empty_dir(out)
     raise
   if explainer.directions is None and ec.scope == 'global':
     explainer.fit_global_directions()
@@ -380,7 +383,9 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, split: str | None = 
   if explainer.directions is not None:
     fit = {k: np.asarray(v) for k, v in explainer.direction_info.items() if isinstance(v, (int, float, str))}
     fit['latent_scale'] = np.float32(explainer.scale)
-    np.savez(os.path.join(out, 'directions.npz'), directions=explainer.directions, **fit)
+    buffer = io.BytesIO()
+    np.savez(buffer, directions=explainer.directions, **fit)
+    storage.write_atomic(os.path.join(out, 'directions.npz'), buffer.getvalue())
   summary = dict(stage=STAGE, complete=True, source=export_source, **summary_metrics,
                  direction=explainer.direction_info, report=paths['report'], tfrecords=paths['tfrecords'],
                  schema=paths['schema'], strips=paths['strips'], gifs=paths['gifs'], directory=out,

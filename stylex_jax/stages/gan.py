@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from stylex_jax import checkpointing, sharding, writers
+from stylex_jax import checkpointing, sharding, storage, writers
 from stylex_jax.evaluate import realism
 from stylex_jax.stages import classifier as classifier_stage
 from stylex_jax.stages import checks, common, nonfinite
@@ -170,7 +170,7 @@ def load_generator(workdir: str, config: ml_collections.ConfigDict, mesh=None):
 def _classifier_features(config: ml_collections.ConfigDict, workdir: str, num_images: int):
   """images [B, H, W, C] in [-1, 1] -> the trained classifier's penultimate features [B, F] (float64 numpy), the
   features realism is measured with; None when no classifier was trained in `workdir` (or it does not load)."""
-  if num_images <= 0 or not os.path.isdir(os.path.join(workdir, classifier_stage.STAGE, 'checkpoints')):
+  if num_images <= 0 or not storage.isdir(os.path.join(workdir, classifier_stage.STAGE, 'checkpoints')):
     return None
   try:
     model, variables = classifier_stage.load_classifier(workdir, config)

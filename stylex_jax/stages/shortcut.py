@@ -47,7 +47,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from stylex_jax import writers
+from stylex_jax import storage, writers
 from stylex_jax.data import measure, phantoms
 from stylex_jax.evaluate import explanations as quality
 from stylex_jax.evaluate import fidelity
@@ -100,8 +100,10 @@ def _run_stages(config, workdir: str) -> dict:
 
 
 def _share(src_root: str, dst_root: str) -> None:
-  """<dst_root>/{gan,encoder} -> relative symlinks to <src_root>/{gan,encoder} (kept when already there)."""
-  os.makedirs(dst_root, exist_ok=True)
+  """<dst_root>/{gan,encoder} -> relative symlinks to <src_root>/{gan,encoder} (kept when already there).
+
+  Local only (symlinks; object stores have none): `train_and_evaluate` refuses a gs:// workdir up front."""
+  os.makedirs(dst_root, exist_ok=True)  # storage-ok: local only, next to the symlinks (checked up front)
   for name in SHARED:
     dst = os.path.join(dst_root, name)
     target = os.path.relpath(os.path.join(src_root, name), dst_root)
@@ -256,12 +258,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   <workdir>/evaluate/shortcut.json (unless it exists with the same config). Returns its dict."""
   check_config(config)
   path = os.path.join(workdir, 'evaluate', 'shortcut.json')
-  if os.path.exists(path):
-    with open(path) as f:
-      previous = json.load(f)
+  if storage.exists(path):
+    previous = json.loads(storage.read_text(path))
     if previous.get('config') == _jsonable_config(config):
       print(f'[shortcut] already measured with this config ({path}); not recomputing\n{previous.get("table", "")}')
       return previous
+  if not storage.is_local(workdir):
+    raise ValueError(f'the shortcut experiment shares the GAN and encoder of its two arms through symlinks, which '
+                     f'{workdir} (an object store) cannot hold; run it with a local --workdir and copy the results')
   t0 = time.perf_counter()
   sc = config.shortcut
   kinds = tuple(sc.kinds)
@@ -282,7 +286,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   table = _table(metrics, kinds)
   result = dict(stage=STAGE, kinds=list(kinds), metrics=metrics, table=table, config=_jsonable_config(config),
                 seconds=round(time.perf_counter() - t0, 2))
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  result = writers.write_json(path, result)
+  result = writers.write_json(path, result)  # creates <workdir>/evaluate/
   print(f'[shortcut] {", ".join(kinds)} in {result["seconds"]:.0f} s\n{table}\n  {path}')
   return result
