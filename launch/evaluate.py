@@ -16,7 +16,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from launch import config_flag  # noqa: E402
+from launch import config_flag, outcome  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file (configs/*.py[:variant]).',
                                           lock_config=True)
@@ -32,13 +32,9 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
   from stylex_jax.stages import evaluate as stage  # pylint: disable=g-import-not-at-top
   from stylex_jax.stages import checks  # pylint: disable=g-import-not-at-top
-  try:
+  with outcome.one_line():  # the evaluate stage also stops between chunks on SIGTERM
     checks.check_stages(_CONFIG.value, ['evaluate'])  # the config, before any checkpoint is read
     stage.run(_CONFIG.value, _WORKDIR.value, explanations=_EXPLANATIONS.value)
-  except (ValueError, FileNotFoundError) as e:  # bad input: one clear line (STYLEX_DEBUG=1 for the traceback)
-    if os.environ.get('STYLEX_DEBUG'):
-      raise
-    sys.exit(f'error: {e}')
 
 
 if __name__ == '__main__':

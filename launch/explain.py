@@ -18,7 +18,6 @@ SIGTERM or Ctrl-C stop it between batches with one `incomplete:` line and exit 0
 left as it was.
 """
 import os
-import shlex
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # repo root, for `configs`
@@ -26,7 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from launch import config_flag  # noqa: E402
+from launch import config_flag, outcome  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file (configs/*.py[:variant]).',
                                           lock_config=True)
@@ -50,20 +49,12 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
   from stylex_jax.stages import explain as stage  # pylint: disable=g-import-not-at-top
   from stylex_jax.stages import checks  # pylint: disable=g-import-not-at-top
-  from stylex_jax.stages import Preempted  # pylint: disable=g-import-not-at-top
   if _IMAGES.value and (_SPLIT.value or _NUM_IMAGES.value is not None):
     sys.exit('error: give either --images or --split/--num_images, not both')
-  try:
+  with outcome.one_line():
     checks.check_stages(_CONFIG.value, ['explain'])  # the config, before any checkpoint is read
     stage.run(_CONFIG.value, _WORKDIR.value, split=_SPLIT.value, num_images=_NUM_IMAGES.value,
               image_patterns=_IMAGES.value, output_dir=_OUTPUT.value)
-  except Preempted as e:
-    print(f'incomplete: {e}. Rerun with: {shlex.join([sys.executable, *sys.argv])}', flush=True)
-    return
-  except (ValueError, FileNotFoundError) as e:  # bad input: one clear line (STYLEX_DEBUG=1 for the traceback)
-    if os.environ.get('STYLEX_DEBUG'):
-      raise
-    sys.exit(f'error: {e}')
 
 
 if __name__ == '__main__':

@@ -15,7 +15,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from launch import config_flag  # noqa: E402
+from launch import config_flag, outcome  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'The config the GAN was trained with.', lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Workdir holding gan/checkpoints.')
@@ -48,7 +48,7 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
   from stylex_jax import storage, writers
   from stylex_jax.stages import gan
-  try:
+  with outcome.one_line():
     seeds = parse_ranges(_SEEDS.value)
     rows, cols, layers = parse_ranges(_ROWS.value), parse_ranges(_COLS.value), parse_ranges(_LAYERS.value)
     if bool(rows) != bool(cols):
@@ -56,8 +56,6 @@ def main(argv):
     outdir = _OUTDIR.value or os.path.join(_WORKDIR.value, 'generate')
     storage.makedirs(outdir)  # local or gs://
     generator, g_ema, g_stats = gan.load_generator(_WORKDIR.value, _CONFIG.value)
-  except (ValueError, FileNotFoundError) as e:
-    sys.exit(f'error: {e}')
   images = gan.images_from_seeds(generator, g_ema, g_stats, seeds, _PSI.value, _CUTOFF.value)
   for seed, image in zip(seeds, writers.to_uint8(images)):
     writers.save_png(os.path.join(outdir, f'seed{seed:04d}.png'), image)

@@ -12,7 +12,6 @@ stage runs, and the command exits 0 with one line `incomplete: ...` naming the s
 resume (the same command). A second Ctrl-C quits at once.
 """
 import os
-import shlex
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # repo root, for `configs`
@@ -20,7 +19,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from launch import config_flag  # noqa: E402
+from launch import config_flag, outcome  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file (configs/*.py[:variant]).',
                                           lock_config=True)
@@ -38,16 +37,9 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
   from stylex_jax import sharding
   from stylex_jax import stages, storage
-  try:
+  with outcome.one_line('later stages not run'):
     sharding.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     results = stages.run(_CONFIG.value, _WORKDIR.value)
-  except stages.Preempted as e:  # saved; a rerun resumes: not an error for the scheduler
-    print(f'incomplete: {e}; later stages not run. Resume with: {shlex.join([sys.executable, *sys.argv])}', flush=True)
-    return
-  except (ValueError, FileNotFoundError) as e:  # bad input: one clear line (STYLEX_DEBUG=1 for the traceback)
-    if os.environ.get('STYLEX_DEBUG'):
-      raise
-    sys.exit(f'error: {e}')
   print(f'outputs in {storage.absolute(_WORKDIR.value)}: ' + ', '.join(f'{k}/' for k in results))
 
 
