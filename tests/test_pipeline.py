@@ -105,6 +105,8 @@ def test_process_slices_are_disjoint_and_make_the_global_batch(data_dir):
     want = whole.batch(step)
     np.testing.assert_array_equal(np.concatenate([g['image'] for g in got]), want['image'])
     np.testing.assert_array_equal(np.concatenate([g['label'] for g in got]), want['label'])
+    for p in parts:  # every process sees the same global batch (for evaluations that must not depend on it)
+      np.testing.assert_array_equal(p.global_batch(step)['image'], want['image'])
     idx = whole.global_indices(step)
     assert not set(idx[:4]) & set(idx[4:])  # within an epoch, the two slices hold different examples
 

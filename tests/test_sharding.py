@@ -185,15 +185,23 @@ def _free_port():
     return s.getsockname()[1]
 
 
-def run_two_processes(script: str, tmp_path, extra_args=(), timeout=90):
-  """Runs ``script`` as 2 jax processes (2 CPU devices each) on localhost; returns their outputs.
+def run_two_processes(script: str, tmp_path, extra_args=(), timeout=90, devices_per_process=2):
+  """Runs ``script`` as 2 jax processes (``devices_per_process`` CPU devices each) on localhost; returns their
+    outputs. The children share this session's persistent XLA compilation cache (conftest.py) and its PRNG
+    setting (threefry_partitionable), so their numbers are comparable with this process's.
 
     Skips the test when the platform cannot initialise multi-process jax.
     """
   path = tmp_path / 'child.py'
   path.write_text(script)
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2', JAX_PLATFORMS='cpu',
-             PYTHONPATH=REPO + os.pathsep + os.environ.get('PYTHONPATH', ''), TF_CPP_MIN_LOG_LEVEL='2')
+  env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices_per_process}', JAX_PLATFORMS='cpu',
+             PYTHONPATH=REPO + os.pathsep + os.environ.get('PYTHONPATH', ''), TF_CPP_MIN_LOG_LEVEL='2',
+             JAX_THREEFRY_PARTITIONABLE=str(jax.config.jax_threefry_partitionable).lower(),
+             JAX_CPU_COLLECTIVES_IMPLEMENTATION='gloo')
+  if jax.config.jax_compilation_cache_dir:
+    env.update(JAX_COMPILATION_CACHE_DIR=jax.config.jax_compilation_cache_dir,
+               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=str(jax.config.jax_persistent_cache_min_compile_time_secs),
+               JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES=str(jax.config.jax_persistent_cache_min_entry_size_bytes))
   for name in ('JAX_COORDINATOR_ADDRESS', 'JAX_NUM_PROCESSES', 'JAX_PROCESS_ID'):
     env.pop(name, None)
   port = str(_free_port())

@@ -566,11 +566,20 @@ class Pipeline:
 
     Returns {'image': float32 [local_B, S, S, C] in [-1, 1], 'label': int32 [local_B]}.
     """
+    return self._rows_of_batch(
+        step, slice(self.process_index * self.local_batch_size, (self.process_index + 1) * self.local_batch_size))
+
+  def global_batch(self, step: int) -> dict[str, np.ndarray]:
+    """Every process's rows of the global training batch of `step`, the same on every process: for evaluations
+    that each process computes alike, so their result does not depend on the number of processes (e.g. the GAN's
+    realism reals). Returns {'image': float32 [global_B, S, S, C], 'label': int32 [global_B]}."""
+    return self._rows_of_batch(step, slice(0, self.global_batch_size))
+
+  def _rows_of_batch(self, step: int, rows: slice) -> dict[str, np.ndarray]:
     if not self.train:
       raise ValueError('batch() is for training pipelines (train=True); use eval_batches() for evaluation')
     if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 0:
       raise ValueError(f'step={step!r} must be an int >= 0')
-    rows = slice(self.process_index * self.local_batch_size, (self.process_index + 1) * self.local_batch_size)
     indices = self.global_indices(step)[rows]
     images, labels, _ = self._gather(indices)
     images = _to_batch_float(images)

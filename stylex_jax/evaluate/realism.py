@@ -56,7 +56,8 @@ class RealismEvaluator:
   def __init__(self, config: ml_collections.ConfigDict, data, num_images: int = 256,
                features: Callable[[np.ndarray], np.ndarray] | None = None):
     self.num_images = int(num_images)
-    self.batch = data.local_batch_size
+    # global batches, the same on every process: the metrics do not depend on the number of processes
+    self.batch = data.global_batch_size
     self.z_dim = config.gan.generator.get('z_dim', 512)
     # the oracles measure images of at least 32 px (data.measure.MIN_RESOLUTION)
     self.is_knee = config.data.dataset == 'synthetic_knee' and config.data.image_size >= 32
@@ -73,7 +74,7 @@ class RealismEvaluator:
     if self._real is None:
       images, step = [], 0
       while sum(len(b) for b in images) < self.num_images:
-        images.append(self._data.batch(10_000_000 + step)['image'])  # fixed, far from training steps
+        images.append(self._data.global_batch(10_000_000 + step)['image'])  # fixed, far from training steps
         step += 1
       self._real = np.concatenate(images)[:self.num_images]
     return self._real

@@ -176,8 +176,12 @@ def _classifier_features(config: ml_collections.ConfigDict, workdir: str, num_im
     model, variables = classifier_stage.load_classifier(workdir, config)
   except (FileNotFoundError, ValueError):
     return None
-  apply = jax.jit(lambda x: model.apply(variables, x, train=False, return_features=True)[1])
-  return lambda x: np.asarray(apply(jnp.asarray(x)), np.float64)
+  # the variables are an argument, not a closure: with several processes they are global arrays, which a jitted
+  # function may not capture as constants; the features come back replicated (readable on every process)
+  rep = sharding.replicated(sharding.make_mesh(config.num_devices or None))
+  apply = jax.jit(lambda v, x: model.apply(v, x, train=False, return_features=True)[1], in_shardings=(rep, rep),
+                  out_shardings=rep)
+  return lambda x: np.asarray(apply(variables, np.asarray(x, np.float32)), np.float64)
 
 
 # ------------------------------------------------------------------------------------------------------------
