@@ -288,12 +288,15 @@ def attribute_recovery(attributes: Mapping[str, np.ndarray], alphas, flip_index,
 # Aggregation and the scorecard
 # ----------------------------------------------------------------------------------------------------------
 
+_BOOTSTRAP_ELEMENTS = 2**20  # indices drawn at once by bootstrap_ci (8 MiB, + 8 MiB of gathered values)
+
 
 def bootstrap_ci(values, num_resamples: int = 2000, level: float = 0.95, seed: int = 0) -> tuple[float, float, float]:
   """(mean, low, high): the NaN-ignoring mean of values [B] and its percentile-bootstrap confidence interval.
 
   NaN values are dropped first; the n remaining are resampled with replacement `num_resamples` times
-  (np.random.default_rng(seed), so the result is deterministic), and low/high are the (1 - level) / 2 and
+  (np.random.default_rng(seed), drawn in blocks of about 2**20 indices so memory stays bounded for any B; the
+  result is deterministic), and low/high are the (1 - level) / 2 and
   (1 + level) / 2 quantiles of the resampled means. All-NaN or empty -> (nan, nan, nan); one value v ->
   (v, v, v).
   """
@@ -304,7 +307,12 @@ def bootstrap_ci(values, num_resamples: int = 2000, level: float = 0.95, seed: i
   if x.size == 0:
     return float('nan'), float('nan'), float('nan')
   rng = np.random.default_rng(seed)
-  means = x[rng.integers(0, x.size, size=(int(num_resamples), x.size))].mean(axis=1)
+  rows = max(1, _BOOTSTRAP_ELEMENTS // x.size)  # resamples per draw: memory bounded whatever the number of values
+  means = np.concatenate([
+      x[rng.integers(0, x.size, size=(min(rows,
+                                          int(num_resamples) - start), x.size))].mean(axis=1)
+      for start in range(0, int(num_resamples), rows)
+  ])
   low, high = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
   return float(x.mean()), float(low), float(high)
 
