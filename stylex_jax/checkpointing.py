@@ -504,7 +504,19 @@ class Checkpointer:
 
   def metadata(self, step: int | None = None) -> dict:
     """The `metadata` dict saved with the latest (or the given) complete checkpoint, without its arrays."""
-    return self._read_meta(self._complete_step(step)).get('metadata', {})
+    steps = self.all_steps()
+    if step is not None:
+      if int(step) not in steps:
+        raise FileNotFoundError(f'no complete checkpoint for step {step} in {self._directory}; '
+                                f"available steps: {steps or 'none'}")
+      return self._read_meta(int(step)).get('metadata', {})
+    for s in reversed(steps):  # the newest step whose meta reads (a damaged one is skipped, as restore does)
+      try:
+        return self._read_meta(s).get('metadata', {})
+      except Exception as e:  # noqa: BLE001  (orbax/JSON raise anything for a truncated file)
+        self._mark_damaged(s, f'meta: {_short(e)}')
+    raise FileNotFoundError(f'no readable checkpoint in {self._directory}; train this stage first (or point '
+                            '--workdir at the run that has it)')
 
   # -- fingerprint --------------------------------------------------------------------------
 

@@ -452,3 +452,17 @@ def test_a_state_with_nan_or_inf_is_never_written(tmp_path):
       ck.save(4, {**state, 'p': np.float32(np.inf)}, force=True)
     assert ck.all_steps() == [2]
   assert sorted(p for p in os.listdir(tmp_path / 'ck') if p.isdigit()) == ['2']
+
+
+def test_metadata_of_the_newest_readable_step(tmp_path):
+  """Checkpointer.metadata (what the encoder's upstream check reads): the newest step's, the previous one's when
+  the newest meta is truncated, a clear error for a step that is not there."""
+  directory = str(tmp_path / 'ck')
+  _two_steps(directory)
+  with Checkpointer(directory, config_fingerprint={'res': 8}) as ck:
+    assert ck.metadata() == {'pos': 2} and ck.metadata(1) == {'pos': 1}
+    with pytest.raises(FileNotFoundError, match='step 7'):
+      ck.metadata(7)
+  _truncate_meta(os.path.join(directory, '2'))
+  with Checkpointer(directory, config_fingerprint={'res': 8}) as ck:
+    assert ck.metadata() == {'pos': 1}
