@@ -318,6 +318,7 @@ def images_into_the_split_export(ctx):
     explain_stage.run(config, str(work), image_patterns=str(scans))
   assert os.listdir(export) == ['report.html'] and (export / 'report.html').read_text() == 'earlier export'
   own = explain_stage.split_source(config.explain.split, config.explain.num_images)
+  provenance = {'classifier': 3, 'gan': 4, 'encoder': 4}  # the same checkpoints: only the source decides
   for source, complete in (({
       'kind': 'images',
       'patterns': [str(scans)]
@@ -327,10 +328,11 @@ def images_into_the_split_export(ctx):
     (export / 'schema.json').write_text(
         json.dumps({
             'config': json.loads(json.dumps(config.to_dict(), default=str)),
-            'source': source
+            'source': source,
+            'provenance': provenance
         }))
     (export / 'summary.json').write_text('{"images": 1}')
-    stage = common.open_export_stage('explain', str(work), config, source=own)
+    stage = common.open_export_stage('explain', str(work), config, provenance, source=own)
     assert (stage.completed is not None) == complete, source
 
 
