@@ -503,20 +503,16 @@ class Checkpointer:
       ocp.multihost.sync_global_processes('stylex_checkpointing_damaged')
 
   def metadata(self, step: int | None = None) -> dict:
-    """The `metadata` dict saved with the latest (or the given) complete checkpoint, without its arrays."""
-    steps = self.all_steps()
-    if step is not None:
-      if int(step) not in steps:
-        raise FileNotFoundError(f'no complete checkpoint for step {step} in {self._directory}; '
-                                f"available steps: {steps or 'none'}")
-      return self._read_meta(int(step)).get('metadata', {})
-    for s in reversed(steps):  # the newest step whose meta reads (a damaged one is skipped, as restore does)
+    """The `metadata` dict saved with the latest (or the given) complete checkpoint, without its arrays; a step
+    whose meta does not read is skipped for the previous one, as restore does (errors as `_candidates`, or
+    ValueError when every candidate's meta is damaged)."""
+    candidates = self._candidates(step)
+    for s in candidates:
       try:
         return self._read_meta(s).get('metadata', {})
       except Exception as e:  # noqa: BLE001  (orbax/JSON raise anything for a truncated file)
         self._mark_damaged(s, f'meta: {_short(e)}')
-    raise FileNotFoundError(f'no readable checkpoint in {self._directory}; train this stage first (or point '
-                            '--workdir at the run that has it)')
+    raise self._all_damaged_error(candidates)
 
   # -- fingerprint --------------------------------------------------------------------------
 
