@@ -53,8 +53,8 @@ is a mismatch (another model or optimiser) and raises the clear error instead.  
 never deleted or modified: the first ``save`` of this Checkpointer moves each damaged step it found
 to ``<directory>/damaged/<step>`` (one line each), so the retrained step can be written under the
 same number and orbax's step list and retention never count it.  A checkpoint written by another
-config (fingerprint) is refused, never skipped.  (A failed read installs, once, a ``sys.unraisablehook``
-filter for the "Event loop is closed" errors tensorstore's late callbacks raise after orbax gave up.)
+config (fingerprint) is refused, never skipped.  Before the first read that may fail, ``failed_read_noise``
+is installed so the late reports of orbax's abandoned reads do not bury that one message.
 """
 from __future__ import annotations
 
@@ -73,6 +73,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 from orbax.checkpoint import checkpoint_managers
+
+from stylex_jax import failed_read_noise
 
 _STATE = 'state'
 _META = 'meta'
@@ -296,29 +298,6 @@ def _short(e: BaseException) -> str:
   return f'{type(e).__name__}: {text}' if text else type(e).__name__
 
 
-_quiet_hook_installed = False
-
-
-def _quiet_closed_loop_noise() -> None:
-  """Drops the "Event loop is closed" RuntimeErrors that tensorstore's late callbacks raise after orbax's
-    asyncio loop ended on a failed read (orbax stops at the first damaged array; the other reads finish
-    afterwards and would print a traceback each).  Every other unraisable exception goes to the previous
-    hook.  Installed once, at the first failed read."""
-  global _quiet_hook_installed
-  if _quiet_hook_installed:
-    return
-  previous = sys.unraisablehook
-
-  def hook(unraisable):
-    e = unraisable.exc_value
-    if isinstance(e, RuntimeError) and str(e) == 'Event loop is closed':
-      return
-    previous(unraisable)
-
-  sys.unraisablehook = hook
-  _quiet_hook_installed = True
-
-
 def _is_complete(step_dir: epath.Path) -> bool:
   try:
     return ((step_dir / _STEP_METADATA_FILE).exists() and (step_dir / _STATE).is_dir() and (step_dir / _META).is_dir())
@@ -449,12 +428,12 @@ class Checkpointer:
       return self._mark_damaged(step, f'meta: {_short(e)}')
     path = self._directory / str(step) / _STATE
     handler = ocp.PyTreeCheckpointHandler()
+    failed_read_noise.install()
     try:
       tree = handler.metadata(path).tree
       args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
       handler.restore(path, args=ocp.args.PyTreeRestore(restore_args=args))
     except Exception as e:  # noqa: BLE001
-      _quiet_closed_loop_noise()
       return self._mark_damaged(step, f'state: {_short(e)}')
     finally:
       handler.close()
@@ -639,6 +618,7 @@ class Checkpointer:
     """restore_fn(s) of the latest (or the given) step, falling back past damaged steps (see the module
         docstring); a failure on an intact step is a mismatch: ValueError(mismatch(step, cause))."""
     candidates = self._candidates(step)
+    failed_read_noise.install()
     for s in candidates:
       if s in self._damaged:
         continue
@@ -651,7 +631,6 @@ class Checkpointer:
       try:
         restored = restore_fn(s)
       except Exception as e:  # noqa: BLE001  (orbax may raise a bare Exception for unreadable array data)
-        _quiet_closed_loop_noise()
         if self._damage(s) is None:
           raise ValueError(mismatch(s, _short(e))) from e
         continue
