@@ -320,6 +320,31 @@ def _scan(directory: epath.Path) -> tuple[list[int], list[epath.Path]]:
   return sorted(complete), incomplete
 
 
+def _read_state_numpy(path: epath.Path) -> Any:
+  """Every array of a step's saved state, as host numpy arrays in the saved tree (no abstract state needed)."""
+  handler = ocp.PyTreeCheckpointHandler()
+  failed_read_noise.install()
+  try:
+    tree = handler.metadata(path).tree
+    args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
+    return handler.restore(path, args=ocp.args.PyTreeRestore(restore_args=args))
+  finally:
+    handler.close()
+
+
+def read_numpy(directory: str, step: int | None = None) -> dict[str, np.ndarray]:
+  """The saved state of the latest (or the given) complete step in `directory`, flattened to
+  {'params/dense/kernel': array, ...} host numpy arrays; for comparing runs and inspecting checkpoints
+  without building the model. No fallback: a damaged step raises what orbax raises."""
+  steps = _scan(epath.Path(directory))[0]
+  if not steps or (step is not None and int(step) not in steps):
+    raise FileNotFoundError(f'no complete checkpoint {"" if step is None else f"for step {step} "}in {directory} '
+                            f'(complete steps: {steps or "none"})')
+  chosen = steps[-1] if step is None else int(step)
+  leaves = jax.tree_util.tree_flatten_with_path(_read_state_numpy(epath.Path(directory) / str(chosen) / _STATE))[0]
+  return {'/'.join(str(getattr(k, 'key', getattr(k, 'idx', k))) for k in path): np.asarray(v) for path, v in leaves}
+
+
 def latest_step(directory: str) -> int | None:
   """The newest complete checkpoint step in `directory` (no Checkpointer needed, nothing created), or None."""
   steps = _scan(epath.Path(directory))[0]
@@ -426,17 +451,10 @@ class Checkpointer:
       self._read_meta(step)
     except Exception as e:  # noqa: BLE001  (orbax/JSON/tensorstore raise anything, even bare Exception)
       return self._mark_damaged(step, f'meta: {_short(e)}')
-    path = self._directory / str(step) / _STATE
-    handler = ocp.PyTreeCheckpointHandler()
-    failed_read_noise.install()
     try:
-      tree = handler.metadata(path).tree
-      args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
-      handler.restore(path, args=ocp.args.PyTreeRestore(restore_args=args))
+      _read_state_numpy(self._directory / str(step) / _STATE)
     except Exception as e:  # noqa: BLE001
       return self._mark_damaged(step, f'state: {_short(e)}')
-    finally:
-      handler.close()
     return None
 
   def _mark_damaged(self, step: int, problem: str) -> str:

@@ -27,6 +27,7 @@ LAYERS = {
     'writers': 5,
     'tfrecord': 6,
     'storage': 7,
+    'failed_read_noise': 7,
 }
 
 
