@@ -8,7 +8,9 @@ primitives (and those of resumable work: truncate, append, sync, arrays), Metric
 events, sample grids, resume truncation), write_json and the stage summaries (open_export_stage), check_workdir,
 the export writer (twice: the crash-safe swap) and
 read_explanations, report.insert_scorecard, and the evaluate stage's scorecard (its classifier and real images are
-stand-ins: orbax checkpoints and TFDS data are not part of this test). Small hand-built arrays only, no training.
+stand-ins: orbax checkpoints and TFDS data are not part of this test), and a resumable export interrupted and
+continued (`.export-partial/`: truncation, appends and the manifest on a store). Small hand-built arrays only, no
+training.
 """
 import ast
 import json
@@ -165,6 +167,10 @@ def test_export_swap_and_reader(workdir):
   card = {'flip_rate': {'value': 0.25, 'low': 0.1, 'high': 0.4, 'goal': ['>=', 0.5], 'met': False, 'meaning': 'm'}}
   assert report.insert_scorecard(paths['report'], card)
   assert '<td>flip_rate</td>' in storage.read_text(paths['report'])
+
+
+def test_resumable_export(workdir):
+  test_export.check_resumable_export(workdir)  # the same checks as on a local disk in test_export.py
 
 
 def test_summaries(workdir):
