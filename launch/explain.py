@@ -14,8 +14,11 @@ config, split and num_images, recorded as 'source' in schema.json).
 --images needs --output_dir (<workdir>/explain/ is the split's export, refused for users' files), and is read
 before anything is computed: a glob matching nothing or an empty folder is one error and leaves no folder.
 Files above 64 megapixels are rejected from their header (STYLEX_MAX_IMAGE_PIXELS=<pixels> raises the limit).
+Files are listed and their headers checked up front, then decoded batch by batch, so 10,000 images take the
+memory of one batch; one progress line per batch (done/total, img/s, ETA).
 SIGTERM or Ctrl-C stop it between batches with one `incomplete:` line and exit 0; a previous export is
-left as it was.
+left as it was, and rerunning the same command continues the unfinished one: its finished TFRecord shards
+(kept in <output_dir>/.export-partial/) are not recomputed, and the result is the same as an uninterrupted run.
 """
 import os
 import sys

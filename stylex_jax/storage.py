@@ -17,17 +17,24 @@ Atomicity (what crash safety means where):
   one) and code that must look complete only when it is (the explanation export) publishes a marker object
   (schema.json) last. See `explain.export` for the export swap.
 
+Durability (for resumable work, e.g. the explain stage's `.export-partial/`): `sync_file` / `AppendFile.sync` /
+`write_atomic(sync=True)` fsync on a local disk; on an object store there is no fsync (an object is durable once
+its upload completes), so they only upload / flush there. `truncate` cuts a file in place locally and rewrites the
+object with its first bytes on a store.
+
 What stays local on purpose (not under a workdir): the TFDS `data_dir`, the user's own image files and a
 config's manual data paths (read by `data/`), and Python temporary files.
 """
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import time
 import uuid
 from typing import IO, Any
 
+import numpy as np
 from etils import epath
 
 
@@ -78,11 +85,65 @@ def read_text(path) -> str:
     return f.read()
 
 
-def write_atomic(path, data: bytes) -> None:
+def read_bytes(path) -> bytes:
+  """The whole content of file `path` (FileNotFoundError when missing)."""
+  return epath.Path(path).read_bytes()
+
+
+def size(path) -> int:
+  """Bytes in file `path`, >= 0 (FileNotFoundError when missing)."""
+  if is_local(path):
+    return os.path.getsize(path)
+  return int(epath.Path(path).stat().length)
+
+
+def listdir(path) -> list[str]:
+  """The names (not paths) of the entries of directory `path`, sorted; FileNotFoundError when it is missing."""
+  if is_local(path):
+    return sorted(os.listdir(path))
+  p = epath.Path(path)
+  if not p.is_dir():
+    raise FileNotFoundError(2, 'no such directory', os.fspath(path))
+  return sorted(child.name for child in p.iterdir())
+
+
+def sync_file(f) -> None:
+  """Makes what was written to the open binary file `f` (from `open_file`) durable: flush, then `os.fsync` when it
+  is a local file. On an object store there is no fsync: this is only a flush, and an object is durable (and
+  visible at all) once its writer is closed, so resumable code counts a file as kept only after closing it."""
+  f.flush()
+  try:
+    fd = f.fileno()
+  except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation: not an OS file (object store)
+    return
+  os.fsync(fd)
+
+
+def truncate(path, length: int) -> None:
+  """Cuts file `path` to its first `length` bytes (0 <= length <= its size, else ValueError).
+
+  Local: in place (`os.truncate`). Object store: no in-place truncation there, so the object is downloaded and
+  rewritten with its first `length` bytes (one object upload: readers see the old or the new object).
+  """
+  length = int(length)
+  current = size(path)
+  if not 0 <= length <= current:
+    raise ValueError(f'cannot truncate {os.fspath(path)} ({current} bytes) to {length} bytes')
+  if length == current:
+    return
+  if is_local(path):
+    os.truncate(path, length)
+  else:
+    write_atomic(path, read_bytes(path)[:length])
+
+
+def write_atomic(path, data: bytes, sync: bool = False) -> None:
   """Writes `data` to `path` so that a crash leaves the old or the new content, never a partial file.
 
-  Local: a temporary file beside it, then `os.replace` (atomic). Object store: the object is written directly
-  (an object becomes visible only when its upload completes; a rename there would be copy + delete).
+  Local: a temporary file beside it, then `os.replace` (atomic); `sync=True` also fsyncs the temporary file before
+  the rename, so that after a power loss or kill the new content, once visible, is whole (a manifest of resumable
+  work). Object store: the object is written directly (an object becomes visible only when its upload completes,
+  which is also when it is durable: `sync` changes nothing there; a rename would be copy + delete).
   The parent directory is created.
   """
   path = absolute(path)
@@ -96,6 +157,8 @@ def write_atomic(path, data: bytes) -> None:
   try:
     with tmp.open('wb') as f:
       f.write(data)
+      if sync:
+        sync_file(f)
     tmp.replace(path)
   finally:
     if tmp.exists():
@@ -144,29 +207,48 @@ def remove_quietly(path) -> None:
 
 
 class AppendFile:
-  """A file that is only appended to (metrics.jsonl): `write`, `flush`, `close`, like `open(path, 'a')`.
+  """A file that is only appended to (metrics.jsonl, an export's index.jsonl): `write`, `flush`, `tell`, `sync`,
+  `close`, like `open(path, 'a')`.
 
-  Local: exactly `open(path, mode)` with mode 'a' or 'ab'; `flush` pushes to the OS.
+  Modes: 'a' / 'ab' append to what is there (the file is created if missing); 'w' / 'wb' start it empty.
+  Local: exactly `open(path, mode)`; `flush` pushes to the OS, `sync` also fsyncs.
   Object store: objects cannot be appended to (gcsfs even silently truncates on mode 'a'), so the existing content
-  is read once and the whole object is rewritten by `flush` -- at most every `upload_interval_s` seconds, and
-  always by `close` / `flush(force=True)`. A crash loses at most that interval of lines; the cost of a flush is
-  one upload of the whole file, fine for metrics logged every few seconds.
+  is read once, kept in memory, and the whole object is rewritten by `flush` -- at most every `upload_interval_s`
+  seconds, and always by `close` / `flush(force=True)` / `sync`. A crash loses at most that interval of lines; the
+  cost of a flush is one upload of the whole file, fine for metrics logged every few seconds or an index committed
+  every few hundred images.
   """
 
   upload_interval_s = 10.0
 
   def __init__(self, path, mode: str = 'a'):
-    if mode not in ('a', 'ab'):
-      raise ValueError(f'AppendFile mode must be "a" or "ab", got {mode!r}')
+    if mode not in ('a', 'ab', 'w', 'wb'):
+      raise ValueError(f'AppendFile mode must be "a", "ab", "w" or "wb", got {mode!r}')
     self.path = os.fspath(path)
-    self._binary = mode == 'ab'
+    self._binary = mode.endswith('b')
     self._local = open_file(self.path, mode) if is_local(self.path) else None
     if self._local is None:
       p = epath.Path(self.path)
-      self._content = p.read_bytes() if p.exists() else b''
-      self._dirty = not p.exists()  # create the object on the first flush even when nothing was written
+      fresh = mode.startswith('w') or not p.exists()
+      self._content = b'' if fresh else p.read_bytes()
+      self._dirty = fresh  # create (or empty) the object on the first flush even when nothing was written
       self._last_upload = float('-inf')
     self.closed = False
+
+  def tell(self) -> int:
+    """The file's length in bytes so far: what it held when opened in mode 'ab' + what was written since (binary
+    modes only: ValueError for 'a' / 'w')."""
+    if not self._binary:
+      raise ValueError(f'AppendFile.tell needs a binary mode ("ab" or "wb"); {self.path} is open in text mode')
+    return self._local.tell() if self._local is not None else len(self._content)
+
+  def sync(self) -> None:
+    """Makes everything written so far durable: local flush + `os.fsync`; object store: the whole object is
+    uploaded now (there is no fsync there; an uploaded object is durable)."""
+    if self._local is not None:
+      sync_file(self._local)
+    else:
+      self.flush(force=True)
 
   def write(self, data) -> None:
     if self._local is not None:
@@ -190,6 +272,20 @@ class AppendFile:
     else:
       self.flush(force=True)
     self.closed = True
+
+
+def save_array(path, array) -> None:
+  """Writes one numpy array (any shape and dtype but object) as a .npy file (`np.save` format), atomically and
+  durably (`write_atomic(sync=True)`), local or on an object store."""
+  buffer = io.BytesIO()
+  np.save(buffer, np.asarray(array), allow_pickle=False)
+  write_atomic(path, buffer.getvalue(), sync=True)
+
+
+def load_array(path) -> np.ndarray:
+  """The array of a .npy file written by `save_array` (shape and dtype as saved; no pickles), local or on an
+  object store."""
+  return np.load(io.BytesIO(read_bytes(path)), allow_pickle=False)
 
 
 def check_writable(directory) -> None:

@@ -412,7 +412,8 @@ class MetricWriter:
 # ---------------------------------------------------------------------------------------------
 
 
-def _format_duration(seconds: float) -> str:
+def format_duration(seconds: float) -> str:
+  """Seconds -> 'H:MM:SS' (hours unbounded; '?' when not finite): the ETA of every progress line."""
   if not math.isfinite(seconds):
     return '?'
   seconds = int(round(max(seconds, 0.0)))
@@ -456,7 +457,7 @@ class Progress:
     parts = [
         f"{self.name + ' ' if self.name else ''}step {step:>{width}d}/{self.total_steps}"
         f' ({100.0 * step / max(self.total_steps, 1):5.1f}%)', f'{steps_per_s * self.global_batch_size:.1f} img/s',
-        f'{steps_per_s:.2f} step/s', f'ETA {_format_duration(eta)}'
+        f'{steps_per_s:.2f} step/s', f'ETA {format_duration(eta)}'
     ]
     if extra:
       parts.append(' '.join(f'{k}={float(np.asarray(v)):.4g}' for k, v in extra.items()))

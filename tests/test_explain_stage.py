@@ -1,7 +1,8 @@
 """All four stages in one call on configs/demo.py:smoke (classifier, gan and encoder trained once per session, see
 conftest.smoke_stages), then the explain stage's outputs (TFRecords parsed with plain TensorFlow, report, strips,
-directions), the user-files path with a bad file among good ones, the black-box mode, bad input failing before
-any computation, and the evaluate stage's scorecard of that export (and its bad-input lines)."""
+directions), the user-files path with a bad file among good ones, the black-box mode, an interrupted --images
+export resumed to the same TFRecords, bad input failing before any computation, and the evaluate stage's scorecard
+of that export (and its bad-input lines)."""
 import json
 import os
 import shutil
@@ -103,6 +104,53 @@ def test_user_files_bad_one_rejected_rest_explained_blackbox(trained, tmp_path, 
   rows = list(export.read_explanations(str(tmp_path / 'out')))
   assert sorted(os.path.basename(r['id']) for r in rows) == ['a.png', 'b.png']
   assert all(r['label'] == -1 for r in rows)
+
+
+def test_interrupted_images_export_resumes_to_the_same_tfrecords(smoke_stages, tmp_path, preempt_at, monkeypatch,
+                                                                 capsys):
+  """--images into the same output_dir, stopped by a real SIGTERM after 2 of 3 batches, then rerun: the finished
+  shards are kept, only the last batch is explained (with the saved direction), and the export equals an
+  uninterrupted one (TFRecords, index.jsonl, strips, GIFs byte for byte). Uses the smoke models directly (no
+  explain run of the `trained` fixture)."""
+  from stylex_jax import checkpointing
+  config, work = smoke_stages(str(tmp_path / 'work'))
+  config.explain.batch_size = config.explain.examples_per_shard = 2  # 3 batches, 3 shards of 2
+  config.explain.report_max_images = 3
+  scans = tmp_path / 'scans'
+  scans.mkdir()
+  rng = np.random.default_rng(1)
+  for i in range(6):
+    Image.fromarray(rng.integers(0, 255, (32, 32), dtype=np.uint8)).save(scans / f'{i}.png')
+  whole = stage.run(config, work, image_patterns=str(scans), output_dir=str(tmp_path / 'whole'))
+  assert whole['images'] == 6 and len(whole['tfrecords']) == 3
+  printed = capsys.readouterr().out
+  assert '6/6 images explained' in printed and 'ETA' in printed
+
+  out = tmp_path / 'resumed'
+  preempt_at('explain:4')  # a real SIGTERM after the second batch (4 images, 2 finished shards)
+  with pytest.raises(stages.Preempted, match='4 images explained so far are kept in .*continues from there'):
+    stage.run(config, work, image_patterns=str(scans), output_dir=str(out))
+  assert not (out / 'schema.json').exists() and (out / export.PARTIAL_DIR / export.MANIFEST).exists()
+  monkeypatch.delenv('STYLEX_TEST_PREEMPT_AT')
+  checkpointing.clear_preemption()
+  explained = []
+  real = stage.Explainer.explain_batch
+  monkeypatch.setattr(stage.Explainer, 'explain_batch',
+                      lambda self, images, *a: explained.append(len(images)) or real(self, images, *a))
+  monkeypatch.setattr(stage.Explainer, 'fit_global_directions', lambda self: pytest.fail('direction refitted'))
+  resumed = stage.run(config, work, image_patterns=str(scans), output_dir=str(out))
+  assert explained == [2] and 'resuming: 4 images already explained' in capsys.readouterr().out
+  assert resumed['images'] == 6 and not (out / export.PARTIAL_DIR).exists()
+  for key in ('ssim', 'flip_rate', 'monotonicity'):
+    assert resumed[key] == whole[key] or (np.isnan(resumed[key]) and np.isnan(whole[key])), key
+  got, want = _tree_bytes(out), _tree_bytes(tmp_path / 'whole')
+  assert got.keys() == want.keys()
+  same = [k for k in want if k.startswith(('tfrecords/', 'strips/', 'gifs/')) or k == 'index.jsonl']
+  assert len([k for k in same if k.startswith('tfrecords/')]) == 3
+  assert {k: got[k] for k in same} == {k: want[k] for k in same}
+  np.testing.assert_array_equal(
+      np.load(out / 'directions.npz')['directions'],
+      np.load(tmp_path / 'whole' / 'directions.npz')['directions'])  # (its fit time differs)
 
 
 def test_bad_input_fails_before_any_computation(trained, tmp_path):

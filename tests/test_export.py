@@ -1,7 +1,8 @@
 """Tests for stylex_jax.explain.export: TFRecords written without TF parse with plain tf.data (a spec built
 here, independently of the module) and give back the inputs exactly; the module's own reader agrees;
 schema.json, report.html, strips and GIFs are complete; bad input fails before anything is written; a
-previous export survives a crash in a new one; unsafe ids become unique safe file names."""
+previous export survives a crash in a new one; unsafe ids become unique safe file names; a resumable export
+interrupted after a commit is continued to the same bytes as an uninterrupted one."""
 import base64
 import io
 import json
@@ -12,6 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from stylex_jax import storage
 from stylex_jax.explain import export, media
 
 H, W, C, S, K, NUM_WS, W_DIM = 16, 16, 1, 5, 3, 4, 8
@@ -322,3 +324,68 @@ def test_report_row_cap(tmp_path):
   assert text.count('class="rowdata"') == 2 and 'Showing the first 2 of 4 images' in text
   assert '<b>q</b>' in text and '<b>r</b>' not in text
   assert len(os.listdir(tmp_path / 'out' / 'gifs')) == 4  # everything else is complete
+
+
+def tree_bytes(directory, skip=('schema.json', 'report.html')) -> dict[str, bytes]:
+  """{relative path: content} of every file under `directory`, local or memory:// (through stylex_jax.storage)."""
+  out = {}
+  for name in storage.listdir(directory):
+    path = f'{directory}/{name}'
+    if storage.isdir(path):
+      out.update({f'{name}/{k}': v for k, v in tree_bytes(path, ()).items()})
+    elif name not in skip:
+      out[name] = storage.read_bytes(path)
+  return out
+
+
+def check_resumable_export(root):
+  """A resumable writer interrupted after a commit (and after more images that were not committed) is continued
+  by a new writer with the same key: the result equals an uninterrupted export, byte for byte; another key
+  starts afresh. `root`: a local folder or a memory:// URI (all checks go through stylex_jax.storage)."""
+  batches = [make_batch([f'img{i}_{j}' for j in range(2)], seed=i) for i in range(4)]
+  key = {'config': {'seed': 3}, 'inputs': 'four batches'}
+  whole = make_writer(f'{root}/whole', examples_per_shard=2, resume_key=key, report_max_images=3)
+  for i, b in enumerate(batches):
+    whole.add(b)
+    assert whole.commit({'position': i + 1}) and whole.committed == 2 * (i + 1)
+  whole.close({'n': 8})
+
+  out = f'{root}/resumed'
+  first = make_writer(out, examples_per_shard=2, resume_key=key, report_max_images=3)
+  with pytest.raises(KeyboardInterrupt):
+    with first:
+      for i, b in enumerate(batches[:3]):
+        first.add(b)
+        if i < 2:
+          first.commit({'position': i + 1})  # the third batch is written but never committed
+      raise KeyboardInterrupt
+  partial = f'{out}/{export.PARTIAL_DIR}'
+  assert json.loads(storage.read_text(f'{partial}/{export.MANIFEST}'))['num_examples'] == 4
+  assert len(storage.listdir(f'{partial}/strips')) == 6  # the uncommitted ones are dropped on resume
+
+  other = make_writer(out, examples_per_shard=2, resume_key={**key, 'inputs': 'other'})
+  assert other.resumed_state is None and 'another config' in other.discarded_partial
+  other.abort()  # nothing committed: the other key's partial export is gone too
+  assert not storage.exists(partial)
+
+  first = make_writer(out, examples_per_shard=2, resume_key=key, report_max_images=3)  # again, then resumed
+  for i, b in enumerate(batches[:3]):
+    first.add(b)
+    if i < 2:
+      first.commit({'position': i + 1})
+  first.abort(keep_committed=True)
+  second = make_writer(out, examples_per_shard=2, resume_key=key, report_max_images=3)
+  assert second.resumed_state == {'position': 2} and second.num_examples == 4
+  for b in batches[second.resumed_state['position']:]:
+    second.add(b)
+    second.commit({})
+  second.close({'n': 8})
+  assert tree_bytes(out) == tree_bytes(f'{root}/whole')
+  for name in ('schema.json', 'report.html'):  # equal but for the creation time
+    strip = lambda p: re.sub(r'"created": "[^"]*"', '', storage.read_text(p))
+    assert strip(f'{out}/{name}') == strip(f'{root}/whole/{name}')
+  assert not storage.exists(partial)
+
+
+def test_resumable_export_continues_from_its_last_commit(tmp_path):
+  check_resumable_export(str(tmp_path))  # on memory:// in test_storage.py

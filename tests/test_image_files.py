@@ -1,8 +1,10 @@
-"""explain/image_files.py: users' files are converted (size, depth, channels) or rejected one line each."""
+"""explain/image_files.py: users' files are converted (size, depth, channels) or rejected one line each; many
+files are checked from their headers up front and decoded batch by batch (ImageFiles)."""
 import numpy as np
 import pytest
 from PIL import Image
 
+from stylex_jax.data import images as images_lib
 from stylex_jax.explain import image_files
 
 
@@ -59,3 +61,31 @@ def test_no_match_and_nothing_usable_raise(tmp_path):
   (tmp_path / 'bad.png').write_bytes(b'junk')
   with pytest.raises(ValueError, match='none of the image files'):
     image_files.load_image_files(str(tmp_path / '*.png'), 32, 1)
+
+
+def test_image_files_check_headers_up_front_and_decode_batch_by_batch(tmp_path, monkeypatch):
+  """ImageFiles reads no pixels when it is created (only headers: a non-image is rejected there), then decodes one
+  batch at a time; batches(start=position) continues exactly after a batch."""
+  rng = np.random.default_rng(0)
+  for i in range(5):
+    Image.fromarray(rng.integers(0, 255, (40, 40), dtype=np.uint8)).save(tmp_path / f'{i}.png')
+  (tmp_path / 'broken.png').write_bytes(b'not an image')
+  reads = []
+  real = images_lib.read_image
+  monkeypatch.setattr(images_lib, 'read_image', lambda path, **k: reads.append(path) or real(path, **k))
+  files = image_files.ImageFiles(str(tmp_path), 32, 1)
+  assert not reads and len(files) == 5 and files.rejected[0].startswith(str(tmp_path / 'broken.png'))
+  batches = files.batches(2)
+  first = next(batches)
+  assert len(reads) == 2 and first.images.shape == (2, 32, 32, 1) and first.position == 2
+  assert first.ids == [str(tmp_path / f'{i}.png') for i in range(2)] and '40x40' in first.notes[0]
+  rest = list(batches)
+  assert [len(b.ids) for b in rest] == [2, 1] and len(reads) == 5
+  again = list(files.batches(2, start=first.position))
+  assert [b.ids for b in again] == [b.ids for b in rest]
+  np.testing.assert_array_equal(again[0].images, rest[0].images)
+  (tmp_path / 'empty').mkdir()
+  with pytest.raises(ValueError, match='no image files'):
+    image_files.ImageFiles(str(tmp_path / 'empty'), 32, 1)
+  with pytest.raises(ValueError, match='none of the image files'):
+    image_files.ImageFiles(str(tmp_path / 'broken.png'), 32, 1)

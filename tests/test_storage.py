@@ -4,10 +4,13 @@ writes or reads under a workdir calls os/shutil/open on it directly.
 The backend is `tests/memory_path.py`: `memory://...` paths in fsspec's in-memory file system (no symlinks, rename
 is copy + delete, invisible to `os`). Each test runs in an empty working directory and checks that it stays empty:
 an `os.makedirs('memory://w/...')` would create a local folder `memory:` there. Covered on it: the storage
-primitives, MetricWriter (metrics.jsonl, TensorBoard events, sample grids, resume truncation), write_json and the
-stage summaries (open_export_stage), check_workdir, the export writer (twice: the crash-safe swap) and
+primitives (and those of resumable work: truncate, append, sync, arrays), MetricWriter (metrics.jsonl, TensorBoard
+events, sample grids, resume truncation), write_json and the stage summaries (open_export_stage), check_workdir,
+the export writer (twice: the crash-safe swap) and
 read_explanations, report.insert_scorecard, and the evaluate stage's scorecard (its classifier and real images are
-stand-ins: orbax checkpoints and TFDS data are not part of this test). Small hand-built arrays only, no training.
+stand-ins: orbax checkpoints and TFDS data are not part of this test), and a resumable export interrupted and
+continued (`.export-partial/`: truncation, appends and the manifest on a store). Small hand-built arrays only, no
+training.
 """
 import ast
 import json
@@ -73,6 +76,49 @@ def test_append_file_uploads_whole_object(workdir, monkeypatch):
   assert storage.read_text(path) == '1\n2\n3\n'
 
 
+@pytest.mark.parametrize('backend', ['memory', 'local'])
+def test_resume_primitives(workdir, tmp_path_factory, backend):
+  """What a resumable export needs (size, listdir, truncate, AppendFile 'wb'/'ab' with tell and sync, sync_file,
+  write_atomic(sync=True), save_array/load_array), on the object-store-like backend and on a local disk."""
+  root = workdir if backend == 'memory' else str(tmp_path_factory.mktemp('local'))
+  storage.makedirs(f'{root}/d')
+  path = f'{root}/d/rows'
+  f = storage.AppendFile(path, 'wb')
+  f.write(b'abc')
+  f.sync()  # durable (uploaded on the store) before close
+  assert f.tell() == 3 and storage.read_bytes(path) == b'abc'
+  f.write(b'def')
+  f.close()
+  assert storage.size(path) == 6
+  storage.truncate(path, 4)
+  assert storage.read_bytes(path) == b'abcd'
+  with pytest.raises(ValueError, match='cannot truncate'):
+    storage.truncate(path, 5)
+  g = storage.AppendFile(path, 'ab')
+  assert g.tell() == 4
+  g.write(b'X')
+  g.close()
+  assert storage.read_bytes(path) == b'abcdX'
+  storage.AppendFile(path, 'wb').close()  # starts empty
+  assert storage.read_bytes(path) == b''
+  text = storage.AppendFile(f'{root}/d/t', 'w')
+  with pytest.raises(ValueError, match='binary mode'):
+    text.tell()
+  text.close()
+  with storage.open_file(f'{root}/d/s', 'wb') as h:
+    h.write(b'x')
+    storage.sync_file(h)  # fsync locally, a flush on the store
+  storage.write_atomic(f'{root}/d/m.json', b'{}', sync=True)
+  a = np.arange(6, dtype=np.float32).reshape(2, 3) / 7
+  storage.save_array(f'{root}/d/a.npy', a)
+  b = storage.load_array(f'{root}/d/a.npy')
+  assert b.dtype == np.float32 and b.tobytes() == a.tobytes()
+  assert storage.listdir(f'{root}/d') == ['a.npy', 'm.json', 'rows', 's', 't']
+  for missing in (storage.listdir, storage.size):
+    with pytest.raises(FileNotFoundError):
+      missing(f'{root}/missing')
+
+
 def test_metric_writer(workdir):
   stage = f'{workdir}/gan'
   with writers.MetricWriter(stage, resume_step=0) as w:
@@ -121,6 +167,10 @@ def test_export_swap_and_reader(workdir):
   card = {'flip_rate': {'value': 0.25, 'low': 0.1, 'high': 0.4, 'goal': ['>=', 0.5], 'met': False, 'meaning': 'm'}}
   assert report.insert_scorecard(paths['report'], card)
   assert '<td>flip_rate</td>' in storage.read_text(paths['report'])
+
+
+def test_resumable_export(workdir):
+  test_export.check_resumable_export(workdir)  # the same checks as on a local disk in test_export.py
 
 
 def test_summaries(workdir):

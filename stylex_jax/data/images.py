@@ -16,6 +16,9 @@ megapixels, e.g. 8000 x 8000; set the environment variable STYLEX_MAX_IMAGE_PIXE
 from its header, BEFORE anything is decoded: a 13,000 x 13,000 PNG is 164 KB on disk but ~1.7 GB once decoded
 and conformed. Headers declaring more than twice Pillow's own limit (decompression bombs) are refused by Pillow.
 
+`check_header` reads only a file's header (size, mode: the same refusals, no pixels decoded), so thousands of
+files can be checked before any computation and decoded later, batch by batch.
+
 Intensity (`unit_range`, the ONE definition): 8-bit images are divided by 255. 16-bit and float images are
 stretched per image from their [min, max] to [0, 1] (radiographs rarely use the full 16-bit range; the
 training path has always done this, and tests/test_builders.py::test_read_image_modes pins it); a constant
@@ -76,6 +79,39 @@ def _flatten_alpha(im: Image.Image, path: str, notes: list[str] | None) -> np.nd
     else:
       notes.append(ALPHA_NOTE)
   return np.ascontiguousarray(array[..., :-1])
+
+
+_KNOWN_MODES = _GRAY_MODES + _SIXTEEN_BIT_MODES + ('F',) + tuple(_ALPHA_MODES) + _COLOUR_MODES
+
+
+def check_header(path: str) -> tuple[int, int, str]:
+  """Reads only the header of one image file (no pixels are decoded): (width, height, mode).
+
+  Cheap (a few hundred bytes per file), so a caller can check thousands of files before any computation and
+  decode them later, batch by batch. Raises UnreadableImageError (message starting with the path) for a file
+  Pillow cannot identify, a header above `max_pixels()` or a mode `read_image` does not support; a file that
+  passes may still fail `read_image` (e.g. truncated pixel data).
+  """
+  limit = max_pixels()
+  try:
+    with Image.open(path) as im:
+      width, height = im.size
+      mode = im.mode
+  except Image.DecompressionBombError as e:
+    raise UnreadableImageError(f'{path}: refused before decoding, a possible decompression bomb ({e}); downscale '
+                               'the file if it is a real image') from None
+  except (OSError, ValueError, SyntaxError) as e:
+    raise UnreadableImageError(f'{path}: cannot be read as an image ({type(e).__name__}: {e})') from e
+  if width * height > limit:
+    raise UnreadableImageError(
+        f'{path}: {width}x{height} = {width * height / 1e6:.0f} megapixels is above the limit of '
+        f'{limit / 1e6:.0f} megapixels (refused before decoding); downscale the file, or raise the limit '
+        f'with {MAX_PIXELS_ENV}=<pixels>')
+  if width == 0 or height == 0:
+    raise UnreadableImageError(f'{path}: empty image of size {width}x{height}')
+  if mode not in _KNOWN_MODES:
+    raise UnreadableImageError(f'{path}: unsupported image mode {mode!r}')
+  return width, height, mode
 
 
 def read_image(path: str, notes: list[str] | None = None) -> np.ndarray:

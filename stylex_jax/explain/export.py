@@ -51,6 +51,19 @@ On an object store (`gs://bucket/kl/explain`, any path etils.epath knows; all I/
 and moved in last, and each object appears only once fully uploaded, so a directory with a schema.json holds a
 complete export, and one without it holds none (rerun the explain stage). The staging prefix is inside the
 export directory on the store too (server-side copies, no download).
+
+Resuming (`resume_key=`, used by the explain stage): the staging directory is then `<directory>/.export-partial/`
+and `commit(state)` (called between batches) records the finished shards in `.export-partial/manifest.json`
+(`storage.write_atomic(sync=True)`: locally a synced .tmp file renamed over it, on a store one object upload; a
+kill at any moment leaves the previous manifest or the new one). A commit happens only when no shard is open, i.e.
+every `lcm(batch, examples_per_shard)` images, and first makes index.jsonl and the report rows durable (fsync
+locally; on a store those two objects are re-uploaded whole, the shards, strips and GIFs are already objects). A
+new writer with the same resume_key (JSON-equal: config, source, inputs, provenance) continues from the last
+commit: the finished shards, their index.jsonl lines, report rows, strips and GIFs are kept, everything written
+after the commit is cut off (`storage.truncate`) or deleted, and `resumed_state` returns the caller's state (e.g.
+the input position) so the caller explains only the remaining images. A different key (or a damaged partial state)
+discards the partial export and starts afresh. An exception keeps the committed part (the same command resumes); a
+previous complete export is still only replaced at `close()`. One writer per directory at a time.
 """
 from __future__ import annotations
 
@@ -58,6 +71,7 @@ import datetime
 import json
 import math
 import os
+import re
 import uuid
 from typing import Any, Mapping
 
@@ -72,6 +86,10 @@ from stylex_jax.explain import report as report_lib
 from stylex_jax.explain.records import (  # noqa: F401
     EXPORT_ENTRIES, FEATURE_KEYS, FEATURE_MEANINGS, FEATURES, SCHEMA_FORMAT, SCHEMA_VERSION, SHARD_DIR, SHARD_PREFIX,
     feature_spec, read_explanations, read_schema)
+
+PARTIAL_DIR = '.export-partial'  # the staging directory of a resumable export
+MANIFEST = 'manifest.json'  # its committed state
+_TMP_SHARD = re.compile(r'^\.shard-(\d{5})\.tmp$')
 
 # ---------------------------------------------------------------------------------------------
 # Directory checks
@@ -120,7 +138,8 @@ class ExplanationWriter:
   def __init__(self, directory, *, num_classes: int, class_names, image_shape, num_ws: int, w_dim: int,
                config: Mapping | None = None, examples_per_shard: int = 256, target_description: str = '',
                overwrite: bool = False, report_max_images: int = 100, report_max_mib: float = 64.0,
-               title: str = 'StyleX explanations', source: Mapping | None = None, provenance: Mapping | None = None):
+               title: str = 'StyleX explanations', source: Mapping | None = None, provenance: Mapping | None = None,
+               resume_key: Mapping | None = None):
     """
     Args:
       directory: the export directory (created; must be writable).
@@ -138,6 +157,9 @@ class ExplanationWriter:
         TFRecords/strips/GIFs, and the report says so.
       source: JSON-able description of what was explained, stored in schema.json as 'source' (e.g. {'kind':
         'split', 'split': 'validation', 'num_images': 64}); the explain stage compares it before reusing an export.
+      resume_key: JSON-able identity of the job (e.g. config, source, input fingerprint, provenance): makes the
+        export resumable in `<directory>/.export-partial/` (module docstring); None: a private staging directory,
+        dropped on any exception.
     """
 
     def positive_int(name, v):
@@ -177,20 +199,142 @@ class ExplanationWriter:
     if overwrite:
       for entry in EXPORT_ENTRIES:
         storage.remove(os.path.join(self.directory, entry))
-    self._staging = os.path.join(self.directory, f'.export-tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}')
-    for sub in (SHARD_DIR, 'strips', 'gifs'):
-      storage.makedirs(os.path.join(self._staging, sub))
-    self._index = storage.open_file(os.path.join(self._staging, 'index.jsonl'), 'w')
-    self._report = report_lib.Report(os.path.join(self._staging, '.report_rows.html'), class_names=self.class_names,
-                                     max_images=self.report_max_images, max_bytes=int(report_max_mib * 2**20))
     self._shard_file = None
     self._shard_counts: list[int] = []
+    self._shard_bytes: list[int] = []
     self._num_series: int | None = None
     self._metric_names: list[str] | None = None
-    self._metric_values: dict[str, list[float]] = {}
     self._names = media.UniqueStems()
     self._n = 0
     self._closed = False
+    self._committed = 0  # images in the last commit (resumable exports)
+    self.resumed_state: dict | None = None  # the caller's state of the commit this writer continues from
+    self.discarded_partial = ''  # why a partial export in the directory was not continued ('' if none was)
+    report_args = dict(class_names=self.class_names, max_images=self.report_max_images,
+                       max_bytes=int(report_max_mib * 2**20))
+    if resume_key is None:
+      self._resume_key = None
+      self._staging = os.path.join(self.directory, f'.export-tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}')
+    else:
+      try:
+        self._resume_key = json.loads(json.dumps(dict(resume_key), sort_keys=True, default=str))
+      except (TypeError, ValueError) as e:
+        raise ValueError(f'resume_key must be a JSON-able dict: {e}') from None
+      self._staging = os.path.join(self.directory, PARTIAL_DIR)
+      manifest = self._read_manifest()
+      if manifest is not None and self._restore(manifest, report_args):
+        return
+      storage.remove_quietly(self._staging)
+    for sub in (SHARD_DIR, 'strips', 'gifs'):
+      storage.makedirs(os.path.join(self._staging, sub))
+    self._index = storage.AppendFile(os.path.join(self._staging, 'index.jsonl'), 'wb')
+    self._report = report_lib.Report(os.path.join(self._staging, '.report_rows.html'), **report_args)
+
+  # -- resuming --------------------------------------------------------------------------------
+
+  def _read_manifest(self) -> dict | None:
+    if not storage.isdir(self._staging):
+      return None
+    try:
+      manifest = json.loads(storage.read_text(os.path.join(self._staging, MANIFEST)))
+    except (OSError, ValueError):
+      self.discarded_partial = 'it has no readable manifest (nothing was committed)'
+      return None
+    if not isinstance(manifest, dict) or manifest.get('key') != self._resume_key:
+      self.discarded_partial = 'it was made with another config, input or checkpoints'
+      return None
+    return manifest
+
+  def _restore(self, m: dict, report_args: dict) -> bool:
+    """Continues the committed partial export `m` (the manifest); False (nothing changed) if it is damaged."""
+    stage = self._staging
+    shard_dir = os.path.join(stage, SHARD_DIR)
+    index_path = os.path.join(stage, 'index.jsonl')
+    rows_path = os.path.join(stage, '.report_rows.html')
+    try:
+      counts, sizes = [int(c) for c in m['shard_counts']], [int(b) for b in m['shard_bytes']]
+      n, index_bytes = int(m['num_examples']), int(m['index_bytes'])
+      for i, size in enumerate(sizes):
+        if storage.size(os.path.join(shard_dir, f'.shard-{i:05d}.tmp')) < size:
+          raise ValueError(f'shard {i} is shorter than committed')
+      if storage.size(index_path) < index_bytes or storage.size(rows_path) < int(m['report']['bytes']):
+        raise ValueError('index.jsonl or the report rows are shorter than committed')
+      lines = storage.read_bytes(index_path)[:index_bytes].splitlines()
+      names = [json.loads(line)['safe_id'] for line in lines]
+      if len(names) != n or sum(counts) != n or len(counts) != len(sizes):
+        raise ValueError('the manifest does not match index.jsonl')
+    except (OSError, ValueError, KeyError, TypeError) as e:
+      self.discarded_partial = f'its committed state is damaged ({e})'
+      return False
+    for f in storage.listdir(shard_dir):  # shards begun after the commit
+      match = _TMP_SHARD.match(f)
+      if not match or int(match.group(1)) >= len(counts):
+        storage.remove(os.path.join(shard_dir, f))
+    for i, size in enumerate(sizes):
+      storage.truncate(os.path.join(shard_dir, f'.shard-{i:05d}.tmp'), size)
+    keep = {name.lower() for name in names}
+    for sub, ext in (('strips', '.png'), ('gifs', '.gif')):
+      for f in storage.listdir(os.path.join(stage, sub)):
+        if not (f.endswith(ext) and f[:-len(ext)].lower() in keep):
+          storage.remove(os.path.join(stage, sub, f))
+    for f in storage.listdir(stage):  # e.g. a half-written schema.json / report.html of a close() that was killed
+      if f not in (SHARD_DIR, 'strips', 'gifs', 'index.jsonl', '.report_rows.html', MANIFEST) and \
+          not f.startswith('caller-'):
+        storage.remove(os.path.join(stage, f))
+    storage.truncate(index_path, index_bytes)
+    self._index = storage.AppendFile(index_path, 'ab')
+    self._report = report_lib.Report(rows_path, resume=m['report'], **report_args)
+    for name in names:
+      self._names.reserve(name)
+    self._shard_counts, self._shard_bytes = counts, sizes
+    self._n = self._committed = n
+    self._num_series = m['num_series']
+    self._metric_names = m['metric_names']
+    self.resumed_state = m.get('state')
+    return True
+
+  def commit(self, state: Mapping[str, Any] | None = None) -> bool:
+    """Records the export so far as resumable, with the caller's JSON-able `state` (e.g. the input position).
+
+    Call between batches. Only when no shard is open (every record so far is in a finished shard) and images were
+    added since the last commit; returns whether it committed. A no-op (False) for a writer without resume_key.
+    index.jsonl and the report rows are made durable first (`storage.AppendFile.sync`: fsync locally, a whole
+    upload on an object store), then the manifest is replaced atomically.
+    """
+    if self._resume_key is None or self._closed or self._shard_file is not None or self._n == self._committed:
+      return False
+    self._index.sync()
+    manifest = {
+        'key': self._resume_key,
+        'num_examples': self._n,
+        'shard_counts': list(self._shard_counts),
+        'shard_bytes': list(self._shard_bytes),
+        'index_bytes': self._index.tell(),
+        'report': self._report.state(),
+        'num_series': self._num_series,
+        'metric_names': self._metric_names,
+        'state': json.loads(json.dumps(dict(state or {}))),
+    }
+    storage.write_atomic(os.path.join(self._staging, MANIFEST), json.dumps(manifest).encode('utf-8'), sync=True)
+    self._committed = self._n
+    return True
+
+  @property
+  def committed(self) -> int:
+    """Images in the last commit (what a rerun with the same resume_key keeps)."""
+    return self._committed
+
+  @property
+  def partial_directory(self) -> str:
+    """The staging directory (`<directory>/.export-partial` when resumable): a caller may keep its own files
+    there, named 'caller-*' (kept on resume, dropped with the staging directory)."""
+    return self._staging
+
+  def metric_arrays(self) -> dict[str, np.ndarray]:
+    """The per-image metrics of every image added so far (including a resumed part), read back from index.jsonl:
+    name -> float32 [N] (non-finite values as NaN), in the order the images were added."""
+    self._index.flush(force=True)
+    return _index_metrics(os.path.join(self._staging, 'index.jsonl'))
 
   # -- writing ---------------------------------------------------------------------------------
 
@@ -199,13 +343,21 @@ class ExplanationWriter:
       index = len(self._shard_counts)
       self._shard_file = storage.open_file(os.path.join(self._staging, SHARD_DIR, f'.shard-{index:05d}.tmp'), 'wb')
       self._shard_counts.append(0)
-    self._shard_file.write(tfrecord.frame_record(payload))
+      self._shard_bytes.append(0)
+    framed = tfrecord.frame_record(payload)
+    self._shard_file.write(framed)
     self._shard_counts[-1] += 1
+    self._shard_bytes[-1] += len(framed)
     shard = len(self._shard_counts) - 1
     if self._shard_counts[-1] >= self.examples_per_shard:
-      self._shard_file.close()
-      self._shard_file = None
+      self._finish_shard()
     return shard
+
+  def _finish_shard(self) -> None:
+    if self._resume_key is not None:
+      storage.sync_file(self._shard_file)  # fsync locally; on a store the object is durable once closed
+    self._shard_file.close()
+    self._shard_file = None
 
   def add(self, batch: Mapping[str, Any]) -> None:
     """Writes one batch of B explained images (numpy or jax arrays; validated first, nothing written on error).
@@ -225,7 +377,6 @@ class ExplanationWriter:
     if self._num_series is None:
       self._num_series = int(x['series'].shape[1])
       self._metric_names = sorted(x['metrics'])
-      self._metric_values = {n: [] for n in self._metric_names}
     for i, id_ in enumerate(x['id']):
       self._add_one(i, id_, x)
 
@@ -268,8 +419,6 @@ class ExplanationWriter:
     diff_rgb, diff_scale = media.diff_map(x['series'][i][far], x['reconstruction'][i])
     recon_probs = x['reconstruction_probs'][i] if 'reconstruction_probs' in x else None
     metrics = {n: float(v[i]) for n, v in x['metrics'].items()}
-    for n, v in metrics.items():
-      self._metric_values[n].append(v)
     cname = self.class_names[target]
     label_text = 'unknown' if label < 0 else self.class_names[label]
     media.save_strip(os.path.join(self._staging, 'strips',
@@ -291,7 +440,7 @@ class ExplanationWriter:
         'strip': f'strips/{name}.png',
         'gif': f'gifs/{name}.gif'
     }
-    self._index.write(json.dumps(_jsonable(entry), allow_nan=False) + '\n')
+    self._index.write((json.dumps(_jsonable(entry), allow_nan=False) + '\n').encode('utf-8'))
 
     self._report.add(id_, name, label_text, target, pngs, series_pngs, alphas, probs, x['original_probs'][i],
                      recon_probs, cam_rgb, diff_rgb, diff_scale, metrics)
@@ -315,8 +464,7 @@ class ExplanationWriter:
       raise ValueError('no explanations were added; nothing exported (a previous export, if any, is unchanged)')
     summary = dict(summary_metrics or {})
     if self._shard_file is not None:
-      self._shard_file.close()
-      self._shard_file = None
+      self._finish_shard()
     self._index.close()
     num_shards = len(self._shard_counts)
     shard_dir = os.path.join(self._staging, SHARD_DIR)
@@ -330,7 +478,7 @@ class ExplanationWriter:
             'mean': float(np.mean(v)),
             'min': float(np.min(v)),
             'max': float(np.max(v))
-        } for n, v in self._metric_values.items() if v
+        } for n, v in _index_metrics(os.path.join(self._staging, 'index.jsonl'), np.float64).items() if len(v)
     }
     h, w, c = self.image_shape
     s, k = self._num_series, self.num_classes
@@ -408,6 +556,9 @@ class ExplanationWriter:
   def _swap_in(self) -> None:
     """Moves the previous export aside and the staged one in (module docstring: atomic renames on a local disk,
     copy + delete per object on an object store, where only the schema.json-last order protects readers)."""
+    # from here on the staging directory is no resumable state (a kill before this line: the rerun resumes and
+    # drops the half-written schema.json / report.html)
+    storage.remove(os.path.join(self._staging, MANIFEST))
     old = os.path.join(self.directory, f'.export-old-{os.getpid()}-{uuid.uuid4().hex[:8]}')
     storage.makedirs(old)
     for entry in EXPORT_ENTRIES:  # schema.json first: a half-swapped directory never looks complete
@@ -419,8 +570,11 @@ class ExplanationWriter:
     storage.remove_quietly(old)
     storage.remove_quietly(self._staging)
 
-  def abort(self) -> None:
-    """Drops the unfinished export (the staging directory); any previous export is left as it was."""
+  def abort(self, keep_committed: bool = False) -> None:
+    """Drops the unfinished export (the staging directory); any previous export is left as it was.
+
+    keep_committed: a resumable writer with a commit keeps `.export-partial/` (a writer with the same resume_key
+    continues from the last commit); otherwise it is removed too."""
     if self._closed:
       return
     for f in (self._shard_file, self._index):
@@ -428,7 +582,8 @@ class ExplanationWriter:
         f.close()
     self._report.close()
     self._shard_file = None
-    storage.remove_quietly(self._staging)
+    if not (keep_committed and self._resume_key is not None and self._committed > 0):
+      storage.remove_quietly(self._staging)
     self._closed = True
 
   @property
@@ -440,9 +595,19 @@ class ExplanationWriter:
 
   def __exit__(self, exc_type, exc, tb) -> None:
     if exc_type is not None:
-      self.abort()
+      self.abort(keep_committed=True)
     elif not self._closed:
       self.close()
+
+
+def _index_metrics(path: str, dtype=np.float32) -> dict[str, np.ndarray]:
+  """index.jsonl -> {metric name: [N] values in line order} (null, i.e. non-finite, -> NaN)."""
+  values: dict[str, list[float]] = {}
+  with storage.open_file(path, 'r') as f:
+    for line in f:
+      for name, v in json.loads(line).get('metrics', {}).items():
+        values.setdefault(name, []).append(np.nan if v is None else v)
+  return {name: np.asarray(v, dtype) for name, v in values.items()}
 
 
 def _jsonable(v):

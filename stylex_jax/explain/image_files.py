@@ -16,12 +16,18 @@ reader and rule (`stylex_jax.data.images`), so a radiograph is explained exactly
     colour -> gray: in histology the colour is the stain).
 A file that cannot be used is rejected with one line naming it and the reason, and the rest are still
 returned, so one bad file never stops a batch of explanations.
+
+Many files (launch/explain.py --images DIR over thousands of images): `ImageFiles` lists the files and reads
+only their headers up front (no match, an empty folder or no file with a usable header fails there, before any
+computation), then decodes pixels batch by batch (`ImageFiles.batches`), so memory holds one batch of images,
+never all of them; `batches(start=...)` resumes at a position it reported.
 """
 from __future__ import annotations
 
 import glob
+import hashlib
 import os
-from typing import Sequence
+from typing import Iterator, NamedTuple, Sequence
 
 import numpy as np
 
@@ -89,3 +95,79 @@ def load_image_files(patterns: str | Sequence[str], image_size: int,
   if not images:
     raise ValueError('none of the image files can be explained:\n  ' + '\n  '.join(rejected))
   return np.stack(images), ids, notes, rejected
+
+
+class FileBatch(NamedTuple):
+  """One batch of `ImageFiles.batches`: images float32 [b, S, S, C] in [-1, 1], ids (the paths), labels [b] (-1),
+  position (the index into `ImageFiles.paths` after this batch's last file: `batches(start=position)` continues
+  with the next batch), notes ('path: what was converted') and rejected ('path: reason') met on the way."""
+  images: np.ndarray
+  ids: list[str]
+  labels: np.ndarray
+  position: int
+  notes: list[str]
+  rejected: list[str]
+
+
+class ImageFiles:
+  """The user's files: listed and checked from their headers now, decoded batch by batch later.
+
+    files = ImageFiles('scans/*.png', image_size=64, channels=1)   # ValueError: no match / no usable header
+    for batch in files.batches(16):                                # decodes 16 usable files at a time
+      ...
+
+  paths: the files whose header is usable (sorted); rejected: 'path: reason' of the others (header refusals:
+  not an image, above the pixel limit, unsupported mode). A file with a usable header that fails to decode or to
+  conform (truncated data, true colour for a one-channel model) is rejected when its batch is read.
+  """
+
+  def __init__(self, patterns: str | Sequence[str], image_size: int, channels: int):
+    self.image_size, self.channels = int(image_size), int(channels)
+    self.paths: list[str] = []
+    self.rejected: list[str] = []
+    for path in expand_patterns(patterns):
+      try:
+        images_lib.check_header(path)
+      except images_lib.UnreadableImageError as e:
+        self.rejected.append(str(e))
+        continue
+      self.paths.append(path)
+    if not self.paths:
+      raise ValueError('none of the image files can be explained:\n  ' + '\n  '.join(self.rejected))
+
+  def __len__(self) -> int:
+    return len(self.paths)
+
+  def fingerprint(self) -> str:
+    """sha256 of the usable files' paths, sizes and modification times: a resumed export checks it is explaining
+    the same files (a file added, removed or rewritten changes it)."""
+    h = hashlib.sha256()
+    for path in self.paths:
+      st = os.stat(path)
+      h.update(f'{path}\0{st.st_size}\0{st.st_mtime_ns}\n'.encode('utf-8', 'surrogateescape'))
+    return h.hexdigest()
+
+  def batches(self, batch_size: int, start: int = 0) -> Iterator[FileBatch]:
+    """Decodes and conforms the files from `paths[start:]`, yielding batches of `batch_size` usable images (the
+    last may be smaller); files that fail are skipped with a line in the batch's `rejected`."""
+    if batch_size < 1 or not 0 <= start <= len(self.paths):
+      raise ValueError(f'batch_size={batch_size} must be >= 1 and start={start} in [0, {len(self.paths)}]')
+    images, ids, notes, rejected = [], [], [], []
+    position = start
+    for position in range(start, len(self.paths)):
+      path = self.paths[position]
+      try:
+        image, file_notes = load_image(path, self.image_size, self.channels)
+      except ValueError as e:
+        rejected.append(f'{path}: {e}')
+        continue
+      images.append(image.astype(np.float32))
+      ids.append(path)
+      notes.extend(f'{path}: {n}' for n in file_notes)
+      if len(images) == batch_size:
+        yield FileBatch(np.stack(images), ids, np.full(len(ids), -1, np.int64), position + 1, notes, rejected)
+        images, ids, notes, rejected = [], [], [], []
+    if images or rejected:
+      yield FileBatch(
+          np.stack(images) if images else np.zeros((0, self.image_size, self.image_size, self.channels), np.float32),
+          ids, np.full(len(ids), -1, np.int64), len(self.paths), notes, rejected)

@@ -215,3 +215,7 @@ class UniqueStems:
       name = f'{stem}-{n}'
     self._used.add(name.lower())
     return name
+
+  def reserve(self, name: str) -> None:
+    """Marks a stem returned earlier (e.g. by the instance of an interrupted export) as used."""
+    self._used.add(name.lower())

@@ -9,7 +9,8 @@ HTML-escaped.
 The markup lives in two templates shipped as package data (`string.Template` placeholders):
 `report_template.html` (the page; `$rows` marks where the rows go) and `report_row_template.html`
 (one row). Rows are rendered as images are added and kept in a side file, so a large export never
-holds its report in memory. No TensorFlow.
+holds its report in memory; `Report.state()` / `Report(..., resume=state)` let an interrupted export continue the
+rows file where it was committed. No TensorFlow.
 """
 from __future__ import annotations
 
@@ -112,22 +113,38 @@ class Report:
   or `report.close()` to drop it unfinished.
   """
 
-  def __init__(self, rows_path: str, *, class_names: list[str], max_images: int, max_bytes: int):
+  def __init__(self, rows_path: str, *, class_names: list[str], max_images: int, max_bytes: int,
+               resume: Mapping[str, Any] | None = None):
     """
     Args:
-      rows_path: the side file the rendered rows are streamed to (created now).
+      rows_path: the side file the rendered rows are streamed to (created now; `storage.AppendFile`: appended to
+        on a local disk; on an object store held in memory, at most about max_bytes, and uploaded whole by
+        `state()` and `close()`).
       class_names: K names, in class order.
       max_images: at most this many rows; max_bytes: rows stop once their text would exceed about this
         many bytes (the first row is always kept).
+      resume: a `state()` of an earlier Report on the same rows_path: the file is cut back to that state's
+        length and continued (the rows added after it are dropped).
     """
     self.class_names = list(class_names)
     self.max_images = int(max_images)
     self._budget = int(max_bytes)
     self._rows_path = rows_path
-    self._rows = storage.open_file(rows_path, 'w')
     self._row_template = string.Template(_template('report_row_template.html'))
     self.shown = 0
     self._full = False
+    if resume is None:
+      self._rows = storage.AppendFile(rows_path, 'wb')
+    else:
+      storage.truncate(rows_path, int(resume['bytes']))
+      self._rows = storage.AppendFile(rows_path, 'ab')
+      self.shown, self._full, self._budget = int(resume['shown']), bool(resume['full']), int(resume['budget'])
+
+  def state(self) -> dict:
+    """What `Report(..., resume=...)` needs to continue from here; the rows file is made durable first
+    (`storage.AppendFile.sync`: fsync locally, uploaded on an object store)."""
+    self._rows.sync()
+    return {'bytes': self._rows.tell(), 'shown': self.shown, 'full': self._full, 'budget': self._budget}
 
   def add(self, id_: str, name: str, label_text: str, target: int, pngs: Mapping[str, bytes], series_pngs: list[bytes],
           alphas: np.ndarray, probs: np.ndarray, original_probs: np.ndarray, recon_probs: np.ndarray | None,
@@ -150,7 +167,7 @@ class Report:
     if self.shown >= self.max_images or (self._budget < 0 and self.shown > 0):
       self._full = True  # rows stay the first N images
     else:
-      self._rows.write(row)
+      self._rows.write(row.encode('utf-8'))
       self.shown += 1
 
   def _plot_svg(self, alphas: np.ndarray, probs: np.ndarray, target: int) -> tuple[str, list[list[float]]]:

@@ -20,12 +20,23 @@ index.jsonl, directions.npz (the global direction(s) and their fit) and summary.
 checked for writability before anything is computed; a previous export is replaced only when the new one is
 complete. schema.json and summary.json record what was explained ('source': {'kind': 'split', 'split',
 'num_images'} or {'kind': 'images', 'patterns'}); the stage of launch/train.py takes an export as its own only
-when that source is config.explain's split and num_images. Users' files (image_patterns) are read before
-anything is computed or created (no match, an empty folder, no usable file: one error, no folder left behind)
-and never go into `<workdir>/explain/` (refused: give output_dir), so they are never taken for the split's export.
+when that source is config.explain's split and num_images. Users' files (image_patterns) are listed and their
+headers checked before anything is computed or created (no match, an empty folder, no file with a usable header:
+one error, no folder left behind), then decoded batch by batch (`image_files.ImageFiles`): memory holds one batch
+of images, series and metrics (plus a few scalars per image), whatever the number of files. They never go into
+`<workdir>/explain/` (refused: give output_dir), so they are never taken for the split's export.
 schema.json and summary.json also record the checkpoint steps of the classifier, GAN and encoder used
-(`provenance`: the stage re-exports when they change). SIGTERM / Ctrl-C stop the run between batches
-(`common.Preempted`), the unfinished export is dropped and a previous one stays as it was.
+(`provenance`: the stage re-exports when they change). One progress line per batch: images done / total, img/s,
+ETA.
+
+Interruption and resume: SIGTERM / Ctrl-C stop the run between batches (`common.Preempted`); a previous export
+stays as it was. The unfinished export lives in `<out>/.export-partial/` with a manifest of its finished TFRecord
+shards, committed between batches whenever no shard is open (every lcm(batch_size, examples_per_shard) images);
+rerunning the same command (same config, files or split, checkpoints) keeps those shards with their index lines,
+strips, GIFs and report rows, reuses the saved direction(s) and latent scale, and explains only the remaining
+images, so the result equals an uninterrupted run (the batches are the same, so the TFRecords are byte-identical).
+A kill (crash, OOM) leaves the same state, locally or on an object store (all of it goes through
+`stylex_jax.storage`). Anything else changed: the partial export is discarded, with a line.
 
 Shift units: config.explain.step_size and max_shift are multiples of the latent scale, the median
 ||w - w_avg|| of the latents the direction is fitted on (so configs carry over between generators).
@@ -257,31 +268,36 @@ class Explainer:
     return quality.attribute_trends(attrs, alphas, valid)
 
 
-def _split_images(data, total: int, batch_size: int, seed: int):
-  """Yields (images [b, H, W, C] in [-1, 1], ids, labels) for `total` (<= data.num_examples) examples of the split
-  that the evaluation Pipeline `data` reads: the whole split in order, or a seeded class-balanced sample of it
-  (so the explanations describe both directions of the decision, whatever order the split is stored in)."""
+def _split_images(data, total: int, batch_size: int, seed: int, start: int = 0):
+  """Yields (images [b, H, W, C] in [-1, 1], ids, labels, position) for `total` (<= data.num_examples) examples of
+  the split that the evaluation Pipeline `data` reads: the whole split in order, or a seeded class-balanced sample
+  of it (so the explanations describe both directions of the decision, whatever order the split is stored in),
+  from the `start`-th of them (a resumed export); position: how many of the `total` are read after this batch."""
   indices = (np.arange(data.num_examples) if total >= data.num_examples else pipeline_lib.class_balanced_indices(
       data.labels, total, seed))
-  for i in range(0, len(indices), batch_size):
+  for i in range(start, len(indices), batch_size):
     batch = data.examples(indices[i:i + batch_size])
-    yield batch['image'], [str(x) for x in batch['id']], batch['label']
+    yield batch['image'], [str(x) for x in batch['id']], batch['label'], min(i + batch_size, len(indices))
 
 
-def _file_images(config, patterns, batch_size: int):
-  """Reads and conforms every file NOW (before any computation or output folder: a glob matching nothing, an
-  empty folder or no usable file fails here) and returns the generator of (images, ids, labels -1) batches."""
-  images, ids, notes, rejected = image_files.load_image_files(patterns, config.data.image_size, config.data.channels)
-  for line in notes:
-    print(f'[explain] converted {line}')
-  for line in rejected:
-    print(f'[explain] rejected {line}')
+MAX_NOTE_LINES = 20  # conversion notes printed per run (thousands of resized files would flood the log)
 
-  def batches():
-    for i in range(0, len(images), batch_size):
-      yield images[i:i + batch_size], ids[i:i + batch_size], np.full(len(ids[i:i + batch_size]), -1, np.int64)
 
-  return batches()
+def _file_batches(files: image_files.ImageFiles, batch_size: int, start: int):
+  """Yields (images, ids, labels -1, position) of the user's files from paths[start:], decoded batch by batch,
+  printing what was converted (the first MAX_NOTE_LINES files) and every rejected file as it is met."""
+  shown = 0
+  for batch in files.batches(batch_size, start):
+    for line in batch.notes:
+      shown += 1
+      if shown <= MAX_NOTE_LINES:
+        print(f'[explain] converted {line}')
+      elif shown == MAX_NOTE_LINES + 1:
+        print('[explain] (further conversion notes not shown: every file is conformed by the same rule)')
+    for line in batch.rejected:
+      print(f'[explain] rejected {line}', flush=True)
+    if len(batch.ids):
+      yield batch.images, batch.ids, batch.labels, batch.position
 
 
 def split_source(split: str, num_images: int) -> dict:
@@ -318,13 +334,17 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, split: str | None = 
   num_images = ec.num_images if num_images is None else int(num_images)
   if num_images < 0:
     raise ValueError(f'num_images={num_images} must be >= 0 (0 = the whole split)')
-  if image_patterns:  # users' files are read before any computation or output folder
+  if image_patterns:  # users' files are listed and their headers checked before any computation or output folder
     _check_images_output(out, workdir, ec.split)
-    files = _file_images(config, image_patterns, ec.batch_size)
+    files = image_files.ImageFiles(image_patterns, config.data.image_size, config.data.channels)
+    for line in files.rejected:
+      print(f'[explain] rejected {line}')
     patterns = [image_patterns] if isinstance(image_patterns, str) else list(image_patterns)
     export_source = {'kind': 'images', 'patterns': patterns}
+    inputs = {'files': len(files), 'fingerprint': files.fingerprint()}
   else:
     export_source = split_source(split, num_images)
+    inputs = {}
   created = not storage.exists(out)
   export_lib.check_writable(out)  # before any computation
   t0 = time.perf_counter()
@@ -335,45 +355,56 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, split: str | None = 
       with contextlib.suppress(OSError, ValueError):
         storage.remove_empty_dir(out)
     raise
-  if explainer.directions is None and ec.scope == 'global':
-    explainer.fit_global_directions()
-    print(f'[explain] {ec.mode} direction in {ec.space.upper()} fitted on {explainer.direction_info["latents"]} '
-          f'latents in {explainer.direction_info["seconds"]:.1f} s: ' +
-          ', '.join(f'{k}={v:.3g}' for k, v in explainer.direction_info.items()
-                    if isinstance(v, float) and k not in ('seconds',)))
-  common.stop_if_preempted(STAGE, 0, kept)
   if image_patterns:
-    source, what = files, f'files {image_patterns}'
-    total, class_names = None, _class_names(config)
+    total, what, class_names = len(files), f'files {image_patterns}', _class_names(config)
   else:
     data = pipeline_lib.Pipeline(config.data, split, global_batch_size=ec.batch_size, seed=config.seed, train=False)
     total = min(num_images, data.num_examples) if num_images else data.num_examples
-    source, what = _split_images(data, total, ec.batch_size, config.seed), f'split {split!r}'
-    class_names = _class_names(config, data.class_names)
+    what, class_names = f'split {split!r}', _class_names(config, data.class_names)
   inv = explainer.inverter
   target_description = _describe_target(explainer.target, class_names, ec)
+  # an interrupted run of the same job (config, what is explained, checkpoints) continues from its last commit
+  resume_key = dict(config=config.to_dict(), source=export_source, inputs=inputs, provenance=provenance,
+                    class_names=class_names)
   writer = export_lib.ExplanationWriter(
       out, num_classes=explainer.num_classes, class_names=class_names,
       image_shape=(config.data.image_size, config.data.image_size, config.data.channels), num_ws=inv.num_ws,
       w_dim=inv.w_dim, config=config.to_dict(), examples_per_shard=ec.examples_per_shard,
       target_description=target_description, report_max_images=ec.report_max_images, source=export_source,
-      provenance=provenance)
-  per_image: dict[str, list[np.ndarray]] = {}
-  summary_inputs = []
-  done = 0
-  with writer:
-    for images, ids, labels in source:
+      provenance=provenance, resume_key=resume_key)
+  if writer.discarded_partial:
+    print(f'[explain] the unfinished export in {writer.partial_directory} is not continued: '
+          f'{writer.discarded_partial}; starting afresh')
+
+  def kept_note() -> str:
+    if writer.committed:
+      return (f'{kept}; the {writer.committed} images explained so far are kept in {writer.partial_directory} '
+              'and the same command continues from there')
+    return kept
+
+  with writer:  # an exception keeps only the committed shards (resumable), never touches a previous export
+    resumed = writer.resumed_state or {}
+    start = int(resumed.get('position', 0))
+    _set_or_fit_directions(explainer, writer, resumed)
+    common.stop_if_preempted(STAGE, 0, kept_note())
+    if resumed:
+      print(
+          f'[explain] resuming: {writer.num_examples} images already explained (finished shards kept), '
+          f'continuing from input {start} of {total}', flush=True)
+    source = (_file_batches(files, ec.batch_size, start) if image_patterns else _split_images(
+        data, total, ec.batch_size, config.seed, start))
+    clock, first = (time.perf_counter(), writer.num_examples), True  # the rate is timed from the end of the
+    for images, ids, labels, position in source:  # first batch (which includes compiling)
       batch = explainer.explain_batch(images, ids, labels)
       writer.add(batch)
-      for k, v in batch['metrics'].items():
-        per_image.setdefault(k, []).append(v)
-      summary_inputs.append((batch['probs'], batch['alphas']))
-      done += len(images)
-      rate = done / (time.perf_counter() - t0)
-      print(f'[explain] {done}{"/" + str(total) if total else ""} images explained ({what}), {rate:.2f} img/s',
-            flush=True)
-      common.stop_if_preempted(STAGE, done, kept)  # raising here aborts the writer: nothing half-exported
-    metrics = {k: np.concatenate(v) for k, v in per_image.items()}
+      writer.commit({'position': position, **_direction_state(explainer)})  # whenever no shard is open
+      done, now = writer.num_examples, time.perf_counter()
+      print(_progress_line(done, done - clock[1], position, total, now - clock[0], what), flush=True)
+      if first:
+        clock, first = (now, done), False
+      common.stop_if_preempted(STAGE, done, kept_note())
+    done = writer.num_examples
+    metrics = writer.metric_arrays()  # per-image scalars of every image, the resumed part included
     summary_metrics = _summary(metrics)
     summary_metrics['images'] = done
     summary_metrics['seconds'] = round(time.perf_counter() - t0, 2)
@@ -396,6 +427,47 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, split: str | None = 
                  if isinstance(summary_metrics.get(k), float)) +
         f'\n  open the report: {paths["report"]}\n  TFRecords: {os.path.dirname(paths["tfrecords"][0])}')
   return summary
+
+
+DIRECTIONS_FILE = 'caller-directions.npy'  # the global direction(s) of a resumable export, in its partial folder
+
+
+def _direction_state(explainer: Explainer) -> dict:
+  """What a resumed export needs besides the saved directions: the latent scale (exactly, as a JSON float) and
+  the fit's description."""
+  info = {k: v for k, v in explainer.direction_info.items() if isinstance(v, (int, float, str))}
+  return {'scale': None if explainer.scale is None else float(explainer.scale), 'direction_info': info}
+
+
+def _set_or_fit_directions(explainer: Explainer, writer, resumed: dict) -> None:
+  """The global direction(s): reused from the partial export being resumed (so its remaining images are explained
+  along exactly the same direction), else fitted now and saved beside the partial export."""
+  ec = explainer.ec
+  path = os.path.join(writer.partial_directory, DIRECTIONS_FILE)
+  if resumed.get('scale') is not None and (ec.scope != 'global' or storage.isfile(path)):
+    explainer.scale = float(resumed['scale'])
+    explainer.direction_info = dict(resumed.get('direction_info') or {})
+    if ec.scope == 'global':
+      explainer.directions = storage.load_array(path)
+    print(f'[explain] direction(s) and latent scale reused from the unfinished export in {writer.partial_directory}')
+    return
+  if explainer.directions is None and ec.scope == 'global':
+    explainer.fit_global_directions()
+    print(f'[explain] {ec.mode} direction in {ec.space.upper()} fitted on {explainer.direction_info["latents"]} '
+          f'latents in {explainer.direction_info["seconds"]:.1f} s: ' +
+          ', '.join(f'{k}={v:.3g}' for k, v in explainer.direction_info.items()
+                    if isinstance(v, float) and k not in ('seconds',)))
+  if explainer.directions is not None:
+    storage.save_array(path, explainer.directions)  # atomic and synced, local or on an object store
+
+
+def _progress_line(done: int, done_now: int, position: int, total: int, seconds: float, what: str) -> str:
+  """One line per batch: images explained / total, the rate of this run (done_now images in `seconds`) and the ETA
+  of the remaining inputs."""
+  rate = done_now / max(seconds, 1e-9)
+  eta = writers.format_duration(max(total - position, 0) / rate if rate > 0 else float('inf'))
+  return (f'[explain] {done}/{total} images explained ({what}), {100 * position / max(total, 1):.1f}% of the '
+          f'inputs read, {rate:.2f} img/s, ETA {eta}')
 
 
 def _summary(metrics: dict[str, np.ndarray]) -> dict[str, float]:
