@@ -1,0 +1,136 @@
+"""kill -9 at a bad moment, then the same stage again: it resumes from the last complete checkpoint and ends equal
+to the uninterrupted run (every array of the final checkpoint, every metrics row but the timing ones, each step
+logged once).
+
+One subprocess of launch/train.py per training stage, killed with SIGKILL (no handler runs, nothing is flushed)
+by a watcher that polls the stage's checkpoint folder:
+  classifier  during its first checkpoint write (orbax's temporary step folder exists at the kill; nothing complete
+              yet, so the rerun starts from scratch over the half-written folder),
+  gan         at a seeded random moment within a second after its first complete checkpoint (mid-step, mid-log,
+              mid-sample, or after the end if the run is faster: the equality must hold wherever it lands),
+  encoder     during its second checkpoint write (resumes from step 2 over a half-written step 4).
+The rerun is this test process's stages.run (the "next start"; its compiled programs are cached); the reference is
+the session's uninterrupted smoke run (`smoke_stages`), same config and devices.
+"""
+import math
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from stylex_jax import checkpointing, stages, writers
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TIMING = ('images_per_sec', 'seconds', 'wall')
+UPSTREAM = {'classifier': (), 'gan': ('classifier',), 'encoder': ('classifier', 'gan')}
+
+
+def _writing(ckpt_dir):
+  """True while orbax writes a step: its temporary folder ('<step>.orbax-checkpoint-tmp-<n>') exists."""
+  try:
+    return any('tmp' in name for name in os.listdir(ckpt_dir))
+  except FileNotFoundError:
+    return False
+
+
+def _complete_steps(ckpt_dir):
+  try:
+    return sorted(int(n) for n in os.listdir(ckpt_dir) if n.isdigit())
+  except FileNotFoundError:
+    return []
+
+
+def _kill_when(proc, ready, deadline_s=300):
+  """Polls every 2 ms until ready() is true, then SIGKILLs proc; returns whether it was killed while running."""
+  end = time.monotonic() + deadline_s
+  while proc.poll() is None and time.monotonic() < end:
+    if ready():
+      os.kill(proc.pid, signal.SIGKILL)
+      proc.wait()
+      return True
+    time.sleep(0.002)
+  return False
+
+
+def _after(seconds, condition):
+  """A ready() for _kill_when: true once `seconds` have passed since condition() first held."""
+  since = []
+
+  def ready():
+    if not since and condition():
+      since.append(time.monotonic())
+    return bool(since) and time.monotonic() - since[0] >= seconds
+
+  return ready
+
+
+def _rows(path):
+  """metrics.jsonl rows without their timing keys: comparable across runs."""
+  return [{k: v for k, v in row.items() if not any(t in k for t in TIMING)} for row in writers.read_metrics(path)]
+
+
+def _assert_rows_equal(got, want):
+  assert [r['step'] for r in got] == [r['step'] for r in want]
+  for g, w in zip(got, want):
+    assert g.keys() == w.keys(), (g.keys(), w.keys())
+    for k in g:
+      if isinstance(w[k], float) and isinstance(g[k], float) and not (math.isnan(w[k]) and math.isnan(g[k])):
+        assert g[k] == pytest.approx(w[k], rel=1e-6, abs=1e-7), (g['step'], k)
+      else:
+        assert g[k] == w[k], (g['step'], k)
+
+
+@pytest.mark.parametrize('stage', ['classifier', 'gan', 'encoder'])
+def test_kill_9_then_rerun_equals_the_uninterrupted_run(stage, smoke_stages, tmp_path):
+  config, work = smoke_stages(str(tmp_path / 'work'), UPSTREAM[stage])
+  _, ref = smoke_stages(str(tmp_path / 'ref'), (stage,))
+  ckpt_dir = os.path.join(work, stage, 'checkpoints')
+  command = [
+      sys.executable,
+      os.path.join(ROOT, 'launch', 'train.py'), '--config',
+      os.path.join(ROOT, 'configs', 'demo.py:smoke'), f'--config.data.data_dir={config.data.data_dir}',
+      '--config.num_devices=2', f'--config.stages={stage}', '--workdir', work
+  ]
+  env = {
+      **os.environ, 'JAX_PLATFORMS': 'cpu',
+      'PYTHONPATH': ROOT,
+      'JAX_COMPILATION_CACHE_DIR': jax.config.jax_compilation_cache_dir,
+      'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0.5',
+      'JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES': '0'
+  }
+  proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+  try:
+    if stage == 'classifier':
+      killed = _kill_when(proc, lambda: _writing(ckpt_dir))
+      assert killed, 'the classifier finished before its first checkpoint write was seen'
+      assert _complete_steps(ckpt_dir) == []
+    elif stage == 'encoder':
+      killed = _kill_when(proc, lambda: _complete_steps(ckpt_dir) == [2] and _writing(ckpt_dir))
+      assert killed, 'the encoder finished before its second checkpoint write was seen'
+    else:
+      delay = random.Random(9).uniform(0.0, 1.0)
+      killed = _kill_when(proc, _after(delay, lambda: bool(_complete_steps(ckpt_dir))))
+  finally:
+    if proc.poll() is None:
+      proc.kill()
+    stderr = proc.communicate()[1]
+  assert (proc.returncode == -signal.SIGKILL) == killed, stderr[-3000:]
+  # the next start: this process, the same config and stage
+  config.stages = stage
+  results = stages.run(config, work)
+  assert results[stage]['step'] == config[stage].num_steps
+
+  want = checkpointing.read_numpy(os.path.join(ref, stage, 'checkpoints'))
+  got = checkpointing.read_numpy(ckpt_dir)
+  assert got.keys() == want.keys()
+  for name in want:
+    np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+  assert checkpointing.latest_step(ckpt_dir) == checkpointing.latest_step(os.path.join(ref, stage, 'checkpoints'))
+  _assert_rows_equal(_rows(os.path.join(work, stage, 'metrics.jsonl')), _rows(os.path.join(ref, stage,
+                                                                                           'metrics.jsonl')))
