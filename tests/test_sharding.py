@@ -194,7 +194,9 @@ def run_two_processes(script: str, tmp_path, extra_args=(), timeout=90, devices_
     """
   path = tmp_path / 'child.py'
   path.write_text(script)
-  env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices_per_process}', JAX_PLATFORMS='cpu',
+  flags = [f for f in os.environ.get('XLA_FLAGS', '').split() if 'device_count' not in f]  # e.g. conftest's opt level
+  flags.append(f'--xla_force_host_platform_device_count={devices_per_process}')
+  env = dict(os.environ, XLA_FLAGS=' '.join(flags), JAX_PLATFORMS='cpu',
              PYTHONPATH=REPO + os.pathsep + os.environ.get('PYTHONPATH', ''), TF_CPP_MIN_LOG_LEVEL='2',
              JAX_THREEFRY_PARTITIONABLE=str(jax.config.jax_threefry_partitionable).lower(),
              JAX_CPU_COLLECTIVES_IMPLEMENTATION='gloo')

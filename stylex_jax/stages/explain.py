@@ -451,6 +451,9 @@ def _set_or_fit_directions(explainer: Explainer, writer, resumed: dict) -> None:
       explainer.directions = storage.load_array(path)
     print(f'[explain] direction(s) and latent scale reused from the unfinished export in {writer.partial_directory}')
     return
+  if resumed.get('scale') is not None:
+    print(f'[explain] the unfinished export in {writer.partial_directory} lost its saved direction '
+          f'({DIRECTIONS_FILE}); fitting it again (seeded: the same direction on the same machine and software)')
   if explainer.directions is None and ec.scope == 'global':
     explainer.fit_global_directions()
     print(f'[explain] {ec.mode} direction in {ec.space.upper()} fitted on {explainer.direction_info["latents"]} '
