@@ -13,31 +13,33 @@ Tolerance: the two runs execute the same XLA programs on the same 8-device mesh;
 run differently (in-process vs gloo between processes), so they may round differently. Arrays and metrics must
 agree to rtol=1e-5, atol=1e-6 (float32 rounding of a few reduction orders; a real difference such as another
 batch, a missing gradient mean or another key is orders of magnitude larger), sample PNGs to 1 grey level.
+One exception, found by this test: a parameter whose gradient is analytically zero (a BatchNorm bias that feeds
+the next BatchNorm) gets rounding noise as gradient (Adam's first moment ~1e-8 against ~1e-3 for the others), and
+Adam normalises noise into a full +-learning-rate step whose sign depends on the rounding. Such elements (|mu| below
+1e-6 x the largest |mu| of their array, or 1e-9) are held only to the learning-rate budget of the steps taken
+(|difference| <= 2 x peak learning rate x step); their Adam moments are compared at the tight tolerance like the rest.
+What is computed with those parameters inherits the perturbation: the classifier's evaluations from step 2 (its
+eval rows and summary) and the GAN's FID/KID on the classifier's features, held to rtol=1e-2 (measured: log_loss
+4.6e-5 relative, fid_classifier 1.1e-3 relative; a wrong batch, key or reduction moves them by far more).
 Skipped, with the reason, where multi-process jax cannot start.
 
-COST: opt-in (STYLEX_TEST_MULTIPROCESS=1), skipped otherwise. Measured on the shared 2-core machine under a load
-average of ~14, the single-process half took ~100 s and the 2-process half did not finish in 600 s (it reached
-the resumed GAN step 2, compiling the regularisation steps for the 2-process mesh): far over the CI budget, and
-not yet seen passing end to end. Run it on an idle machine with several cores:
-  STYLEX_TEST_MULTIPROCESS=1 python -m pytest -n 0 tests/test_multiprocess.py
+COST: ~4 min of the 2 cores (measured 2026-11-30 on the idle 2-core machine: 240 s for the whole test, the
+2-process half included) -- the slowest test of the suite, run by CI on its own xdist worker.
 """
-import functools
 import json
 import os
 
 import jax
 import numpy as np
-import pytest
 from PIL import Image
 
 from configs import demo
-from stylex_jax import checkpointing, sharding
+from stylex_jax import checkpointing
 from stylex_jax.stages import classifier as classifier_stage
 from stylex_jax.stages import gan as gan_stage
-from stylex_jax.train import classifier as classifier_train
-from stylex_jax.train import gan as gan_train
 
 RTOL, ATOL = 1e-5, 1e-6
+EVAL_RTOL = 1e-2  # what the classifier's noise-gradient parameters perturb (module docstring)
 TIMING_KEYS = ('images_per_sec',)
 
 
@@ -110,27 +112,15 @@ print("RESULT", json.dumps({"pid": pid, "os_pid": os.getpid(), "processes": jax.
 '''
 
 
-def _abstract_states(config):
-  """{stage: abstract training state (replicated on all devices)} to restore the checkpoints into."""
-  mesh = sharding.make_mesh()
-  rep = sharding.replicated(mesh)
-  key = jax.random.key(0)
-  cc, size = config.classifier, config.data.image_size
-  model = classifier_stage.build_model(config)
-  tx = classifier_train.build_optimizer(cc.optimizer, cc.num_steps)
-  classifier_init = functools.partial(classifier_train.create_state, model, tx, (size, size, config.data.channels))
-  models = gan_train.build_models(config, mesh)
-  gan_init = functools.partial(gan_train.create_state, models, initial_p=config.gan.augment_p)
-  return {
-      name: checkpointing.abstract_like(jax.eval_shape(init, key), rep)
-      for name, init in (('classifier', classifier_init), ('gan', gan_init))
-  }
-
-
-def _restore(workdir, stage, step, abstract):
-  with checkpointing.Checkpointer(os.path.join(workdir, stage, 'checkpoints')) as ckpt:
-    state, _ = ckpt.restore(abstract, step=step)
-  return jax.device_get(state)
+def _noise_elements(flat: dict, name: str) -> np.ndarray | None:
+  """For a parameter `name` ('params/...', 'g_params/...'): the elements whose Adam first moment is rounding noise
+  (see the module docstring), or None when it has no Adam state."""
+  suffix = name.split('/', 1)[1]
+  mus = [k for k in flat if k.endswith('/mu/' + suffix)]
+  if len(mus) != 1:
+    return None
+  mu = np.abs(flat[mus[0]].astype(np.float64))
+  return mu < max(1e-6 * mu.max(), 1e-9)
 
 
 def _rows(workdir, stage):
@@ -138,15 +128,21 @@ def _rows(workdir, stage):
     return [json.loads(line) for line in f if line.strip()]
 
 
-def _close(a, b, what):
+def _after_noise(stage, key, row=None):
+  """Whether a logged value was computed with the classifier's noise-gradient parameters (module docstring): the
+  classifier's evaluations from step 2 on (row None: its summary) and the GAN's classifier-feature FID/KID."""
+  if stage == 'classifier':
+    return row is None or (row['step'] >= 2 and 'num_examples' in row)
+  return key.endswith('_classifier')
+
+
+def _close(a, b, what, rtol=RTOL):
   if isinstance(a, (list, float, int)) and not isinstance(a, bool):
-    np.testing.assert_allclose(np.asarray(a, np.float64), np.asarray(b, np.float64), rtol=RTOL, atol=ATOL, err_msg=what)
+    np.testing.assert_allclose(np.asarray(a, np.float64), np.asarray(b, np.float64), rtol=rtol, atol=ATOL, err_msg=what)
   else:
     assert a == b, what
 
 
-@pytest.mark.skipif(not os.environ.get('STYLEX_TEST_MULTIPROCESS'),
-                    reason='opt-in (STYLEX_TEST_MULTIPROCESS=1): minutes of CPU, over the CI budget (module docstring)')
 def test_two_processes_train_like_one_and_resume(tmp_path):
   from test_sharding import run_two_processes
   config = multiprocess_config(tmp_path / 'tfds')
@@ -172,17 +168,19 @@ def test_two_processes_train_like_one_and_resume(tmp_path):
       assert {'ocdbt.process_0', 'ocdbt.process_1'} <= set(os.listdir(state_dir)), (stage, step)
 
   # every array of the training state at steps 1 and 2 (step 2: resumed from the 2-process checkpoint)
-  abstract = _abstract_states(config)
   for stage in ('classifier', 'gan'):
+    lr = config.classifier.optimizer.learning_rate if stage == 'classifier' else max(config.gan.g_lr, config.gan.d_lr)
     for step in (1, 2):
-      a, b = _restore(one, stage, step, abstract[stage]), _restore(two, stage, step, abstract[stage])
-      flat_a, flat_b = jax.tree_util.tree_flatten_with_path(a)[0], jax.tree.leaves(b)
-      assert len(flat_a) == len(flat_b)
-      for (path, x), y in zip(flat_a, flat_b):
-        if jax.dtypes.issubdtype(np.asarray(x).dtype, jax.dtypes.prng_key):
-          x, y = jax.random.key_data(x), jax.random.key_data(y)
-        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=RTOL, atol=ATOL,
-                                   err_msg=f'{stage} step {step} {jax.tree_util.keystr(path)}')
+      a = checkpointing.read_numpy(os.path.join(one, stage, 'checkpoints'), step)
+      b = checkpointing.read_numpy(os.path.join(two, stage, 'checkpoints'), step)
+      assert a.keys() == b.keys(), (stage, step)
+      for name in a:
+        x, y = a[name].astype(np.float64), b[name].astype(np.float64)
+        noise = _noise_elements(a, name) if name.split('/', 1)[0].endswith('params') else None
+        if noise is not None and noise.any():
+          assert np.abs(x - y)[noise].max() <= 2 * lr * step, f'{stage} step {step} {name} (noise-gradient part)'
+          x, y = x[~noise], y[~noise]
+        np.testing.assert_allclose(x, y, rtol=RTOL, atol=ATOL, err_msg=f'{stage} step {step} {name}')
 
   # metrics, summaries and samples: written once (by process 0), equal to the single-process run's
   for stage in ('classifier', 'gan'):
@@ -191,12 +189,13 @@ def test_two_processes_train_like_one_and_resume(tmp_path):
     for r1, r2 in zip(rows_one, rows_two):
       assert set(r1) == set(r2)
       for k in set(r1) - set(TIMING_KEYS):
-        _close(r1[k], r2[k], f'{stage} metrics step {r1["step"]} {k}')
+        _close(r1[k], r2[k], f'{stage} metrics step {r1["step"]} {k}',
+               EVAL_RTOL if _after_noise(stage, k, r1) else RTOL)
     with open(os.path.join(one, stage, 'summary.json')) as f1, open(os.path.join(two, stage, 'summary.json')) as f2:
       s1, s2 = json.load(f1), json.load(f2)
     for k in set(s1) | set(s2):
       if k not in ('checkpoints', 'metrics', 'samples'):
-        _close(s1.get(k), s2.get(k), f'{stage} summary {k}')
+        _close(s1.get(k), s2.get(k), f'{stage} summary {k}', EVAL_RTOL if _after_noise(stage, k) else RTOL)
     events = os.listdir(os.path.join(two, stage, 'tensorboard'))
     assert len(events) == 2 and all(f'.{results[0]["os_pid"]}.' in e for e in events), events  # 2 calls, 1 writer
   samples = sorted(os.listdir(os.path.join(one, 'gan', 'samples')))
