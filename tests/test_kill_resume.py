@@ -11,6 +11,10 @@ by a watcher that polls the stage's checkpoint folder:
   encoder     during its second checkpoint write (resumes from step 2 over a half-written step 4).
 The rerun is this test process's stages.run (the "next start"; its compiled programs are cached); the reference is
 the session's uninterrupted smoke run (`smoke_stages`), same config and devices.
+
+And an explain export of users' files (launch/explain.py --images, 3 batches of 2 in 3 shards) killed right after
+its first commit to `.export-partial/`: the rerun keeps the finished shard, explains the rest and ends byte-identical
+to an uninterrupted export (TFRecords, index.jsonl, strips, GIFs).
 """
 import math
 import os
@@ -24,7 +28,12 @@ import jax
 import numpy as np
 import pytest
 
+from PIL import Image
+
 from stylex_jax import checkpointing, stages, writers
+from stylex_jax.explain import export
+from stylex_jax.stages import explain as explain_stage
+from test_explain_stage import _tree_bytes
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMING = ('images_per_sec', 'seconds', 'wall')
@@ -44,6 +53,16 @@ def _complete_steps(ckpt_dir):
     return sorted(int(n) for n in os.listdir(ckpt_dir) if n.isdigit())
   except FileNotFoundError:
     return []
+
+
+def _env():
+  return {
+      **os.environ, 'JAX_PLATFORMS': 'cpu',
+      'PYTHONPATH': ROOT,
+      'JAX_COMPILATION_CACHE_DIR': jax.config.jax_compilation_cache_dir,
+      'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0.5',
+      'JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES': '0'
+  }
 
 
 def _kill_when(proc, ready, deadline_s=300):
@@ -97,14 +116,9 @@ def test_kill_9_then_rerun_equals_the_uninterrupted_run(stage, smoke_stages, tmp
       os.path.join(ROOT, 'configs', 'demo.py:smoke'), f'--config.data.data_dir={config.data.data_dir}',
       '--config.num_devices=2', f'--config.stages={stage}', '--workdir', work
   ]
-  env = {
-      **os.environ, 'JAX_PLATFORMS': 'cpu',
-      'PYTHONPATH': ROOT,
-      'JAX_COMPILATION_CACHE_DIR': jax.config.jax_compilation_cache_dir,
-      'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0.5',
-      'JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES': '0'
-  }
-  proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+  log = tmp_path / 'stderr.txt'  # a file, not a pipe: a full pipe would stall the child before the moment we wait for
+  with open(log, 'w') as err:
+    proc = subprocess.Popen(command, env=_env(), stdout=subprocess.DEVNULL, stderr=err)
   try:
     if stage == 'classifier':
       killed = _kill_when(proc, lambda: _writing(ckpt_dir))
@@ -119,7 +133,8 @@ def test_kill_9_then_rerun_equals_the_uninterrupted_run(stage, smoke_stages, tmp
   finally:
     if proc.poll() is None:
       proc.kill()
-    stderr = proc.communicate()[1]
+    proc.wait()
+  stderr = log.read_text()
   assert (proc.returncode == -signal.SIGKILL) == killed, stderr[-3000:]
   # the next start: this process, the same config and stage
   config.stages = stage
@@ -134,3 +149,46 @@ def test_kill_9_then_rerun_equals_the_uninterrupted_run(stage, smoke_stages, tmp
   assert checkpointing.latest_step(ckpt_dir) == checkpointing.latest_step(os.path.join(ref, stage, 'checkpoints'))
   _assert_rows_equal(_rows(os.path.join(work, stage, 'metrics.jsonl')), _rows(os.path.join(ref, stage,
                                                                                            'metrics.jsonl')))
+
+
+def test_kill_9_during_an_images_export_then_rerun_gives_the_same_files(smoke_stages, tmp_path):
+  config, work = smoke_stages(str(tmp_path / 'work'))
+  config.explain.batch_size = config.explain.examples_per_shard = 2  # 3 batches, 3 shards, a commit after each
+  config.explain.report_max_images = 3
+  scans = tmp_path / 'scans'
+  scans.mkdir()
+  rng = np.random.default_rng(5)
+  for i in range(6):
+    Image.fromarray(rng.integers(0, 255, (32, 32), dtype=np.uint8)).save(scans / f'{i}.png')
+  whole = explain_stage.run(config, work, image_patterns=str(scans), output_dir=str(tmp_path / 'whole'))
+  assert whole['images'] == 6
+
+  out = tmp_path / 'out'
+  command = [
+      sys.executable,
+      os.path.join(ROOT, 'launch', 'explain.py'), '--config',
+      os.path.join(ROOT, 'configs', 'demo.py:smoke'), f'--config.data.data_dir={config.data.data_dir}',
+      '--config.num_devices=2', '--config.explain.batch_size=2', '--config.explain.examples_per_shard=2',
+      '--config.explain.report_max_images=3', '--workdir', work, '--images',
+      str(scans), '--output_dir',
+      str(out)
+  ]
+  log = tmp_path / 'stderr.txt'  # a file, not a pipe: a full pipe would stall the child before the moment we wait for
+  with open(log, 'w') as err:
+    proc = subprocess.Popen(command, env=_env(), stdout=subprocess.DEVNULL, stderr=err)
+  try:
+    killed = _kill_when(proc, lambda: (out / export.PARTIAL_DIR / export.MANIFEST).exists())
+  finally:
+    if proc.poll() is None:
+      proc.kill()
+    proc.wait()
+  stderr = log.read_text()
+  assert killed and proc.returncode == -signal.SIGKILL, stderr[-3000:]
+  assert not (out / 'schema.json').exists()
+
+  resumed = explain_stage.run(config, work, image_patterns=str(scans), output_dir=str(out))
+  assert resumed['images'] == 6 and not (out / export.PARTIAL_DIR).exists()
+  got, want = _tree_bytes(out), _tree_bytes(tmp_path / 'whole')
+  same = [k for k in want if k.startswith(('tfrecords/', 'strips/', 'gifs/')) or k == 'index.jsonl']
+  assert len([k for k in same if k.startswith('tfrecords/')]) == 3
+  assert {k: got.get(k) for k in same} == {k: want[k] for k in same}
