@@ -9,7 +9,7 @@ only the newest ``keep`` complete checkpoints are preserved (orbax ``LatestN`` p
 
 Typical training loop::
 
-    install_preemption_handler()                       # after sharding.initialize_distributed()
+    preemption.install_handler()                    # after sharding.initialize_distributed()
     ckpt = Checkpointer(f'{workdir}/gan/checkpoints', keep=3, save_interval_steps=1000,
                         config_fingerprint={'resolution': 64, 'channels': 1, ...})
     state = create_state(...)
@@ -27,14 +27,11 @@ key data with the PRNG implementation and ``restore`` gives back typed keys when
 state holds key-typed ``ShapeDtypeStruct`` s (as ``jax.eval_shape`` / ``abstract_like`` produce).
 Raw ``uint32`` key data (``jax.random.key_data(key)``) round-trips as an ordinary array.
 
-Preemption: on a single process, ``install_preemption_handler`` turns SIGTERM and the first SIGINT
-(Ctrl-C) into a flag: the loop saves at its next step and stops (a second Ctrl-C interrupts at once,
-KeyboardInterrupt).  ``preemption_requested()`` reads the flag where there is no checkpointer (e.g.
-between explanation batches); ``request_preemption()`` raises it without a signal, ``clear_preemption()``
-lowers it (a long-lived process that goes on after a preempted run: notebooks, tests).  After
-``jax.distributed.initialize`` (several processes) JAX's own preemption notifier already catches
-SIGTERM and agrees on a common save step across hosts; the handler then leaves it in place and
-``reached_preemption`` asks orbax for that sync point (SIGINT is then not caught).
+Preemption: ``stylex_jax.preemption`` turns SIGTERM and the first Ctrl-C into a flag (see there); ``save``
+writes a checkpoint at the next step once the flag is up, whatever the interval, and ``reached_preemption``
+tells the loop to stop.  After ``jax.distributed.initialize`` (several processes) JAX's own preemption notifier
+catches SIGTERM and agrees on a common save step across hosts; ``reached_preemption`` asks orbax for that sync
+point.
 
 A state with a NaN or Inf in any floating-point array is never written: ``save`` checks it first (one jitted
 all-finite reduction over the state, only when a save is due) and raises ``NonFiniteError`` naming the arrays,
@@ -61,9 +58,6 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import signal
-import sys
-import threading
 import time
 from typing import Any
 
@@ -74,7 +68,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 from orbax.checkpoint import checkpoint_managers
 
-from stylex_jax import failed_read_noise
+from stylex_jax import failed_read_noise, preemption
 
 _STATE = 'state'
 _META = 'meta'
@@ -90,92 +84,6 @@ NONFINITE_HINTS = ('lower the learning rate, check the inputs for NaN/Inf (e.g. 
 class NonFiniteError(ValueError):
   """Training produced NaN/Inf values: a run of non-finite steps (the stages' guard) or a non-finite state a
   checkpoint would hold (``Checkpointer.save``). A ValueError, so launch/train.py prints it as one line."""
-
-
-_PREEMPTED = threading.Event()
-_handler_lock = threading.Lock()
-_python_handler_installed = False
-
-# ---------------------------------------------------------------------------------------------
-# Preemption
-# ---------------------------------------------------------------------------------------------
-
-
-def _on_sigterm_factory(previous: Any):
-
-  def _on_sigterm(signum, frame):
-    _PREEMPTED.set()
-    _log.warning('SIGTERM received: the next save() writes a checkpoint, then the loop should exit')
-    if callable(previous):
-      previous(signum, frame)
-
-  return _on_sigterm
-
-
-def _on_sigint_factory(previous: Any):
-
-  def _on_sigint(signum, frame):
-    if _PREEMPTED.is_set():  # the second Ctrl-C: stop now, as Python would
-      if callable(previous):
-        return previous(signum, frame)
-      raise KeyboardInterrupt
-    _PREEMPTED.set()
-    print('\nCtrl-C: saving a checkpoint at the next step, then stopping (Ctrl-C again to quit at once)',
-          file=sys.stderr, flush=True)
-
-  return _on_sigint
-
-
-def install_preemption_handler() -> None:
-  """Turns SIGTERM (and on one process the first SIGINT, Ctrl-C) into a "save at the next step and stop" flag
-    instead of killing the process.
-
-    Chains a previously installed Python SIGTERM handler (it is still called); a second Ctrl-C goes to the
-    previous SIGINT handler (Python's KeyboardInterrupt).  Idempotent; must be called from the main thread.
-    When ``jax.distributed`` is initialised with its preemption service (the multi-process default), JAX
-    already handles SIGTERM natively and agrees on a save step across processes; installing a Python handler
-    would replace it, so this is then a no-op.
-    """
-  global _python_handler_installed
-  if threading.current_thread() is not threading.main_thread():
-    raise RuntimeError('install_preemption_handler() must be called from the main thread '
-                       '(Python only installs signal handlers there); call it at program start')
-  with _handler_lock:
-    if _python_handler_installed:
-      return
-    if jax.distributed.is_initialized() and getattr(jax.config, 'jax_enable_preemption_service', False):
-      _log.info('jax.distributed preemption service handles SIGTERM; not installing a Python handler')
-      return
-    previous = signal.getsignal(signal.SIGTERM)
-    signal.signal(signal.SIGTERM, _on_sigterm_factory(previous))
-    if jax.process_count() == 1:  # one Ctrl-C on one host of several would leave the others running
-      signal.signal(signal.SIGINT, _on_sigint_factory(signal.getsignal(signal.SIGINT)))
-    _python_handler_installed = True
-
-
-def request_preemption() -> None:
-  """Raises the preemption flag as SIGTERM would (the next save() checkpoints, then the stages stop)."""
-  _PREEMPTED.set()
-
-
-def clear_preemption() -> None:
-  """Lowers the preemption flag, so a process that goes on after a preempted run can train again."""
-  _PREEMPTED.clear()
-
-
-def preemption_requested() -> bool:
-  """Whether a preemption notice (SIGTERM, Ctrl-C, request_preemption) was received; with several processes,
-    whether any process got one (a collective: call it at the same points on every process)."""
-  return _preemption_flag_agreed()
-
-
-def _preemption_flag_agreed() -> bool:
-  """Local SIGTERM flag; with several processes, True when any process got it (a collective)."""
-  local = _PREEMPTED.is_set()
-  if jax.process_count() > 1 and _python_handler_installed:
-    from jax.experimental import multihost_utils
-    return bool(np.max(multihost_utils.process_allgather(np.int32(local))))
-  return local
 
 
 # ---------------------------------------------------------------------------------------------
@@ -571,7 +479,7 @@ class Checkpointer:
 
         With several processes call it at the same steps on every process (it may be a collective).
         """
-    return _preemption_flag_agreed() or bool(self._manager.reached_preemption(int(step)))
+    return preemption.requested() or bool(self._manager.reached_preemption(int(step)))
 
   def save(self, step: int, state: Any, *, metadata: dict | None = None, force: bool = False) -> bool:
     """Starts an asynchronous save of ``state`` at ``step`` if it is due; returns whether it saves.
@@ -598,7 +506,7 @@ class Checkpointer:
     }
     if not self._prepared_for_save:
       self._prepare_for_first_save()
-    preempted = _preemption_flag_agreed()
+    preempted = preemption.requested()
     if not (force or preempted) and not self._manager.should_save(step):
       return False
     if step in self._manager.all_steps():

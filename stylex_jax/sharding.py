@@ -70,7 +70,7 @@ def initialize_distributed(coordinator_address: str | None = None, num_processes
     ``JAX_PROCESS_ID`` for a manual launch), SLURM with more than one task, Open MPI, or a TPU pod
     (``TPU_WORKER_HOSTNAMES`` / multislice).  JAX auto-detects whatever is not given on
     SLURM / Open MPI / TPU.  Must run before anything touches a device (``jax.devices()``, any
-    computation); call it first in every entry point, then ``checkpointing.install_preemption_handler``.
+    computation); call it first in every entry point, then ``preemption.install_handler``.
 
     Args:
       coordinator_address: ``'host:port'`` of process 0, reachable from every process.

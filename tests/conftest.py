@@ -86,6 +86,6 @@ def preempt_at(monkeypatch):
   """preempt_at('gan:2'): the stages send this process a real SIGTERM when that stage reaches that step (the
     STYLEX_TEST_PREEMPT_AT hook of stylex_jax/stages/common.py); the preemption flag is lowered afterwards, so the
     rest of the session trains normally."""
-  from stylex_jax import checkpointing
+  from stylex_jax import preemption
   yield lambda where: monkeypatch.setenv('STYLEX_TEST_PREEMPT_AT', where)
-  checkpointing.clear_preemption()
+  preemption.clear()

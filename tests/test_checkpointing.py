@@ -12,7 +12,7 @@ import optax
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from stylex_jax import checkpointing
+from stylex_jax import checkpointing, preemption
 from stylex_jax.checkpointing import Checkpointer, abstract_like
 
 
@@ -174,18 +174,18 @@ def test_missing_checkpoint_and_wrong_structure(tmp_path):
 def test_sigterm_sets_preemption_and_forces_save(tmp_path, monkeypatch):
   calls = []
   original = signal.getsignal(signal.SIGTERM)
-  monkeypatch.setattr(checkpointing, '_PREEMPTED', threading.Event())
-  monkeypatch.setattr(checkpointing, '_python_handler_installed', False)
+  monkeypatch.setattr(preemption, '_FLAG', threading.Event())
+  monkeypatch.setattr(preemption, '_python_handler_installed', False)
   try:
     signal.signal(signal.SIGTERM, lambda signum, frame: calls.append(signum))  # a previous handler
-    checkpointing.install_preemption_handler()
-    checkpointing.install_preemption_handler()  # idempotent: no double chaining
+    preemption.install_handler()
+    preemption.install_handler()  # idempotent: no double chaining
     with Checkpointer(str(tmp_path / 'ck'), save_interval_steps=1000) as ck:
       assert not ck.reached_preemption(3)
       assert not ck.save(3, {'x': jnp.ones(2)})
       os.kill(os.getpid(), signal.SIGTERM)
       deadline = time.monotonic() + 5
-      while not checkpointing._PREEMPTED.is_set() and time.monotonic() < deadline:
+      while not preemption._FLAG.is_set() and time.monotonic() < deadline:
         time.sleep(0.01)
       assert ck.reached_preemption(4)
       assert ck.save(4, {'x': jnp.ones(2)})
@@ -198,7 +198,7 @@ def test_sigterm_sets_preemption_and_forces_save(tmp_path, monkeypatch):
 
 def test_handler_refuses_non_main_thread():
   errors = []
-  t = threading.Thread(target=lambda: errors.append(_capture(checkpointing.install_preemption_handler)))
+  t = threading.Thread(target=lambda: errors.append(_capture(preemption.install_handler)))
   t.start()
   t.join()
   assert isinstance(errors[0], RuntimeError) and 'main thread' in str(errors[0])
@@ -256,7 +256,7 @@ import os, signal, sys, json, time
 import numpy as np
 import jax
 from jax.experimental import multihost_utils
-from stylex_jax import sharding, checkpointing
+from stylex_jax import sharding, checkpointing, preemption
 pid, port, directory = int(sys.argv[1]), sys.argv[2], sys.argv[3]
 try:
     sharding.initialize_distributed(f"127.0.0.1:{port}", 2, pid)
@@ -265,7 +265,7 @@ except Exception as e:
     print("INIT_FAILED", repr(e), flush=True)
     sys.exit(3)
 print("INIT_OK", flush=True)
-checkpointing.install_preemption_handler()  # leaves jax's native SIGTERM notifier in place
+preemption.install_handler()  # leaves jax's native SIGTERM notifier in place
 local = np.arange(8, dtype=np.float32).reshape(4, 2) + 100 * pid
 state = {"x": sharding.shard_batch({"x": local}, mesh)["x"],
          "w": sharding.replicate(np.arange(3, dtype=np.float32), mesh), "step": 0}

@@ -112,7 +112,7 @@ def test_interrupted_images_export_resumes_to_the_same_tfrecords(smoke_stages, t
   shards are kept, only the last batch is explained (with the saved direction), and the export equals an
   uninterrupted one (TFRecords, index.jsonl, strips, GIFs byte for byte). Uses the smoke models directly (no
   explain run of the `trained` fixture)."""
-  from stylex_jax import checkpointing
+  from stylex_jax import preemption
   config, work = smoke_stages(str(tmp_path / 'work'))
   config.explain.batch_size = config.explain.examples_per_shard = 2  # 3 batches, 3 shards of 2
   config.explain.report_max_images = 3
@@ -132,7 +132,7 @@ def test_interrupted_images_export_resumes_to_the_same_tfrecords(smoke_stages, t
     stage.run(config, work, image_patterns=str(scans), output_dir=str(out))
   assert not (out / 'schema.json').exists() and (out / export.PARTIAL_DIR / export.MANIFEST).exists()
   monkeypatch.delenv('STYLEX_TEST_PREEMPT_AT')
-  checkpointing.clear_preemption()
+  preemption.clear()
   explained = []
   real = stage.Explainer.explain_batch
   monkeypatch.setattr(stage.Explainer, 'explain_batch',

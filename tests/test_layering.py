@@ -28,6 +28,7 @@ LAYERS = {
     'tfrecord': 6,
     'storage': 7,
     'failed_read_noise': 7,
+    'preemption': 7,
 }
 
 

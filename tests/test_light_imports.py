@@ -32,6 +32,7 @@ LIGHT_MODULES = [
     'stylex_jax.tfrecord',
     'stylex_jax.writers',
     'stylex_jax.checkpointing',
+    'stylex_jax.preemption',
     'stylex_jax.sharding',
     'stylex_jax.stages',
     'stylex_jax.stages.classifier',

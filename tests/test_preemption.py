@@ -13,7 +13,7 @@ import ml_collections
 import pytest
 
 from conftest import smoke_config
-from stylex_jax import checkpointing, stages, writers
+from stylex_jax import checkpointing, preemption, stages, writers
 from stylex_jax.stages import common
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -59,7 +59,7 @@ def test_sigterm_during_gan_stops_the_pipeline_and_the_same_command_resumes(smok
 
 
 def test_a_notice_between_stages_stops_before_the_next_one(tmp_path, preempt_at):
-  checkpointing.request_preemption()  # as the handler does on SIGTERM / Ctrl-C
+  preemption.request()  # as the handler does on SIGTERM / Ctrl-C
   with pytest.raises(stages.Preempted, match='in the classifier stage at step 0 .before it started'):
     stages.run(smoke_config(tmp_path / 'tfds', 'classifier,gan'), str(tmp_path / 'work'))
   assert not os.path.exists(tmp_path / 'work' / 'classifier')

@@ -11,7 +11,7 @@ Each stage is a module of this package with `train_and_evaluate(config, workdir)
   shortcut    the shortcut experiment: confounded vs clean classifiers explained with one GAN + encoder
               -> <workdir>/shortcut/<kind>/{confounded,clean}/ and <workdir>/evaluate/shortcut.json
 
-Preemption: `run` turns SIGTERM and Ctrl-C into a flag (`checkpointing.install_preemption_handler`); the stage
+Preemption: `run` turns SIGTERM and Ctrl-C into a flag (`preemption.install_handler`); the stage
 that is running finishes its step, saves and raises `Preempted` (a notice between stages raises it before the next
 one), so no later stage runs on half-trained models. launch/train.py prints one line (which stage, which step) and
 exits 0; rerunning the same command resumes.
@@ -26,7 +26,7 @@ import importlib
 
 import ml_collections
 
-from stylex_jax import checkpointing, storage
+from stylex_jax import preemption, storage
 from stylex_jax.stages.common import Preempted  # noqa: F401  (re-exported: launch/ catches stages.Preempted)
 
 # stage name -> module with `train_and_evaluate(config, workdir) -> dict`, in pipeline order
@@ -71,10 +71,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, dict]:
   from stylex_jax.stages import checks  # every stage's config constraints, before the first stage runs
   checks.check_stages(config, names)
   check_workdir(workdir)
-  checkpointing.install_preemption_handler()
+  preemption.install_handler()
   results = {}
   for i, name in enumerate(names):
-    if checkpointing.preemption_requested():
+    if preemption.requested():
       done = f'{names[i - 1]} complete' if i else 'nothing started'
       raise Preempted(name, 0, f'before it started; {done}')
     module = importlib.import_module(STAGES[name])

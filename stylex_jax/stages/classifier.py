@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import ml_collections
 from absl import logging
 
-from stylex_jax import checkpointing, sharding, writers
+from stylex_jax import checkpointing, preemption, sharding, writers
 from stylex_jax.models import classifier as classifier_lib
 from stylex_jax.stages import checks, common, nonfinite
 from stylex_jax.train import classifier as classifier_train
@@ -108,7 +108,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, max_ste
   eval_fn = jax.jit(functools.partial(classifier_train.eval_step, model=model),
                     in_shardings=(replicated, batch_sharding), out_shardings=replicated)
 
-  checkpointing.install_preemption_handler()
+  preemption.install_handler()
   start = int(state.step)
   writer = writers.MetricWriter(stage_dir, resume_step=start)  # drops rows an interrupted run wrote after `start`
   stop = cc.num_steps if max_steps_this_run is None else min(cc.num_steps, start + max_steps_this_run)

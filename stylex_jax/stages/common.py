@@ -25,7 +25,7 @@ from typing import Any, Callable
 import jax
 import ml_collections
 
-from stylex_jax import checkpointing, storage
+from stylex_jax import checkpointing, preemption, storage
 
 TEST_PREEMPT_AT = 'STYLEX_TEST_PREEMPT_AT'
 
@@ -49,14 +49,14 @@ def preemption_test_hook(stage: str, step: int) -> None:
     return
   os.kill(os.getpid(), signal.SIGTERM)
   deadline = time.monotonic() + 5
-  while not checkpointing.preemption_requested() and time.monotonic() < deadline:
+  while not preemption.requested() and time.monotonic() < deadline:
     time.sleep(0.01)
 
 
 def stop_if_preempted(stage: str, step: int, saved: str) -> None:
   """Raises Preempted(stage, step, saved) when a preemption notice was received (test hook first)."""
   preemption_test_hook(stage, step)
-  if checkpointing.preemption_requested():
+  if preemption.requested():
     raise Preempted(stage, step, saved)
 
 

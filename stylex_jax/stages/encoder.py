@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from stylex_jax import checkpointing, sharding, writers
+from stylex_jax import checkpointing, preemption, sharding, writers
 from stylex_jax.explain import invert
 from stylex_jax.explain import reconstruction
 from stylex_jax.models import stylegan2
@@ -142,7 +142,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, max_ste
                         perceptual_layers=tuple(ec.perceptual_layers)), in_shardings=(rep, rep, data_sh, rep),
       out_shardings=(rep, rep), donate_argnums=0)
 
-  checkpointing.install_preemption_handler()
+  preemption.install_handler()
   start = int(state.step)
   writer = writers.MetricWriter(stage_dir, resume_step=start)  # drops rows an interrupted run wrote after `start`
   stop = ec.num_steps if max_steps_this_run is None else min(ec.num_steps, start + max_steps_this_run)

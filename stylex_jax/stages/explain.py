@@ -54,7 +54,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from stylex_jax import checkpointing, sharding, storage, writers
+from stylex_jax import preemption, sharding, storage, writers
 from stylex_jax.data import pipeline as pipeline_lib
 from stylex_jax.evaluate import explanations as quality
 from stylex_jax.explain import direction as direction_lib
@@ -327,7 +327,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, split: str | None = 
   ec = config.explain
   check_config(config)
   out = storage.absolute(output_dir or os.path.join(workdir, STAGE))
-  checkpointing.install_preemption_handler()  # SIGTERM / Ctrl-C stop between batches, the previous export kept
+  preemption.install_handler()  # SIGTERM / Ctrl-C stop between batches, the previous export kept
   kept = f'the previous export in {out}, if any, is unchanged'
   provenance = common.checkpoint_steps(workdir, UPSTREAM)
   split = split or ec.split

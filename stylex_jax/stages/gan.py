@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from stylex_jax import checkpointing, sharding, storage, writers
+from stylex_jax import checkpointing, preemption, sharding, storage, writers
 from stylex_jax.evaluate import realism
 from stylex_jax.stages import classifier as classifier_stage
 from stylex_jax.stages import checks, common, nonfinite
@@ -95,7 +95,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, max_ste
   evaluator = realism.RealismEvaluator(config, data, num_images=gc.eval_images,
                                        features=_classifier_features(config, workdir, gc.eval_images))
 
-  checkpointing.install_preemption_handler()
+  preemption.install_handler()
   start = int(state.step)
   writer = writers.MetricWriter(stage_dir, resume_step=start)  # drops rows an interrupted run wrote after `start`
   stop = gc.num_steps if max_steps_this_run is None else min(gc.num_steps, start + max_steps_this_run)
