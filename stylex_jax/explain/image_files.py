@@ -24,6 +24,7 @@ never all of them; `batches(start=...)` resumes at a position it reported.
 """
 from __future__ import annotations
 
+import dataclasses
 import glob
 import hashlib
 import os
@@ -82,19 +83,33 @@ def load_image_files(patterns: str | Sequence[str], image_size: int,
   notes: one line per converted file; rejected: one line per unusable file ('path: reason'). If no file is
   usable -> ValueError listing the reasons.
   """
-  images, ids, notes, rejected = [], [], [], []
+  decoded = _Decoded()
   for path in expand_patterns(patterns):
+    decoded.add(path, image_size, channels)
+  if not decoded.images:
+    raise ValueError('none of the image files can be explained:\n  ' + '\n  '.join(decoded.rejected))
+  return np.stack(decoded.images), decoded.ids, decoded.notes, decoded.rejected
+
+
+@dataclasses.dataclass
+class _Decoded:
+  """Files decoded so far (by `load_image_files` or one batch of `ImageFiles.batches`): the usable ones' images
+  (float32 [S, S, C] in [-1, 1]) and ids (paths), 'path: note' lines, 'path: reason' of the unusable ones."""
+  images: list[np.ndarray] = dataclasses.field(default_factory=list)
+  ids: list[str] = dataclasses.field(default_factory=list)
+  notes: list[str] = dataclasses.field(default_factory=list)
+  rejected: list[str] = dataclasses.field(default_factory=list)
+
+  def add(self, path: str, image_size: int, channels: int) -> None:
+    """Decodes and conforms one file (`load_image`) into the lists, or records why it cannot be used."""
     try:
       image, file_notes = load_image(path, image_size, channels)
     except ValueError as e:
-      rejected.append(f'{path}: {e}')
-      continue
-    images.append(image.astype(np.float32))
-    ids.append(path)
-    notes.extend(f'{path}: {n}' for n in file_notes)
-  if not images:
-    raise ValueError('none of the image files can be explained:\n  ' + '\n  '.join(rejected))
-  return np.stack(images), ids, notes, rejected
+      self.rejected.append(f'{path}: {e}')
+      return
+    self.images.append(image.astype(np.float32))
+    self.ids.append(path)
+    self.notes.extend(f'{path}: {n}' for n in file_notes)
 
 
 class FileBatch(NamedTuple):
@@ -152,22 +167,17 @@ class ImageFiles:
     last may be smaller); files that fail are skipped with a line in the batch's `rejected`."""
     if batch_size < 1 or not 0 <= start <= len(self.paths):
       raise ValueError(f'batch_size={batch_size} must be >= 1 and start={start} in [0, {len(self.paths)}]')
-    images, ids, notes, rejected = [], [], [], []
-    position = start
+    decoded = _Decoded()
     for position in range(start, len(self.paths)):
-      path = self.paths[position]
-      try:
-        image, file_notes = load_image(path, self.image_size, self.channels)
-      except ValueError as e:
-        rejected.append(f'{path}: {e}')
-        continue
-      images.append(image.astype(np.float32))
-      ids.append(path)
-      notes.extend(f'{path}: {n}' for n in file_notes)
-      if len(images) == batch_size:
-        yield FileBatch(np.stack(images), ids, np.full(len(ids), -1, np.int64), position + 1, notes, rejected)
-        images, ids, notes, rejected = [], [], [], []
-    if images or rejected:
-      yield FileBatch(
-          np.stack(images) if images else np.zeros((0, self.image_size, self.image_size, self.channels), np.float32),
-          ids, np.full(len(ids), -1, np.int64), len(self.paths), notes, rejected)
+      decoded.add(self.paths[position], self.image_size, self.channels)
+      if len(decoded.images) == batch_size:
+        yield self._batch(decoded, position + 1)
+        decoded = _Decoded()
+    if decoded.images or decoded.rejected:
+      yield self._batch(decoded, len(self.paths))
+
+  def _batch(self, decoded: _Decoded, position: int) -> FileBatch:
+    images = (np.stack(decoded.images) if decoded.images else np.zeros(
+        (0, self.image_size, self.image_size, self.channels), np.float32))
+    return FileBatch(images, decoded.ids, np.full(len(decoded.ids), -1, np.int64), position, decoded.notes,
+                     decoded.rejected)
