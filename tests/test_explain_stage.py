@@ -116,11 +116,7 @@ def test_interrupted_images_export_resumes_to_the_same_tfrecords(smoke_stages, t
   config, work = smoke_stages(str(tmp_path / 'work'))
   config.explain.batch_size = config.explain.examples_per_shard = 2  # 3 batches, 3 shards of 2
   config.explain.report_max_images = 3
-  scans = tmp_path / 'scans'
-  scans.mkdir()
-  rng = np.random.default_rng(1)
-  for i in range(6):
-    Image.fromarray(rng.integers(0, 255, (32, 32), dtype=np.uint8)).save(scans / f'{i}.png')
+  scans = random_scans(tmp_path / 'scans', 6, seed=1)
   whole = stage.run(config, work, image_patterns=str(scans), output_dir=str(tmp_path / 'whole'))
   assert whole['images'] == 6 and len(whole['tfrecords']) == 3
   printed = capsys.readouterr().out
@@ -165,6 +161,15 @@ def test_bad_input_fails_before_any_computation(trained, tmp_path):
     stage.run(bad, str(tmp_path / 'nothing'))
   with pytest.raises(FileNotFoundError, match='gan'):
     stage.run(config, str(tmp_path / 'empty'))
+
+
+def random_scans(folder, count: int, seed: int):
+  """`count` 32x32 8-bit noise PNGs '0.png', '1.png', ... in a new `folder` (users' files for --images)."""
+  folder.mkdir()
+  rng = np.random.default_rng(seed)
+  for i in range(count):
+    Image.fromarray(rng.integers(0, 255, (32, 32), dtype=np.uint8)).save(folder / f'{i}.png')
+  return folder
 
 
 def _tree_bytes(directory) -> dict:

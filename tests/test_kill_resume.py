@@ -28,12 +28,10 @@ import jax
 import numpy as np
 import pytest
 
-from PIL import Image
-
 from stylex_jax import checkpointing, stages, writers
 from stylex_jax.explain import export
 from stylex_jax.stages import explain as explain_stage
-from test_explain_stage import _tree_bytes
+from test_explain_stage import _tree_bytes, random_scans
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMING = ('images_per_sec', 'seconds', 'wall')
@@ -46,13 +44,6 @@ def _writing(ckpt_dir):
     return any('tmp' in name for name in os.listdir(ckpt_dir))
   except FileNotFoundError:
     return False
-
-
-def _complete_steps(ckpt_dir):
-  try:
-    return sorted(int(n) for n in os.listdir(ckpt_dir) if n.isdigit())
-  except FileNotFoundError:
-    return []
 
 
 def _env():
@@ -123,13 +114,13 @@ def test_kill_9_then_rerun_equals_the_uninterrupted_run(stage, smoke_stages, tmp
     if stage == 'classifier':
       killed = _kill_when(proc, lambda: _writing(ckpt_dir))
       assert killed, 'the classifier finished before its first checkpoint write was seen'
-      assert _complete_steps(ckpt_dir) == []
+      assert checkpointing.latest_step(ckpt_dir) is None
     elif stage == 'encoder':
-      killed = _kill_when(proc, lambda: _complete_steps(ckpt_dir) == [2] and _writing(ckpt_dir))
+      killed = _kill_when(proc, lambda: checkpointing.latest_step(ckpt_dir) == 2 and _writing(ckpt_dir))
       assert killed, 'the encoder finished before its second checkpoint write was seen'
     else:
       delay = random.Random(9).uniform(0.0, 1.0)
-      killed = _kill_when(proc, _after(delay, lambda: bool(_complete_steps(ckpt_dir))))
+      killed = _kill_when(proc, _after(delay, lambda: checkpointing.latest_step(ckpt_dir) is not None))
   finally:
     if proc.poll() is None:
       proc.kill()
@@ -155,11 +146,7 @@ def test_kill_9_during_an_images_export_then_rerun_gives_the_same_files(smoke_st
   config, work = smoke_stages(str(tmp_path / 'work'))
   config.explain.batch_size = config.explain.examples_per_shard = 2  # 3 batches, 3 shards, a commit after each
   config.explain.report_max_images = 3
-  scans = tmp_path / 'scans'
-  scans.mkdir()
-  rng = np.random.default_rng(5)
-  for i in range(6):
-    Image.fromarray(rng.integers(0, 255, (32, 32), dtype=np.uint8)).save(scans / f'{i}.png')
+  scans = random_scans(tmp_path / 'scans', 6, seed=5)
   whole = explain_stage.run(config, work, image_patterns=str(scans), output_dir=str(tmp_path / 'whole'))
   assert whole['images'] == 6
 
