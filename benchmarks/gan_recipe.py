@@ -1,0 +1,138 @@
+"""Learning curves of GAN recipes for the CPU demo: quality per CPU-minute (kimg, training seconds, joint-found
+rate, joint-space-width Wasserstein, classifier-feature FID/KID).
+
+Runs the real `gan` stage (`launch/train.py --config configs/demo.py --config.stages=gan`) with a recipe's
+overrides in a fresh workdir next to a copy of an already trained demo classifier (its features give FID/KID),
+evaluating every `--eval-kimg` thousand images on `--eval-images` G_ema samples (`stylex_jax.evaluate.realism`:
+`data/measure.py` finds the joint space and measures its width), and stops the run with SIGTERM (the stage saves
+and exits cleanly) after `--minutes` of wall time or at the recipe's own num_steps.
+
+  python launch/train.py --config configs/demo.py --config.stages=classifier --workdir /tmp/cls
+  python benchmarks/gan_recipe.py --recipe demo --classifier /tmp/cls --workdir /tmp/recipe_demo --minutes 8
+  python benchmarks/gan_recipe.py --recipe small --classifier /tmp/cls --workdir /tmp/recipe_small \\
+      --override=--config.gan.g_lr=0.005   # extra overrides after the recipe's
+
+Output: one line per evaluation, `recipe kimg train_s wall_s joint_found_rate jsw_wasserstein fid kid`, where
+train_s is the training time up to that point (sum over the log rows of images / images_per_sec, the first
+window, which holds the compilation, at the median speed: compile and evaluation excluded) and wall_s the wall time since the launch (everything included); then `img_per_s` (median
+over the log rows after the first) and the recipe's flags.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Each recipe: configs/demo.py plus these overrides (later recipes start from earlier ones where named so).
+_NO_PL = ['--config.gan.pl_weight=0']
+_SMALL = [
+    '--config.gan.generator.channel_base=1024', '--config.gan.generator.channel_max=64',
+    '--config.gan.discriminator.channel_base=1024', '--config.gan.discriminator.channel_max=64'
+]
+RECIPES = {
+    'demo': [],  # configs/demo.py as it is
+    'nopl': _NO_PL,  # path-length regularisation off (NVIDIA's small-resolution configs)
+    'small': _NO_PL + _SMALL,  # G and D at half the channels from 16² up (a quarter of the FLOPs there)
+    'small_noada': _NO_PL + _SMALL + ['--config.gan.augment=none', '--config.gan.ada_target=0'],
+    'small_b8': _NO_PL + _SMALL + ['--config.gan.batch_size=8', '--config.gan.ema_kimg=2.5'],
+    'small_lr': _NO_PL + _SMALL + ['--config.gan.g_lr=0.005', '--config.gan.d_lr=0.005'],
+}
+
+
+def _rows(path: str) -> list[dict]:
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument('--recipe', choices=sorted(RECIPES), required=True)
+  parser.add_argument('--classifier', required=True, help='a trained demo classifier stage folder (W/classifier)')
+  parser.add_argument('--workdir', required=True, help='a fresh folder (refused if it holds a gan/ already)')
+  parser.add_argument('--minutes', type=float, default=8.0, help='wall-time budget, compile included')
+  parser.add_argument('--kimg', type=float, default=64.0, help='stop at this many thousand images at the latest')
+  parser.add_argument('--eval-kimg', type=float, default=1.6, help='evaluate every this many thousand images')
+  parser.add_argument('--eval-images', type=int, default=256)
+  parser.add_argument('--override', action='append', default=[], help='extra --config.* flags, after the recipe')
+  parser.add_argument('--summarize', action='store_true', help='only print the curves of a finished --workdir')
+  args = parser.parse_args()
+  flags = RECIPES[args.recipe] + args.override
+  batch = 16
+  for flag in flags:
+    if flag.startswith('--config.gan.batch_size='):
+      batch = int(flag.split('=', 1)[1])
+  if args.summarize:
+    _summarize(args.recipe, args.workdir, batch, flags)
+    return
+
+  if not os.path.isdir(os.path.join(args.classifier, 'checkpoints')):
+    sys.exit(f'--classifier {args.classifier} has no checkpoints/: train one with '
+             '`python launch/train.py --config configs/demo.py --config.stages=classifier --workdir W`')
+  if os.path.exists(os.path.join(args.workdir, 'gan')):
+    sys.exit(f'--workdir {args.workdir} already holds a gan/ run: give a fresh folder')
+  os.makedirs(args.workdir, exist_ok=True)
+  if not os.path.exists(os.path.join(args.workdir, 'classifier')):
+    shutil.copytree(args.classifier, os.path.join(args.workdir, 'classifier'))
+
+  every = max(1, round(args.eval_kimg * 1000 / batch))
+  num_steps = every * max(1, round(args.kimg * 1000 / batch / every))
+  cmd = [
+      sys.executable,
+      os.path.join(_ROOT, 'launch', 'train.py'), '--config',
+      os.path.join(_ROOT, 'configs', 'demo.py'), f'--workdir={args.workdir}', '--config.stages=gan',
+      f'--config.gan.num_steps={num_steps}', f'--config.gan.eval_every={every}',
+      f'--config.gan.eval_images={args.eval_images}', f'--config.gan.checkpoint_every={num_steps}',
+      f'--config.gan.sample_every={every}', f'--config.gan.log_every={max(1, every // 5)}'
+  ] + flags
+  start = time.perf_counter()
+  log = open(os.path.join(args.workdir, 'gan_recipe.log'), 'w')
+  proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+  try:
+    proc.wait(timeout=args.minutes * 60)
+  except subprocess.TimeoutExpired:
+    proc.send_signal(signal.SIGTERM)  # the stage finishes its iteration, saves and exits
+    proc.wait()
+  wall_total = time.perf_counter() - start
+  log.close()
+  _summarize(args.recipe, args.workdir, batch, flags)
+  print(f'{args.recipe} wall_s {wall_total:.0f} (exit {proc.returncode})')
+
+
+def _fmt(value, spec: str) -> str:
+  return 'none' if value is None else format(value, spec)
+
+
+def _summarize(recipe: str, workdir: str, batch: int, flags: list[str]) -> None:
+  """Prints the curves of `workdir`'s gan/metrics.jsonl (see the module docstring)."""
+  rows = _rows(os.path.join(workdir, 'gan', 'metrics.jsonl'))
+  if not rows:
+    sys.exit(f'no metrics were written; see {os.path.join(workdir, "gan_recipe.log")}')
+  logs = [row for row in rows if 'images_per_sec' in row]
+  speeds = sorted(row['images_per_sec'] for row in logs[1:]) or [logs[0]['images_per_sec']]
+  median = speeds[len(speeds) // 2]
+  train_s, last_log_step = 0.0, 0
+  for row in rows:
+    if 'images_per_sec' in row:  # the first window holds the compilation: counted at the median speed
+      speed = row['images_per_sec'] if last_log_step else median
+      train_s += (row['step'] - last_log_step) * batch / speed
+      last_log_step = row['step']
+    if 'joint_found_rate' in row:
+      print(f'{recipe} kimg={row["step"] * batch / 1000:.1f} train_s={train_s:.0f} '
+            f'joint_found_rate={_fmt(row["joint_found_rate"], ".3f")} '
+            f'jsw_wasserstein={_fmt(row["jsw_wasserstein"], ".2f")} fid={_fmt(row["fid_classifier"], ".2f")} '
+            f'kid={_fmt(row["kid_classifier"], ".4f")}')
+  print(f'{recipe} img_per_s {median:.1f}')
+  print(f'{recipe} flags ' + ' '.join(flags))
+
+
+if __name__ == '__main__':
+  main()
