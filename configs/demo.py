@@ -58,19 +58,23 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.checkpoint_every = 250
 
   g = config.gan
-  g.generator = dict(z_dim=128, w_dim=128, mapping_layers=2, channel_base=2048, channel_max=128,
+  # The recipe measured for GAN quality per CPU-minute (benchmarks/gan_recipe.py, learning curves in
+  # benchmarks/README.md): StyleGAN2 unchanged in architecture, at half the channels from 16² up, batch 4, no
+  # path-length regularisation (NVIDIA's small-resolution configs); a joint space in every sample from ~5 kimg.
+  g.generator = dict(z_dim=128, w_dim=128, mapping_layers=2, channel_base=1024, channel_max=64,
                      mapping_lr_multiplier=0.01, fused_modconv=False)  # non-fused: ~40x faster grads on CPU
-  g.discriminator = dict(channel_base=2048, channel_max=128, mbstd_group_size=4, mbstd_num_features=1)
-  g.batch_size = 16
-  g.num_steps = 400  # 6.4 kimg: a few minutes on 2 CPU cores
-  g.ema_kimg = 16 * 10 / 32  # NVIDIA's `auto` rule: batch * 10 / 32
+  g.discriminator = dict(channel_base=1024, channel_max=64, mbstd_group_size=4, mbstd_num_features=1)
+  g.batch_size = 4
+  g.num_steps = 1600  # 6.4 kimg
+  g.pl_weight = 0.0
+  g.ema_kimg = 4 * 10 / 32  # NVIDIA's `auto` rule: batch * 10 / 32
   g.augment_antialias = False
   g.ada_kimg = 100.0  # short runs: let p adapt within the run
-  g.log_every = 20
-  g.sample_every = 100
-  g.eval_every = 400
+  g.log_every = 100
+  g.sample_every = 400
+  g.eval_every = 1600
   g.eval_images = 256
-  g.checkpoint_every = 200
+  g.checkpoint_every = 800
 
   e = config.explain
   e.num_images = 16  # 16 test phantoms (seeded, class-balanced) in the report
@@ -103,6 +107,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
     c.model = dict(preset='demo', stem='imagenet', width=16, norm='batch')
     c.eval_every = c.checkpoint_every = 3
     g.num_steps = g.eval_every = 4
+    g.pl_weight = 2.0  # the smoke run keeps every regularisation step on the path it checks
     g.checkpoint_every = g.sample_every = g.log_every = 2
     g.eval_images = 32
     en.model = dict(width=8, channel_max=16, hidden=32)
@@ -122,7 +127,10 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
     config.data.label_threshold = -1  # the builder's labels: normal (0) / tumour (1)
   elif arg == 'shortcut':
     config.stages = 'shortcut'
-  elif arg == 'long':
+  elif arg == 'long':  # the earlier, wider demo GAN (128 channels from 16², batch 16) trained 96 kimg
+    g.generator.update(channel_base=2048, channel_max=128)
+    g.discriminator.update(channel_base=2048, channel_max=128)
+    g.batch_size, g.ema_kimg, g.pl_weight, g.log_every = 16, 16 * 10 / 32, 2.0, 50
     g.num_steps = 6000  # 96 kimg
     g.sample_every = 500
     g.eval_every = 1000
