@@ -38,11 +38,30 @@ _SMALL = [
 ]
 RECIPES = {
     'demo': [],  # configs/demo.py as it is
-    'nopl': _NO_PL,  # path-length regularisation off (NVIDIA's small-resolution configs)
-    'small': _NO_PL + _SMALL,  # G and D at half the channels from 16² up (a quarter of the FLOPs there)
-    'small_noada': _NO_PL + _SMALL + ['--config.gan.augment=none', '--config.gan.ada_target=0'],
-    'small_b8': _NO_PL + _SMALL + ['--config.gan.batch_size=8', '--config.gan.ema_kimg=2.5'],
-    'small_lr': _NO_PL + _SMALL + ['--config.gan.g_lr=0.005', '--config.gan.d_lr=0.005'],
+    'nopl':
+        _NO_PL,  # path-length regularisation off (NVIDIA's small-resolution configs)
+    'small':
+        _NO_PL + _SMALL,  # G and D at half the channels from 16² up (a quarter of the FLOPs there)
+    'small_noada':
+        _NO_PL + _SMALL + ['--config.gan.augment=none', '--config.gan.ada_target=0'],
+    'small_b8':
+        _NO_PL + _SMALL + ['--config.gan.batch_size=8', '--config.gan.ema_kimg=2.5'],
+    'small_lr':
+        _NO_PL + _SMALL + ['--config.gan.g_lr=0.005', '--config.gan.d_lr=0.005'],
+    'small_b4':
+        _NO_PL + _SMALL + ['--config.gan.batch_size=4', '--config.gan.ema_kimg=1.25'],
+    'small_lr10':
+        _NO_PL + _SMALL + ['--config.gan.g_lr=0.01', '--config.gan.d_lr=0.01'],
+    'small_lr_b8':
+        _NO_PL + _SMALL + [
+            '--config.gan.g_lr=0.005', '--config.gan.d_lr=0.005', '--config.gan.batch_size=8',
+            '--config.gan.ema_kimg=2.5'
+        ],
+    'small_lr_noada':
+        _NO_PL + _SMALL + [
+            '--config.gan.g_lr=0.005', '--config.gan.d_lr=0.005', '--config.gan.augment=none',
+            '--config.gan.ada_target=0'
+        ],
 }
 
 

@@ -8,14 +8,19 @@ benchmarks/README.md for measured times:
   python launch/train.py --config configs/demo.py --workdir /tmp/stylex_demo
 
 Classifier task: Kellgren–Lawrence grade >= 2 (osteoarthritis) vs < 2 on `synthetic_knee/64`, binary.
-Expected: validation accuracy >= 0.9 within a minute of training. The demo GAN (a few kimg) only starts to draw
-knees: its samples are blurry bone shapes; `demo:long` trains the same data ~2 h for recognisable joints.
+Expected: validation accuracy >= 0.9 within a minute of training. The demo GAN (6.4 kimg of the recipe measured
+in benchmarks/README.md, "GAN recipes") draws knees with a joint space; `demo:long` trains the earlier, wider GAN
+96 kimg (~2 h).
+
+Other images with the same recipe, only the data flags changed (an image folder root/{train,test}/<class>/*.png):
+  python launch/train.py --config configs/demo.py --config.data.dataset=image_folder \
+      --config.data.manual_dir=DIR --config.data.label_threshold=-1 --workdir W
 
 Variants (`--config configs/demo.py:<variant>`):
   smoke   a few steps on 32² 'tiny' data: checks the whole path end to end in seconds (tests, CI).
   grades  the same phantoms, all five KL grades (multi-class; goal QWK >= 0.8).
   marker  phantoms with a spurious corner marker correlated with the label (strength 0.9).
-  long    the demo with a GAN trained 96 kimg (~2 h on 2 CPU cores).
+  long    the earlier demo GAN (128 channels from 16², batch 16, path length on) trained 96 kimg (~2 h).
   histology  the same recipe on RGB histology phantoms (`synthetic_histology/64`, normal vs tumour; causal:
           nuclear density, size and darkness), the path PatchCamelyon users take; scored with the histology oracles.
   shortcut  the shortcut experiment (stage `shortcut`, stylex_jax/stages/shortcut.py): for the planted LOCAL
