@@ -11,14 +11,14 @@ phase, patient position (shift) and size (thorax scale), lung height.
 
   python benchmarks/chest_phantoms.py make --out /tmp/chest
   python launch/train.py --config configs/demo.py --config.data.dataset=image_folder \\
-      --config.data.manual_dir=/tmp/chest --workdir /tmp/chest_run
+      --config.data.manual_dir=/tmp/chest --config.data.label_threshold=-1 --workdir /tmp/chest_run
   python benchmarks/chest_phantoms.py score --export /tmp/chest_run/explain
 
 `score` prints one line per figure: the share of series whose CTR moves the way the labels imply (towards
-cardiomegaly it grows: the Spearman of CTR with the shift alpha, signed so that > 0 is the right way), the
-median of that signed per-series Spearman, the share of frames in which the oracle finds both lungs, and the oracle's CTR on the inputs against
-their reconstructions. Frame realism (KID of the frames against real images, beside the reconstructions')
-is in the evaluate stage's scorecard of the same export.
+cardiomegaly it grows: the Spearman of CTR with the shift alpha, signed so that > 0 is the right way), the median
+of that signed per-series Spearman, the share of frames in which the oracle finds both lungs, and the oracle's CTR
+on the inputs against their reconstructions. Frame realism (KID of the frames against real images, beside the
+reconstructions') is in the evaluate stage's scorecard of the same export.
 """
 from __future__ import annotations
 
@@ -27,14 +27,20 @@ import os
 import sys
 
 import numpy as np
+from scipy import ndimage
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _ROOT not in sys.path:
   sys.path.insert(0, _ROOT)
 
+from stylex_jax.data import measure  # noqa: E402
+from stylex_jax.evaluate import explanations  # noqa: E402
+
 CLASSES = ('normal', 'cardiomegaly')  # by CTR < 0.5 / >= 0.5 (the image folder sorts them: cardiomegaly is 0)
 CTR_THRESHOLD = 0.5
 CTR_RANGE = (0.36, 0.64)  # drawn uniformly: about half of each class
+_NOT_FOUND = dict(lungs_found=0.0, ctr=np.nan, heart_width_px=np.nan, thorax_width_px=np.nan)
+MIN_LUNG_CONTRAST = 0.25  # Otsu's bright - dark class means: >= 0.31 on 300 phantoms, 0.19 on uniform noise
 
 
 def draw_attributes(rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
@@ -52,17 +58,6 @@ def draw_attributes(rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
       blur=rng.uniform(0.3, 1.0, n),  # px at 64²
       rib_phase=rng.uniform(0, 2 * np.pi, n),
   )
-
-
-def _blur(img: np.ndarray, sigma_px: float) -> np.ndarray:
-  """Separable Gaussian blur of [H, W] with reflect padding."""
-  radius = max(1, int(np.ceil(3 * sigma_px)))
-  x = np.arange(-radius, radius + 1, dtype=np.float64)
-  k = np.exp(-0.5 * (x / max(sigma_px, 1e-3))**2)
-  k /= k.sum()
-  padded = np.pad(img, radius, mode='reflect')
-  rows = np.apply_along_axis(lambda r: np.convolve(r, k, mode='valid'), 1, padded)
-  return np.apply_along_axis(lambda c: np.convolve(c, k, mode='valid'), 0, rows)
 
 
 def render(attrs: dict[str, np.ndarray], i: int, size: int, rng: np.random.Generator) -> np.ndarray:
@@ -95,30 +90,20 @@ def render(attrs: dict[str, np.ndarray], i: int, size: int, rng: np.random.Gener
   heart &= y < np.maximum(dome, hy)  # the heart sits on the diaphragm
   img = np.where(heart, 0.72, img)
 
-  img = _blur(img, a['blur'] * size / 64)
+  img = ndimage.gaussian_filter(img, a['blur'] * size / 64, mode='mirror', truncate=3.0)
   img = (img - 0.5) * a['contrast'] + 0.5 + a['brightness']
   img = img + rng.normal(0, a['noise'], img.shape)
   return np.clip(img, 0, 1)
-
-
-def _otsu(values: np.ndarray) -> float:
-  hist, edges = np.histogram(values, bins=128, range=(0, 1))
-  centres = (edges[:-1] + edges[1:]) / 2
-  w0 = np.cumsum(hist)
-  w1 = w0[-1] - w0
-  m0 = np.cumsum(hist * centres)
-  mu0 = m0 / np.maximum(w0, 1)
-  mu1 = (m0[-1] - m0) / np.maximum(w1, 1)
-  between = w0 * w1 * (mu0 - mu1)**2
-  return float(centres[int(np.argmax(between))])
 
 
 def measure_ctr(image: np.ndarray) -> dict[str, float]:
   """The oracle: the cardiothoracic ratio of one phantom, from the pixels only.
 
   image: [H, W] or [H, W, 1] in [0, 1]. Lungs are the two largest connected regions darker than an Otsu
-  threshold of the lightly smoothed image (each >= 4% of the image, one either side of the midline); per row, the thorax is the span from the outer edge of one lung to the outer edge of the
-  other and the heart/mediastinum the bright gap between them that contains the midline. Returns
+  threshold of the lightly smoothed image (the two classes' means at least MIN_LUNG_CONTRAST apart; each region
+  >= 4% of the image, one either side of the midline); per row, the thorax is the span from the outer edge of
+  one lung to the outer edge of the other and the heart/mediastinum the bright gap between them that contains
+  the midline. Returns
   {'lungs_found': 0/1, 'ctr', 'heart_width_px', 'thorax_width_px'} (NaN when not found: no such two regions,
   or fewer than 3 rows with a lung on both sides).
   """
@@ -126,17 +111,18 @@ def measure_ctr(image: np.ndarray) -> dict[str, float]:
   if img.ndim == 3:
     img = img[..., 0]
   h, w = img.shape
-  from scipy import ndimage
-
-  smooth = _blur(img, 0.7 * w / 64)
-  labels, n = ndimage.label(smooth < _otsu(smooth))
+  smooth = ndimage.gaussian_filter(img, 0.7 * w / 64, mode='mirror', truncate=3.0)
+  threshold, dark_mean, bright_mean = measure.otsu(smooth)  # the threshold is the dark class's largest value
+  if bright_mean - dark_mean < MIN_LUNG_CONTRAST:
+    return dict(_NOT_FOUND)
+  labels, n = ndimage.label(smooth <= threshold)
   # the lungs: the two largest dark regions, each >= 4% of the image, one either side of the midline
   sizes = np.bincount(labels.ravel(), minlength=n + 1)[1:]
   order = np.argsort(sizes)[::-1][:2] + 1
   mid = w // 2
   centres = [np.mean(np.nonzero(labels == k)[1]) for k in order]
   if n < 2 or sizes[order[1] - 1] < 0.04 * h * w or (min(centres) >= mid or max(centres) < mid):
-    return dict(lungs_found=0.0, ctr=np.nan, heart_width_px=np.nan, thorax_width_px=np.nan)
+    return dict(_NOT_FOUND)
   dark = np.isin(labels, order)
   heart, thorax, rows = 0.0, 0.0, 0
   for r in range(h):
@@ -153,7 +139,7 @@ def measure_ctr(image: np.ndarray) -> dict[str, float]:
     heart = max(heart, float(cols[k + 1] - cols[k] - 1))
     thorax = max(thorax, float(cols[-1] - cols[0] + 1))
   if rows < 3 or thorax <= 0:
-    return dict(lungs_found=0.0, ctr=np.nan, heart_width_px=np.nan, thorax_width_px=np.nan)
+    return dict(_NOT_FOUND)
   return dict(lungs_found=1.0, ctr=heart / thorax, heart_width_px=heart, thorax_width_px=thorax)
 
 
@@ -184,15 +170,6 @@ def make(out: str, n_train: int, n_test: int, size: int, seed: int) -> dict[str,
   return counts
 
 
-def _spearman(a: np.ndarray, b: np.ndarray) -> float:
-  from scipy import stats
-
-  ok = np.isfinite(a) & np.isfinite(b)
-  if ok.sum() < 3 or np.ptp(a[ok]) == 0 or np.ptp(b[ok]) == 0:
-    return np.nan
-  return float(stats.spearmanr(a[ok], b[ok])[0])
-
-
 def score(export: str) -> dict[str, float]:
   """Scores an explanation export of chest phantoms with the oracle (see the module docstring)."""
   from stylex_jax.explain import records
@@ -209,7 +186,7 @@ def score(export: str) -> dict[str, float]:
     series = item['series'].astype(np.float64) / 255.0
     m = measure_ctr_batch(series)
     found.append(m['lungs_found'])
-    rho.append(sign * _spearman(np.asarray(item['alphas'], np.float64), m['ctr']))
+    rho.append(sign * explanations.spearman(np.asarray(item['alphas'], np.float64), m['ctr']))
     input_ctr.append(measure_ctr(item['image'] / 255.0)['ctr'])
     recon_ctr.append(measure_ctr(item['reconstruction'] / 255.0)['ctr'])
   rho = np.array(rho)

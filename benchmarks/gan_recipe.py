@@ -8,19 +8,18 @@ evaluating every `--eval-kimg` thousand images on `--eval-images` G_ema samples 
 and exits cleanly) after `--minutes` of wall time or at the recipe's own num_steps.
 
   python launch/train.py --config configs/demo.py --config.stages=classifier --workdir /tmp/cls
-  python benchmarks/gan_recipe.py --recipe demo --classifier /tmp/cls --workdir /tmp/recipe_demo --minutes 8
+  python benchmarks/gan_recipe.py --recipe small_b4 --classifier /tmp/cls --workdir /tmp/recipe_b4 --minutes 8
   python benchmarks/gan_recipe.py --recipe small --classifier /tmp/cls --workdir /tmp/recipe_small \\
       --override=--config.gan.g_lr=0.005   # extra overrides after the recipe's
 
-Output: one line per evaluation, `recipe kimg train_s wall_s joint_found_rate jsw_wasserstein fid kid`, where
-train_s is the training time up to that point (sum over the log rows of images / images_per_sec, the first
-window, which holds the compilation, at the median speed: compile and evaluation excluded) and wall_s the wall time since the launch (everything included); then `img_per_s` (median
-over the log rows after the first) and the recipe's flags.
+Output: one line per evaluation, `recipe kimg train_s joint_found_rate jsw_wasserstein fid kid`, where train_s
+is the training time up to that point (sum over the log rows of images / images_per_sec, the first window, which
+holds the compilation, at the median speed: compile and evaluation excluded); then `img_per_s` (median over the
+log rows after the first), the recipe's flags and `wall_s`, the wall time of the whole run (everything included).
 """
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import signal
@@ -29,15 +28,29 @@ import sys
 import time
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if _ROOT not in sys.path:
+  sys.path.insert(0, _ROOT)
 
-# Each recipe: configs/demo.py plus these overrides (later recipes start from earlier ones where named so).
-_NO_PL = ['--config.gan.pl_weight=0']
+from stylex_jax import writers  # noqa: E402
+
+# Each recipe: configs/demo.py plus these overrides. All but `demo` start from the demo GAN the recipes were
+# measured against (128 channels from 16², batch 16, path length on), so they reproduce the table in
+# benchmarks/README.md whatever configs/demo.py uses now (its current GAN is `small_b4`).
+_WIDE = [
+    '--config.gan.generator.channel_base=2048', '--config.gan.generator.channel_max=128',
+    '--config.gan.discriminator.channel_base=2048', '--config.gan.discriminator.channel_max=128',
+    '--config.gan.batch_size=16', '--config.gan.ema_kimg=5'
+]
+_BASELINE = _WIDE + ['--config.gan.pl_weight=2']
+_NO_PL = _WIDE + ['--config.gan.pl_weight=0']
 _SMALL = [
     '--config.gan.generator.channel_base=1024', '--config.gan.generator.channel_max=64',
     '--config.gan.discriminator.channel_base=1024', '--config.gan.discriminator.channel_max=64'
 ]
 RECIPES = {
-    'demo': [],  # configs/demo.py as it is
+    'demo': [],  # configs/demo.py as it is now
+    'baseline':
+        _BASELINE,  # the demo GAN before the recipes
     'nopl':
         _NO_PL,  # path-length regularisation off (NVIDIA's small-resolution configs)
     'small':
@@ -65,13 +78,6 @@ RECIPES = {
 }
 
 
-def _rows(path: str) -> list[dict]:
-  if not os.path.exists(path):
-    return []
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
-
-
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--recipe', choices=sorted(RECIPES), required=True)
@@ -85,7 +91,7 @@ def main() -> None:
   parser.add_argument('--summarize', action='store_true', help='only print the curves of a finished --workdir')
   args = parser.parse_args()
   flags = RECIPES[args.recipe] + args.override
-  batch = 16
+  batch = 4  # configs/demo.py's; a recipe's own batch_size flag (the last one) wins
   for flag in flags:
     if flag.startswith('--config.gan.batch_size='):
       batch = int(flag.split('=', 1)[1])
@@ -132,7 +138,8 @@ def _fmt(value, spec: str) -> str:
 
 def _summarize(recipe: str, workdir: str, batch: int, flags: list[str]) -> None:
   """Prints the curves of `workdir`'s gan/metrics.jsonl (see the module docstring)."""
-  rows = _rows(os.path.join(workdir, 'gan', 'metrics.jsonl'))
+  path = os.path.join(workdir, 'gan', 'metrics.jsonl')
+  rows = writers.read_metrics(path) if os.path.exists(path) else []
   if not rows:
     sys.exit(f'no metrics were written; see {os.path.join(workdir, "gan_recipe.log")}')
   logs = [row for row in rows if 'images_per_sec' in row]

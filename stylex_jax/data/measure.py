@@ -408,7 +408,7 @@ def _outside_tags(h: int, w: int) -> np.ndarray:
   return keep
 
 
-def _otsu(values: np.ndarray) -> tuple[float, float, float]:
+def otsu(values: np.ndarray) -> tuple[float, float, float]:
   """Otsu's two-class split of 1-D ``values``: (threshold, mean of the dark class, mean of the bright class)."""
   v = np.sort(np.asarray(values, np.float64).ravel())
   n = len(v)
@@ -429,7 +429,7 @@ def _acquisition(img: np.ndarray) -> dict[str, float]:
   out = {'noise_level': nan, 'sharpness': nan, 'brightness': nan}
   keep = _outside_tags(h, w)
   smooth = ndimage.gaussian_filter(img, 1.0)
-  threshold, dark, bright = _otsu(smooth[keep])
+  threshold, dark, bright = otsu(smooth[keep])
   out['brightness'] = 0.5 * (dark + bright)
 
   residual = ndimage.convolve(img, _NOISE_KERNEL, mode='reflect')
