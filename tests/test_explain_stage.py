@@ -1,6 +1,6 @@
 """All four stages in one call on configs/demo.py:smoke (classifier, gan and encoder trained once per session, see
 conftest.smoke_stages), then the explain stage's outputs (TFRecords parsed with plain TensorFlow, report, strips,
-directions), the user-files path with a bad file among good ones, the black-box mode, an interrupted --images
+directions; the demo's black-box mode), the user-files path with a bad file among good ones in gradient mode, an interrupted --images
 export resumed to the same TFRecords, bad input failing before any computation, and the evaluate stage's scorecard
 of that export (and its bad-input lines)."""
 import json
@@ -87,7 +87,7 @@ def test_sigterm_in_explain_stops_between_batches_and_keeps_the_previous_export(
   assert _tree_bytes(out) == before and not [p for p in os.listdir(out) if p.startswith('.export-')]
 
 
-def test_user_files_bad_one_rejected_rest_explained_blackbox(trained, tmp_path, capsys):
+def test_user_files_bad_one_rejected_rest_explained_gradient_mode(trained, tmp_path, capsys):
   config, root, _ = trained
   files = tmp_path / 'scans'
   files.mkdir()
@@ -95,12 +95,13 @@ def test_user_files_bad_one_rejected_rest_explained_blackbox(trained, tmp_path, 
   for name in ('a.png', 'b.png'):  # another size: converted with a note
     Image.fromarray(rng.integers(0, 255, (48, 40), dtype=np.uint8)).save(files / name)
   (files / 'broken.png').write_bytes(b'not an image')
-  config.explain.mode = 'blackbox'
+  assert config.explain.mode == 'blackbox'  # the demo's default; the other mode here
+  config.explain.mode = 'gradient'
   summary = stage.run(config, str(root / 'work'), image_patterns=str(files / '*.png'), output_dir=str(tmp_path / 'out'))
   printed = capsys.readouterr().out
   assert summary['images'] == 2
   assert 'rejected' in printed and 'broken.png' in printed and '48x40' in printed
-  assert summary['direction']['mode'] == 'blackbox'
+  assert summary['direction']['mode'] == 'gradient' and np.isfinite(summary['direction']['gain'])
   rows = list(export.read_explanations(str(tmp_path / 'out')))
   assert sorted(os.path.basename(r['id']) for r in rows) == ['a.png', 'b.png']
   assert all(r['label'] == -1 for r in rows)
@@ -195,9 +196,14 @@ def test_evaluate_stage_scores_the_export_and_puts_the_scorecard_in_the_report(t
   }  # scorecard.json writes NaN as null
   assert card == json.loads(json.dumps(nan_free(result['scorecard'])))
   for name in ('flip_rate', 'monotonicity', 'proximity', 'proximity_ssim', 'sparsity', 'cout', 'frame_kid',
-               'reconstruction_kid', 'kid_ratio', 'causal_right_direction', 'nuisance_change_max_std', 'causal_share'):
+               'reconstruction_kid', 'kid_ratio', 'frame_knn_distance', 'reconstruction_knn_distance',
+               'knn_distance_ratio', 'causal_right_direction', 'nuisance_change_max_std', 'causal_share'):
     assert name in card, name
     assert set(card[name]) >= {'value', 'low', 'high', 'goal', 'met', 'meaning'}, name
+  # 4 reconstructions and 16 real images: their k-NN distance is defined (their KID need not be); the frames' and
+  # the ratio exist where a series flips (the 6-step smoke models' series need not)
+  assert card['reconstruction_knn_distance']['value'] > 0
+  assert (card['knn_distance_ratio']['value'] is not None) == (card['flip_rate']['value'] > 0)
   assert card['flip_rate']['goal'] == ['>=', 0.95] and card['flip_rate']['met'] == (card['flip_rate']['value'] >= 0.95)
   assert card['flip_rate']['low'] <= card['flip_rate']['value'] <= card['flip_rate']['high']
   summary = json.load(open(out / 'summary.json'))

@@ -355,3 +355,41 @@ def test_score_and_markdown():
   assert lines[5] == '| kid_ratio | 1.5 [1.5, 1.5] | - | - | no goal |'
   with pytest.raises(ValueError, match='goal'):
     fidelity.Metric('x', np.zeros(2), ('==', 1.0), '')
+
+
+def _ref_knn(x, real, k):
+  """k-th nearest real row by explicit sorted distances, over the median real-to-other-real k-th distance."""
+  dist = lambda a, rows: np.sort([math.sqrt(sum((a[j] - r[j])**2 for j in range(len(a)))) for r in rows])
+  radius = np.median([dist(real[i], np.delete(real, i, axis=0))[k - 1] for i in range(len(real))])
+  return np.array([dist(a, real)[k - 1] / radius for a in x])
+
+
+def test_knn_distance_against_explicit_sorting_and_an_analytic_line():
+  rng = np.random.default_rng(1)
+  real = rng.normal(size=(9, 4))
+  x = rng.normal(size=(5, 4)) * 2
+  for k in (1, 3):
+    np.testing.assert_allclose(fidelity.knn_distance(x, real, k), _ref_knn(x, real, k), rtol=1e-12)
+  # real rows at 0, 1, ..., 9 on a line: every real row's 3rd-nearest other row is 2 away except at the ends
+  # (3), median 2; a point at 20 is 13 from its 3rd-nearest real row (7)
+  line = np.arange(10.0)[:, None]
+  assert fidelity.knn_distance(np.array([[20.0], [4.5]]), line, 3) == pytest.approx([13 / 2, 1.5 / 2])
+  assert np.all(np.isnan(fidelity.knn_distance(x, real[:3], 3)))  # needs k + 1 real rows
+  assert np.all(np.isnan(fidelity.knn_distance(x, np.zeros((5, 4)), 3)))  # real radius 0
+  with pytest.raises(ValueError, match='same F'):
+    fidelity.knn_distance(x, real[:, :3])
+
+
+def test_realism_knn_ratio_orders_far_frames_and_is_defined_where_kid_ratio_is_not():
+  rng = np.random.default_rng(2)
+  real = rng.normal(size=(40, 6))
+  recon = real[:16] + 0.05 * rng.normal(size=(16, 6))  # reconstructions of real images: KID <= 0 or noise
+  near = recon + 0.05 * rng.normal(size=(16, 6))
+  far = recon + 3.0
+  out_near, out_far = fidelity.realism(near, recon, real), fidelity.realism(far, recon, real)
+  for out, frames in ((out_near, near), (out_far, far)):
+    assert out['frame_knn_distance'] == pytest.approx(np.median(_ref_knn(frames, real, 3)))
+    assert out['reconstruction_knn_distance'] == pytest.approx(np.median(_ref_knn(recon, real, 3)))
+    assert out['knn_distance_ratio'] == pytest.approx(out['frame_knn_distance'] / out['reconstruction_knn_distance'])
+  assert out_near['knn_distance_ratio'] < 1.5 < 2 < out_far['knn_distance_ratio']
+  assert np.isnan(fidelity.realism(near[:0], recon, real)['knn_distance_ratio'])  # no frames: undefined

@@ -14,7 +14,9 @@ Per series ([B] arrays, NaN where undefined, e.g. a series that never flips):
   attribute_recovery on the phantoms, with oracle measurements (`data.measure`) on every frame: do the
                      attributes the labels depend on (causal) move the right way, and do the nuisances stay put?
 Per batch:
-  realism            KID of frames near the flip vs real images, against the KID of the reconstructions.
+  realism            KID of frames near the flip vs real images, against the KID of the reconstructions; and
+                     the k-nearest-real-neighbour distance of the same sets (defined on a handful of images, where
+                     the KID ratio is not).
   bootstrap_ci       percentile bootstrap CI of a NaN-ignoring mean.
   Metric / score / to_markdown   a scorecard: value [low, high], goal, met or missed, meaning.
 
@@ -27,10 +29,12 @@ import math
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
+import scipy.spatial
 
 from stylex_jax.evaluate import explanations, metrics, similarity
 
 flip_index = explanations.flip_index  # [B, S, K] probs, [B, S] alphas -> [B] int (-1: never flips)
+KNN_K = 3  # neighbours of the k-NN realism distance (Kynkaeaenniemi et al. 2019, improved precision and recall)
 
 # ----------------------------------------------------------------------------------------------------------
 # Images at the flip frame
@@ -140,8 +144,8 @@ def cout(original, counterfactual, predict: Callable[[np.ndarray], np.ndarray], 
 # ----------------------------------------------------------------------------------------------------------
 
 
-def realism(frames_near_flip_features, reconstruction_features, real_features, num_subsets: int = 100,
-            seed: int = 0) -> dict[str, float]:
+def realism(frames_near_flip_features, reconstruction_features, real_features, num_subsets: int = 100, seed: int = 0,
+            k: int = KNN_K) -> dict[str, float]:
   """KID of the frames near the flip and of the reconstructions, each against real images, and their ratio.
 
   frames_near_flip_features: [N, F]; reconstruction_features: [M, F]; real_features: [R, F] (the same
@@ -151,6 +155,16 @@ def realism(frames_near_flip_features, reconstruction_features, real_features, n
   Returns {frame_kid, reconstruction_kid, kid_ratio = frame_kid / reconstruction_kid}: a KID is NaN when its
   set has fewer than 2 rows (KID needs pairs); kid_ratio is NaN unless both KIDs are finite and
   reconstruction_kid > 0. kid_ratio near 1: moving along the direction costs no realism beyond inversion.
+
+  The KID of 16 reconstructions is noise around 0 (often negative), so the ratio is usually undefined on a demo's
+  export. The k-NN figures are defined there: `knn_distance` (features [N, F] vs real [R, F]) per image, the
+  distance to its k-th nearest real image (k = 3, the manifold radius of Kynkaeaenniemi et al. 2019), in units
+  of the real images' own median k-NN radius (among the other real images); frame_knn_distance and
+  reconstruction_knn_distance are the medians over the set (NaN with fewer than k + 1 real rows or no rows), and
+  knn_distance_ratio = frame / reconstruction (NaN unless both are finite and the latter > 0): near 1, the
+  frames lie as close to real images as the reconstructions; 2, twice as far.
+  Caveat: an explained image may itself be among the real images, next to its reconstruction; with k = 3 it is
+  one of the three neighbours, not the distance.
   """
   sets = [np.asarray(x, np.float64) for x in (frames_near_flip_features, reconstruction_features, real_features)]
   for name, x in zip(('frames_near_flip_features', 'reconstruction_features', 'real_features'), sets):
@@ -166,8 +180,33 @@ def realism(frames_near_flip_features, reconstruction_features, real_features, n
 
   frame_kid, recon_kid = kid(frames), kid(recons)
   ok = math.isfinite(frame_kid) and math.isfinite(recon_kid) and recon_kid > 0
-  return dict(frame_kid=frame_kid, reconstruction_kid=recon_kid,
-              kid_ratio=frame_kid / recon_kid if ok else float('nan'))
+  out = dict(frame_kid=frame_kid, reconstruction_kid=recon_kid, kid_ratio=frame_kid / recon_kid if ok else float('nan'))
+  frame_d, recon_d = (float(np.median(d)) if d.size else float('nan')
+                      for d in (knn_distance(frames, real, k), knn_distance(recons, real, k)))
+  ok = math.isfinite(frame_d) and math.isfinite(recon_d) and recon_d > 0
+  out.update(frame_knn_distance=frame_d, reconstruction_knn_distance=recon_d,
+             knn_distance_ratio=frame_d / recon_d if ok else float('nan'))
+  return out
+
+
+def knn_distance(features, real_features, k: int = KNN_K) -> np.ndarray:
+  """Distance of each row of features [N, F] to its k-th nearest row of real_features [R, F] (Euclidean), divided
+  by the median over the real rows of their own k-th-nearest-other-real distance: [N] float64, >= 0 (1 = as far
+  from the real images as a typical real image is from its k-th neighbour). All NaN when R < k + 1 or the real
+  radius is 0 (e.g. identical real rows)."""
+  x, real = np.asarray(features, np.float64), np.asarray(real_features, np.float64)
+  if not isinstance(k, (int, np.integer)) or k < 1:
+    raise ValueError(f'k must be an int >= 1; got {k!r}')
+  if x.ndim != 2 or real.ndim != 2 or (len(x) and x.shape[1] != real.shape[1]):
+    raise ValueError(f'features [N, F] and real_features [R, F] must be 2-D with the same F; got {x.shape} and '
+                     f'{real.shape}')
+  if len(real) < k + 1 or not len(x):
+    return np.full(len(x), np.nan)
+  tree = scipy.spatial.cKDTree(real)
+  radius = np.median(tree.query(real, k=k + 1)[0][:, k])  # neighbour 0 of a real row is itself
+  if not radius > 0:
+    return np.full(len(x), np.nan)
+  return tree.query(x, k=k)[0].reshape(len(x), k)[:, k - 1] / radius
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -14,6 +14,8 @@ Metrics per series (`evaluate/fidelity.py`), aggregated over the export:
   cout                   C3LT's COUT: revealing the changed pixels in order moves the prediction to the flip class
   frame_kid, reconstruction_kid, kid_ratio   realism of the frames near the flip vs real test images (classifier
                          features), beside that of the reconstructions
+  frame_knn_distance, reconstruction_knn_distance, knn_distance_ratio   the same question by the distance to the
+                         3rd-nearest real image (defined on the 16 images of a demo, where the KID ratio is not)
   on the phantom datasets (oracles in data/measure.py): causal_right_direction (the causal attributes move the
   way the labels imply), nuisance_change_max_std (the largest nuisance change at the flip frame, in dataset
   standard deviations), causal_share (share of the normalised change that falls on causal attributes).
@@ -67,6 +69,11 @@ GOALS = {
     'frame_kid': (None, 'KID of frames near the flip vs real test images (classifier features)'),
     'reconstruction_kid': (None, 'KID of the reconstructions vs the same real images'),
     'kid_ratio': (('<=', 2.0), 'frame KID / reconstruction KID (series stay as realistic as the reconstructions)'),
+    'frame_knn_distance': (None, 'median distance of frames near the flip to their 3rd-nearest real test image '
+                           '(classifier features; 1 = a real image to its 3rd neighbour)'),
+    'reconstruction_knn_distance': (None, 'the same for the reconstructions'),
+    'knn_distance_ratio': (('<=', 2.0), 'frame / reconstruction k-NN distance (series stay as close to real images '
+                           'as the reconstructions; defined on a few images, unlike kid_ratio)'),
     'causal_right_direction': (('>=', 0.9), 'share of series whose causal attributes move the way the labels '
                                'imply'),
     'nuisance_change_max_std': (('<', 0.25), 'largest nuisance change at the flip frame, in dataset std'),
