@@ -3,7 +3,7 @@
 Launch — ONE command: generates the phantoms, trains the classifier to explain, a small StyleGAN2 and the
 image -> W+ encoder, then explains 16 test phantoms (a seeded class-balanced sample) and writes
 /tmp/stylex_demo/explain/report.html (with TFRecords, PNG strips and GIFs beside it), then scores the explanations
-(/tmp/stylex_demo/evaluate/scorecard.json, also at the top of the report); under 15 minutes on 2 CPU cores, see
+(/tmp/stylex_demo/evaluate/scorecard.json, also at the top of the report); about 14 minutes on 2 CPU cores, see
 benchmarks/README.md for measured times:
   python launch/train.py --config configs/demo.py --workdir /tmp/stylex_demo
 
@@ -95,7 +95,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   e.chunk_size = 16  # small chunks are fastest on CPU (64 on accelerators)
   e.gradcam_layer = 'stage2'  # 8x8 at 64 px (stage3 is 4x4)
 
-  en = config.encoder  # the encoder stage: ~2 minutes on 2 CPU cores
+  en = config.encoder  # the encoder stage: ~4 minutes on 2 CPU cores, 80 s of it the held-out evaluation
   en.model = dict(width=16, channel_max=128, hidden=256)
   en.batch_size = 8
   en.synthetic_fraction = 0.5  # + 8 synthetic (w, G(w)) pairs per step
