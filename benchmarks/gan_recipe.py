@@ -76,6 +76,15 @@ RECIPES = {
             '--config.gan.ada_target=0'
         ],
 }
+# The demo's recipe (small_b4) with one more change each: ADA off, R1 gamma x10 (auto: 0.0002 * 64^2 / 4 = 0.2),
+# 8 mapping layers (StyleGAN2's; the demo has NVIDIA's small-config 2), no EMA ramp-up.
+_B4 = RECIPES['small_b4']
+RECIPES.update({
+    'b4_noada': _B4 + ['--config.gan.augment=none', '--config.gan.ada_target=0'],
+    'b4_r1x10': _B4 + ['--config.gan.r1_gamma=2.048'],
+    'b4_map8': _B4 + ['--config.gan.generator.mapping_layers=8'],
+    'b4_noramp': _B4 + ['--config.gan.ema_rampup=0'],
+})
 
 
 def main() -> None:
