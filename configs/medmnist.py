@@ -10,9 +10,11 @@ Launch — one command per dataset (trains the classifier to explain, a small St
 then explains 16 test images (seeded, class-balanced) in <workdir>/explain/report.html and scores them):
   python launch/train.py --config configs/medmnist.py:pneumonia --workdir /tmp/stylex_pneumonia \
       --config.data.manual_dir=/data/medmnist
-Expected: wall time not yet measured on the real files. The model sizes and step counts are configs/demo.py's
-(under 15 minutes on 2 CPU cores on the phantoms), plus preparing the dataset once; pathmnist_64's train split
-(90k RGB tiles, 1.1 GB at 64²) is over the pipeline's 1 GiB in-memory cache, so it is read per batch (slower).
+Expected wall time on 2 CPU cores, measured on stand-in files of the official layout and split sizes
+(benchmarks/medmnist_standin.py; the official files could not be downloaded on the measuring machine), dataset
+preparation included: pneumonia 12 min 43 s, breast 12 min 58 s, path 17 min 56 s (benchmarks/README.md, "MedMNIST+
+configs"). The model sizes and step counts are configs/demo.py's; pathmnist_64's train split (90k RGB tiles,
+1.1 GB at 64²) is over the pipeline's 1 GiB in-memory cache, so it is read per batch.
 
 Variants (`--config configs/medmnist.py:<variant>`):
   pneumonia  ('' too) pneumoniamnist_64, grey, normal vs pneumonia; explains the log-odds of pneumonia.
