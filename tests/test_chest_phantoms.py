@@ -8,8 +8,8 @@ import pytest
 from scipy import stats
 
 from benchmarks import chest_phantoms as cp
+from series_exports import write_series_export
 from stylex_jax.data.builders import image_folder
-from stylex_jax.explain import export
 
 
 def _phantoms(n, seed, size=64, **fixed):
@@ -59,30 +59,12 @@ def test_make_writes_an_image_folder_the_pipeline_reads(tmp_path):
 
 def _series_export(directory, ctr_series, class_names):
   """An export whose series are chest phantoms rendered at the given CTRs [B, S] (other attributes fixed)."""
-  b, s = ctr_series.shape
   frames = []
   for row in ctr_series:
+    s = len(row)
     _, images = _phantoms(s, seed=5, ctr=row, thorax=np.full(s, 0.8), shift=np.zeros(s), noise=np.full(s, 0.01))
     frames.append(images * 2 - 1)
-  series = np.stack(frames)[..., None].astype(np.float32)
-  probs = np.full((b, s, 2), 0.5, np.float32)
-  writer = export.ExplanationWriter(directory, num_classes=2, class_names=class_names, image_shape=(64, 64, 1),
-                                    num_ws=2, w_dim=4, config={'seed': 0})
-  writer.add({
-      'id': np.array([f'x{i}' for i in range(b)]),
-      'image': series[:, s // 2],
-      'reconstruction': series[:, s // 2],
-      'series': series,
-      'alphas': np.tile(np.linspace(-1, 1, s, dtype=np.float32), (b, 1)),
-      'probs': probs,
-      'original_probs': probs[:, s // 2],
-      'reconstruction_probs': probs[:, s // 2],
-      'latent': np.zeros((b, 2, 4), np.float32),
-      'gradcam': np.zeros((b, 64, 64), np.float32),
-      'label': np.zeros(b, np.int64),
-      'metrics': {},
-  })
-  writer.close({})
+  write_series_export(directory, np.stack(frames)[..., None], class_names)
 
 
 @pytest.mark.parametrize('class_names,sign', [(['cardiomegaly', 'normal'], -1.0), (['normal', 'cardiomegaly'], 1.0)])

@@ -7,9 +7,9 @@ import pytest
 
 from benchmarks import chest_phantoms as cp
 from benchmarks import medmnist_standin as standin
+from series_exports import write_series_export
 from stylex_jax.data import measure
 from stylex_jax.data.builders import medmnist
-from stylex_jax.explain import export
 
 SMALL = dict(pneumonia=(40, 8, 8), breast=(40, 8, 8), path=(64, 16, 16))
 
@@ -57,33 +57,15 @@ def test_path_standin_tumour_is_class_8_in_all_eight_orientations(small, tmp_pat
 
 def _ctr_export(directory, ctr_series, class_names, explained):
   """An export whose series are chest phantoms rendered at the given CTRs [B, S] (other attributes fixed)."""
-  b, s = ctr_series.shape
   frames = []
   for row in ctr_series:
     rng = np.random.default_rng(5)
-    attrs = cp.draw_attributes(rng, s)
-    attrs.update(ctr=row, thorax=np.full(s, 0.8), shift=np.zeros(s), noise=np.full(s, 0.01))
-    frames.append(np.stack([cp.render(attrs, i, 64, rng) for i in range(s)]) * 2 - 1)
-  series = np.stack(frames)[..., None].astype(np.float32)
-  probs = np.full((b, s, 2), 0.5, np.float32)
-  writer = export.ExplanationWriter(directory, num_classes=2, class_names=class_names, image_shape=(64, 64, 1),
-                                    num_ws=2, w_dim=4, config={'seed': 0},
-                                    target_description=f"log_odds of class '{explained}'; blackbox direction in W")
-  writer.add({
-      'id': np.array([f'x{i}' for i in range(b)]),
-      'image': series[:, s // 2],
-      'reconstruction': series[:, s // 2],
-      'series': series,
-      'alphas': np.tile(np.linspace(-1, 1, s, dtype=np.float32), (b, 1)),
-      'probs': probs,
-      'original_probs': probs[:, s // 2],
-      'reconstruction_probs': probs[:, s // 2],
-      'latent': np.zeros((b, 2, 4), np.float32),
-      'gradcam': np.zeros((b, 64, 64), np.float32),
-      'label': np.zeros(b, np.int64),
-      'metrics': {},
-  })
-  writer.close({})
+    attrs = cp.draw_attributes(rng, len(row))
+    attrs.update(ctr=row, thorax=np.full(len(row), 0.8), shift=np.zeros(len(row)), noise=np.full(len(row), 0.01))
+    frames.append(np.stack([cp.render(attrs, i, 64, rng) for i in range(len(row))]) * 2 - 1)
+  write_series_export(directory,
+                      np.stack(frames)[..., None], class_names,
+                      target_description=f"log_odds of class '{explained}'; blackbox direction in W")
 
 
 def test_score_counts_series_whose_ctr_grows_towards_the_explained_disease(tmp_path):
