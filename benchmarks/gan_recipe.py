@@ -31,6 +31,7 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _ROOT not in sys.path:
   sys.path.insert(0, _ROOT)
 
+from configs import demo  # noqa: E402
 from stylex_jax import writers  # noqa: E402
 
 # Each recipe: configs/demo.py plus these overrides. All but `demo` start from the demo GAN the recipes were
@@ -100,7 +101,7 @@ def main() -> None:
   parser.add_argument('--summarize', action='store_true', help='only print the curves of a finished --workdir')
   args = parser.parse_args()
   flags = RECIPES[args.recipe] + args.override
-  batch = 4  # configs/demo.py's; a recipe's own batch_size flag (the last one) wins
+  batch = demo.get_config().gan.batch_size  # a recipe's own batch_size flag (the last one) wins
   for flag in flags:
     if flag.startswith('--config.gan.batch_size='):
       batch = int(flag.split('=', 1)[1])

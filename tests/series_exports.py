@@ -1,8 +1,23 @@
 """A small explanation export written through the real `export.ExplanationWriter`, for tests that score exports
-whose series content is known (the phantom families' oracle scoring in benchmarks/)."""
+whose series content is known (the phantom families' oracle scoring in benchmarks/), and chest-phantom series
+rendered at given cardiothoracic ratios."""
 import numpy as np
 
+from benchmarks import chest_phantoms
 from stylex_jax.explain import export
+
+
+def chest_series(ctr_series, size=64):
+  """Chest phantoms at the CTRs [B, S] (the other attributes fixed: thorax 0.8, centred, noise 0.01; seed 5):
+  [B, S, size, size, 1] float32 in [-1, 1]."""
+  frames = []
+  for row in np.asarray(ctr_series, np.float64):
+    s = len(row)
+    rng = np.random.default_rng(5)
+    attrs = chest_phantoms.draw_attributes(rng, s)
+    attrs.update(ctr=row, thorax=np.full(s, 0.8), shift=np.zeros(s), noise=np.full(s, 0.01))
+    frames.append(np.stack([chest_phantoms.render(attrs, i, size, rng) for i in range(s)]) * 2 - 1)
+  return np.stack(frames)[..., None].astype(np.float32)
 
 
 def write_series_export(directory, series, class_names, target_description=''):

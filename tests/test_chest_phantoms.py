@@ -8,7 +8,7 @@ import pytest
 from scipy import stats
 
 from benchmarks import chest_phantoms as cp
-from series_exports import write_series_export
+from series_exports import chest_series, write_series_export
 from stylex_jax.data.builders import image_folder
 
 
@@ -59,12 +59,7 @@ def test_make_writes_an_image_folder_the_pipeline_reads(tmp_path):
 
 def _series_export(directory, ctr_series, class_names):
   """An export whose series are chest phantoms rendered at the given CTRs [B, S] (other attributes fixed)."""
-  frames = []
-  for row in ctr_series:
-    s = len(row)
-    _, images = _phantoms(s, seed=5, ctr=row, thorax=np.full(s, 0.8), shift=np.zeros(s), noise=np.full(s, 0.01))
-    frames.append(images * 2 - 1)
-  write_series_export(directory, np.stack(frames)[..., None], class_names)
+  write_series_export(directory, chest_series(ctr_series), class_names)
 
 
 @pytest.mark.parametrize('class_names,sign', [(['cardiomegaly', 'normal'], -1.0), (['normal', 'cardiomegaly'], 1.0)])

@@ -7,7 +7,7 @@ import pytest
 
 from benchmarks import chest_phantoms as cp
 from benchmarks import medmnist_standin as standin
-from series_exports import write_series_export
+from series_exports import chest_series, write_series_export
 from stylex_jax.data import measure
 from stylex_jax.data.builders import medmnist
 
@@ -57,14 +57,7 @@ def test_path_standin_tumour_is_class_8_in_all_eight_orientations(small, tmp_pat
 
 def _ctr_export(directory, ctr_series, class_names, explained):
   """An export whose series are chest phantoms rendered at the given CTRs [B, S] (other attributes fixed)."""
-  frames = []
-  for row in ctr_series:
-    rng = np.random.default_rng(5)
-    attrs = cp.draw_attributes(rng, len(row))
-    attrs.update(ctr=row, thorax=np.full(len(row), 0.8), shift=np.zeros(len(row)), noise=np.full(len(row), 0.01))
-    frames.append(np.stack([cp.render(attrs, i, 64, rng) for i in range(len(row))]) * 2 - 1)
-  write_series_export(directory,
-                      np.stack(frames)[..., None], class_names,
+  write_series_export(directory, chest_series(ctr_series), class_names,
                       target_description=f"log_odds of class '{explained}'; blackbox direction in W")
 
 
