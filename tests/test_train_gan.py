@@ -90,6 +90,27 @@ def test_ada_p_follows_the_sign_rule(one_device):
   assert float(state.ada_count) == 0.0 and float(state.ada_sum) == 0.0
 
 
+def test_without_ada_d_sees_the_images_unchanged_and_p_stays():
+  """configs/demo.py trains without ADA (augment 'none', ada_target 0): D's logits in the step are D applied to
+  the unaugmented reals, and p and its accumulators never adapt."""
+  assert (demo.get_config().gan.augment, demo.get_config().gan.ada_target) == ('none', 0.0)
+  config = _tiny_config(augment='none', ada_target=0.0, ada_interval=1)
+  mesh = sharding.make_mesh(1)
+  models = gan.build_models(config, mesh)
+  assert models.augment is None
+  state = sharding.jit_init(functools.partial(gan.create_state, models, initial_p=0.0),
+                            sharding.replicated(mesh))(jax.random.key(0))
+  reals = np.random.default_rng(3).uniform(-1, 1, (16, 16, 16, 1)).astype(np.float32)
+  direct = models.discriminator.apply({'params': state.d_params}, reals).reshape(16)
+  steps = gan.StepFunctions(config, models, mesh)
+  for _ in range(2):
+    state, m = steps.d_main(state, reals, jax.random.key(4))
+    if _ == 0:
+      np.testing.assert_allclose(float(m['real_logits']), float(np.mean(direct)), rtol=1e-5, atol=1e-6)
+      np.testing.assert_allclose(float(m['rt']), float(np.mean(np.sign(direct))))
+  assert float(state.ada_p) == 0.0
+
+
 @pytest.fixture(scope='module')
 def data_dir(tmp_path_factory):
   return tmp_path_factory.mktemp('tfds')
