@@ -14,7 +14,7 @@ explanations move the stand-in's causal attribute, not what a classifier learns 
              = cardiomegaly (cardiothoracic ratio >= 0.5), class 0 ('normal') = CTR < 0.5. Causal: the CTR.
   breast     breastmnist_64 (546/78/156): chest phantoms again, class 0 ('malignant') = cardiomegaly, class 1 =
              CTR < 0.5; the small-data case (546 training images) with the config's class-0 target.
-  path       pathmnist_64 (89996/10004/7180): RGB histology phantoms (stylex_jax/data/phantoms.histology_tile);
+  path       pathmnist_64 (89996/10004/7180): RGB histology phantoms (data/histology_phantoms.histology_tile);
              class 8 (adenocarcinoma epithelium, the config's target) = tumour tiles, one ninth of each split;
              classes 0-7 = normal tiles with a random class, so only class 8 vs the rest is learnable. Each drawn
              tile appears in its 8 rotations/flips (drawing 107k tiles would take ~40 CPU-minutes). Causal: nuclear
@@ -38,7 +38,7 @@ if _ROOT not in sys.path:
   sys.path.insert(0, _ROOT)
 
 from benchmarks import chest_phantoms  # noqa: E402
-from stylex_jax.data import measure, phantoms  # noqa: E402
+from stylex_jax.data import histology_phantoms, measure  # noqa: E402
 from stylex_jax.evaluate import explanations  # noqa: E402
 
 SIZE = 64
@@ -66,7 +66,7 @@ def _histology(rng: np.random.Generator, n: int, seed_base: int) -> tuple[np.nda
   tiles, labels = [], []
   for i in range(unique):
     tumour = int(rng.random() < 1 / 9)
-    tile, label, _ = phantoms.histology_tile(seed_base + i, SIZE, label=tumour)
+    tile, label, _ = histology_phantoms.histology_tile(seed_base + i, SIZE, label=tumour)
     cls = 8 if label == 1 else int(rng.integers(0, 8))
     for k in range(8):  # the dihedral group: 4 rotations x (flipped or not)
       t = np.rot90(tile, k % 4)

@@ -12,7 +12,7 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 import stylex_jax.data.builders  # noqa: F401  (registers the builders)
-from stylex_jax.data import phantoms
+from stylex_jax.data import histology_phantoms, phantoms
 from stylex_jax.data.builders import image_folder, kl_xray, synthetic_knee
 from stylex_jax.data.builders.synthetic_histology import SyntheticHistologyConfig
 from stylex_jax.data.builders.synthetic_knee import SyntheticKneeConfig, example_seed
@@ -50,8 +50,9 @@ def test_registered_with_predefined_configs():
 
 
 @pytest.mark.parametrize('name, render, channels, attributes, class_names', [
-    ('synthetic_knee', 'knee_radiograph', 1, phantoms.KNEE_ATTRIBUTES, phantoms.KL_GRADE_NAMES),
-    ('synthetic_histology', 'histology_tile', 3, phantoms.HISTOLOGY_ATTRIBUTES, phantoms.HISTOLOGY_CLASS_NAMES),
+    ('synthetic_knee', phantoms.knee_radiograph, 1, phantoms.KNEE_ATTRIBUTES, phantoms.KL_GRADE_NAMES),
+    ('synthetic_histology', histology_phantoms.histology_tile, 3, phantoms.HISTOLOGY_ATTRIBUTES,
+     phantoms.HISTOLOGY_CLASS_NAMES),
 ])
 def test_tiny_generation_matches_the_phantoms(data_dir, name, render, channels, attributes, class_names):
   builder = _prepared(f'{name}/tiny', data_dir)
@@ -66,7 +67,7 @@ def test_tiny_generation_matches_the_phantoms(data_dir, name, render, channels, 
     source = builder.as_data_source(split)
     for i in (0, 7, len(source) - 1):
       ex = source[i]
-      image, label, attrs = getattr(phantoms, render)(example_seed(0, split, i), resolution=32)
+      image, label, attrs = render(example_seed(0, split, i), resolution=32)
       np.testing.assert_array_equal(ex['image'], image)  # PNG is lossless
       assert ex['label'] == label and ex['id'].decode() == f'{split}/{i:06d}'
       for a in attributes:
@@ -90,7 +91,8 @@ def test_custom_config_object(data_dir):
   assert builder.info.features['image'].shape == (40, 40, 3)
   assert builder.info.splits['train'].num_examples == 3
   ex = builder.as_data_source('validation')[1]
-  image, label, attrs = phantoms.histology_tile(example_seed(5, 'validation', 1), resolution=40, marker_strength=1.0)
+  image, label, attrs = histology_phantoms.histology_tile(example_seed(5, 'validation', 1), resolution=40,
+                                                          marker_strength=1.0)
   np.testing.assert_array_equal(ex['image'], image)
   assert ex['label'] == label and ex['marker'] == np.float32(attrs['marker'])
 

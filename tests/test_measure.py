@@ -4,6 +4,7 @@ import pytest
 from scipy import stats
 
 from stylex_jax.data import measure as M
+from stylex_jax.data import histology_phantoms as H
 from stylex_jax.data import phantoms as P
 
 
@@ -32,7 +33,7 @@ def knees_two_scanners():
 
 @pytest.fixture(scope='module')
 def tiles64():
-  return [P.histology_tile(2000 + s, 64, marker_strength=0.0) for s in range(100)]
+  return [H.histology_tile(2000 + s, 64, marker_strength=0.0) for s in range(100)]
 
 
 # ------------------------------------------------------------------------------------- analytic references
@@ -70,7 +71,7 @@ def test_jsw_analytic_gap_survives_blur_and_noise():
 
 def _disk_tile(centres, radius, h_conc=1.2, size=96, sub=8):
   """Pink eosin background with hematoxylin disks (Beer-Lambert with the reference stain vectors)."""
-  h_vec, e_vec = P.stain_vectors(0.0)
+  h_vec, e_vec = H.stain_vectors(0.0)
   o = (np.arange(size * sub) + 0.5) / sub - 0.5
   y, x = np.meshgrid(o, o, indexing='ij')
   cov = np.zeros_like(y)
@@ -260,7 +261,7 @@ def test_marker_detected_after_flips_and_rotations():
   knee = next(
       im for im, _, a in (P.knee_radiograph(s, 80, marker_strength=1.0, grade=3) for s in range(5)) if a['marker'])
   tile = next(
-      im for im, _, a in (P.histology_tile(s, 80, marker_strength=1.0, label=1) for s in range(5)) if a['marker'])
+      im for im, _, a in (H.histology_tile(s, 80, marker_strength=1.0, label=1) for s in range(5)) if a['marker'])
   for k in range(4):
     for flip in (False, True):
       kk = np.rot90(knee, k)[:, ::-1] if flip else np.rot90(knee, k)

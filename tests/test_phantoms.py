@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from stylex_jax.data import histology_phantoms as H
 from stylex_jax.data import phantoms as P
 
 # ------------------------------------------------------------------------------------------------ contract
@@ -51,7 +52,7 @@ def test_knee_shapes_types(resolution):
 
 @pytest.mark.parametrize('resolution', [32, 64, 96, 512])
 def test_histology_shapes_types(resolution):
-  image, label, attrs = P.histology_tile(7, resolution)
+  image, label, attrs = H.histology_tile(7, resolution)
   assert image.shape == (resolution, resolution, 3) and image.dtype == np.uint8
   assert label in (0, 1) and isinstance(label, int)
   assert tuple(attrs) == P.HISTOLOGY_ATTRIBUTES
@@ -59,7 +60,7 @@ def test_histology_shapes_types(resolution):
 
 
 def test_determinism_and_seed_dependence():
-  for fn in (P.knee_radiograph, P.histology_tile):
+  for fn in (P.knee_radiograph, H.histology_tile):
     a, la, aa = fn(123, 64, marker_strength=0.3)
     b, lb, ab = fn(123, 64, marker_strength=0.3)
     c, _, _ = fn(124, 64, marker_strength=0.3)
@@ -68,7 +69,7 @@ def test_determinism_and_seed_dependence():
     assert np.abs(a.astype(int) - c.astype(int)).mean() > 2.0
   # numpy integer seeds and the TFDS builder's large seeds are fine
   np.testing.assert_array_equal(P.knee_radiograph(np.int64(5), 32)[0], P.knee_radiograph(5, 32)[0])
-  P.histology_tile(3 * 2**32 + 17, 32)
+  H.histology_tile(3 * 2**32 + 17, 32)
 
 
 def test_same_seed_is_a_counterfactual_pair():
@@ -79,8 +80,8 @@ def test_same_seed_is_a_counterfactual_pair():
   assert all(a0[k] == a4[k] for k in keep_knee)
   assert a4['joint_space_width'] < a0['joint_space_width']
   keep_histo = ('stain_shift', 'blur_sigma', 'background_fraction')
-  _, _, h0 = P.histology_tile(11, 64, label=0)
-  _, _, h1 = P.histology_tile(11, 64, label=1)
+  _, _, h0 = H.histology_tile(11, 64, label=0)
+  _, _, h1 = H.histology_tile(11, 64, label=1)
   assert all(h0[k] == h1[k] for k in keep_histo)
   # marker strength only decides the tag: the rest of the image is identical
   im_a, _, _ = P.knee_radiograph(2, 64, grade=3, marker_strength=1.0)
@@ -95,11 +96,11 @@ def test_grade_and_label_drawn_uniformly_when_none():
   grades = np.array([P.knee_radiograph(s, 32)[1] for s in range(250)])
   counts = np.bincount(grades, minlength=5)
   assert stats.chisquare(counts).pvalue > 1e-3, counts
-  labels = np.array([P.histology_tile(s, 32)[1] for s in range(150)])
+  labels = np.array([H.histology_tile(s, 32)[1] for s in range(150)])
   assert 0.35 < labels.mean() < 0.65
 
 
-@pytest.mark.parametrize('fn, key', [(P.knee_radiograph, 'grade'), (P.histology_tile, 'label')])
+@pytest.mark.parametrize('fn, key', [(P.knee_radiograph, 'grade'), (H.histology_tile, 'label')])
 def test_marker_frequency_follows_probability(fn, key):
   n = 160
   for strength in (0.0, 1.0):
@@ -120,7 +121,7 @@ def test_tag_is_burnt_in_exactly():
   """The corner tag is the letter R (knee, bright) / H (histology, dark), independent reference bitmaps."""
   r_bitmap = ['####.', '#...#', '####.', '#..#.', '#...#']
   h_bitmap = ['#...#', '#...#', '#####', '#...#', '#...#']
-  for fn, bitmap, tag, ink, res in ((P.knee_radiograph, r_bitmap, 240, 20, 70), (P.histology_tile, h_bitmap, 18, 245,
+  for fn, bitmap, tag, ink, res in ((P.knee_radiograph, r_bitmap, 240, 20, 70), (H.histology_tile, h_bitmap, 18, 245,
                                                                                  140)):
     seed = next(s for s in range(50) if fn(s, res, marker_strength=0.0)[2]['marker'] == 1.0)
     image = fn(seed, res, marker_strength=0.0)[0][..., 0]
@@ -158,7 +159,7 @@ def test_histology_bad_input(bad):
   kwargs = dict(seed=0, resolution=64, label=None, marker_strength=0.0)
   kwargs.update(bad)
   with pytest.raises(ValueError):
-    P.histology_tile(**kwargs)
+    H.histology_tile(**kwargs)
 
 
 def test_error_messages_name_the_problem():
@@ -234,8 +235,8 @@ def test_knee_flip_and_brightness_show_in_pixels():
 
 
 def test_histology_attributes_follow_label():
-  normal = [P.histology_tile(s, 48, label=0)[2] for s in range(30)]
-  tumour = [P.histology_tile(s, 48, label=1)[2] for s in range(30)]
+  normal = [H.histology_tile(s, 48, label=0)[2] for s in range(30)]
+  tumour = [H.histology_tile(s, 48, label=1)[2] for s in range(30)]
   for key in ('nuclear_count', 'nuclear_mean_area', 'nuclear_darkness', 'pleomorphism'):
     n, t = np.array([a[key] for a in normal]), np.array([a[key] for a in tumour])
     assert t.mean() > n.mean(), key
@@ -248,8 +249,8 @@ def test_histology_attributes_follow_label():
 def test_histology_fixed_field_of_view():
   """Counts do not depend on resolution; areas scale with resolution^2."""
   for s in range(6):
-    a = P.histology_tile(s, 64)[2]
-    b = P.histology_tile(s, 128)[2]
+    a = H.histology_tile(s, 64)[2]
+    b = H.histology_tile(s, 128)[2]
     assert abs(a['nuclear_count'] - b['nuclear_count']) <= 0.15 * a['nuclear_count'] + 2
     assert b['nuclear_mean_area'] / a['nuclear_mean_area'] == pytest.approx(4.0, rel=0.25)
 
@@ -257,7 +258,7 @@ def test_histology_fixed_field_of_view():
 def test_histology_background_fraction_matches_white_pixels():
   fractions, white = [], []
   for s in range(30):
-    image, _, a = P.histology_tile(s, 64)
+    image, _, a = H.histology_tile(s, 64)
     fractions.append(a['background_fraction'])
     white.append(np.mean(image.min(axis=-1) > 225))
   fractions, white = np.array(fractions), np.array(white)
@@ -267,17 +268,17 @@ def test_histology_background_fraction_matches_white_pixels():
 
 def test_histology_colours_are_h_and_e():
   """Beer-Lambert with H&E vectors: pink stroma (G lowest), blue-purple nuclei (B highest), white lumen."""
-  seed = next(s for s in range(20) if P.histology_tile(s, 32, label=1)[2]['marker'] == 0.0)
-  image, _, a = P.histology_tile(seed, 128, label=1)
+  seed = next(s for s in range(20) if H.histology_tile(s, 32, label=1)[2]['marker'] == 0.0)
+  image, _, a = H.histology_tile(seed, 128, label=1)
   assert a['marker'] == 0.0
   rgb = image.reshape(-1, 3).astype(float)
   tissue = rgb[rgb.min(axis=1) < 200]
   assert np.median(tissue[:, 1]) < np.median(tissue[:, 0]) and np.median(tissue[:, 1]) < np.median(tissue[:, 2])
   darkest = rgb[np.argsort(rgb.sum(axis=1))[:len(rgb) // 50]]  # nuclei
   assert np.median(darkest[:, 2]) > np.median(darkest[:, 0]) and np.median(darkest[:, 2]) > np.median(darkest[:, 1])
-  h, e = P.stain_vectors(0.0)
+  h, e = H.stain_vectors(0.0)
   np.testing.assert_allclose([np.linalg.norm(h), np.linalg.norm(e)], 1.0)
-  h_blue, _ = P.stain_vectors(1.0)
+  h_blue, _ = H.stain_vectors(1.0)
   assert h_blue[2] > h[2]
 
 
@@ -285,7 +286,7 @@ def test_histology_blur_and_stain_shift_show_in_pixels():
   sharp, blur_attr = [], []
   shift, blueness = [], []
   for s in range(30):
-    image, _, a = P.histology_tile(s, 64, label=1)
+    image, _, a = H.histology_tile(s, 64, label=1)
     g = image.astype(float).mean(-1)
     sharp.append(np.abs(np.diff(g, axis=0)).mean() + np.abs(np.diff(g, axis=1)).mean())
     blur_attr.append(a['blur_sigma'])

@@ -45,7 +45,7 @@ measured on the whole image (the corner-tag boxes excluded) and needing no joint
     Otsu's threshold. Shifting all intensities by d shifts it by d; a contrast change about it leaves it.
 
 Histology (``measure_histology``), H&E RGB: colour deconvolution (Beer-Lambert optical density projected on
-the reference hematoxylin/eosin vectors of ``phantoms.stain_vectors(0)``); nuclei = hematoxylin density
+the reference hematoxylin/eosin vectors of ``histology_phantoms.stain_vectors(0)``); nuclei = hematoxylin density
 above 0.3 after light smoothing, holes filled (pale vesicular centres), the corner tag excluded. Touching
 nuclei merge into one component, so each component counts its hematoxylin blobs (local maxima after
 smoothing at half the typical nuclear radius), at least one. Mean area = nuclear pixels / count.
@@ -70,9 +70,9 @@ from stylex_jax.data.phantoms import (
     MAX_RESOLUTION,
     MIN_RESOLUTION,
     marker_box,
-    stain_vectors,
     tag_pattern,
 )
+from stylex_jax.data.histology_phantoms import stain_vectors
 
 KNEE_MEASUREMENTS: tuple[str, ...] = ('joint_found', 'joint_space_width', 'osteophyte_area', 'sclerosis', 'marker',
                                       'tilt', 'noise_level', 'sharpness', 'brightness')

@@ -1,4 +1,4 @@
-"""TFDS builder `synthetic_histology`: procedural H&E-like histology tiles (`phantoms.histology_tile`).
+"""TFDS builder `synthetic_histology`: procedural H&E-like histology tiles (`histology_phantoms.histology_tile`).
 
 Same pattern as `synthetic_knee` (shared `PhantomBuilder` machinery, local generation, disjoint
 seeds per split, parallel workers): features `image` uint8 (R, R, 3) PNG, `label`

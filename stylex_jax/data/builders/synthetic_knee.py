@@ -45,7 +45,7 @@ from absl import logging
 from etils import epath
 from PIL import Image
 
-from stylex_jax.data import phantoms
+from stylex_jax.data import histology_phantoms, phantoms
 
 SPLIT_INDEX = {'train': 0, 'validation': 1, 'test': 2}
 GENERATION_WORKERS: int | None = None  # None: every CPU this process may use
@@ -96,7 +96,7 @@ def example_seed(base_seed: int, split: str, index: int) -> int:
   return (base_seed * 3 + SPLIT_INDEX[split]) * 2**32 + index
 
 
-_RENDERERS = {'knee': 'knee_radiograph', 'histology': 'histology_tile'}  # phantoms.<function>
+_RENDERERS = {'knee': phantoms.knee_radiograph, 'histology': histology_phantoms.histology_tile}
 
 
 def _render(job: tuple) -> tuple[bytes, int, dict[str, float]]:
@@ -106,8 +106,7 @@ def _render(job: tuple) -> tuple[bytes, int, dict[str, float]]:
   """
   kind, seed, resolution, marker_strength, channels, attributes, *extra = job
   kwargs = dict(extra[0]) if extra else {}
-  name = _RENDERERS[kind]
-  image, label, attrs = getattr(phantoms, name)(seed, resolution=resolution, marker_strength=marker_strength, **kwargs)
+  image, label, attrs = _RENDERERS[kind](seed, resolution=resolution, marker_strength=marker_strength, **kwargs)
   image = np.asarray(image)
   if image.shape != (resolution, resolution, channels) or image.dtype != np.uint8:
     raise ValueError(f'phantoms.{name}(seed={seed}) returned {image.dtype} {image.shape}, expected uint8 '
