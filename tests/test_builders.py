@@ -127,6 +127,16 @@ def test_bad_config_fails_fast(kwargs, message):
     SyntheticKneeConfig(name='bad', **kwargs)
 
 
+def test_a_renderer_that_breaks_its_contract_is_named():
+  """A job whose channel count the renderer does not give, or asking for an attribute it does not return: the
+  error names the renderer's module and function."""
+  seed = example_seed(0, 'train', 0)
+  with pytest.raises(ValueError, match=r'stylex_jax\.data\.histology_phantoms\.histology_tile\(seed=.*expected uint8'):
+    synthetic_knee._render(('histology', seed, 32, 0.0, 1, ()))
+  with pytest.raises(ValueError, match=r"phantoms\.knee_radiograph returned no value for attributes \['nope'\]"):
+    synthetic_knee._render(('knee', seed, 32, 0.0, 1, ('nope',)))
+
+
 def test_worker_processes_give_the_same_examples(monkeypatch):
   jobs = [('knee', example_seed(0, 'train', i), 32, 0.0, 1, tuple(phantoms.KNEE_ATTRIBUTES)) for i in range(6)]
   inline = [synthetic_knee._render(job) for job in jobs]

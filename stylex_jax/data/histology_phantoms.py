@@ -14,9 +14,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from stylex_jax.data.phantoms import (HISTOLOGY_ATTRIBUTES, HISTOLOGY_TAG_CELLS, burn_tag, check_class,
-                                      check_resolution, check_seed, check_strength, filtered_noise, marker_probability,
-                                      scene_noise)
+from stylex_jax.data.phantoms import (HISTOLOGY_TAG_CELLS, burn_tag, check_class, check_resolution, check_seed,
+                                      check_strength, filtered_noise, marker_probability, scene_noise)
 
 # Optical densities per unit stain concentration (R, G, B), after Ruifrok & Johnston (2001), normalised.
 _H_OD = np.array([0.65, 0.70, 0.29])

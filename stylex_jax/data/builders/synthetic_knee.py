@@ -106,14 +106,16 @@ def _render(job: tuple) -> tuple[bytes, int, dict[str, float]]:
   """
   kind, seed, resolution, marker_strength, channels, attributes, *extra = job
   kwargs = dict(extra[0]) if extra else {}
-  image, label, attrs = _RENDERERS[kind](seed, resolution=resolution, marker_strength=marker_strength, **kwargs)
+  render = _RENDERERS[kind]
+  name = f'{render.__module__}.{render.__name__}'
+  image, label, attrs = render(seed, resolution=resolution, marker_strength=marker_strength, **kwargs)
   image = np.asarray(image)
   if image.shape != (resolution, resolution, channels) or image.dtype != np.uint8:
-    raise ValueError(f'phantoms.{name}(seed={seed}) returned {image.dtype} {image.shape}, expected uint8 '
+    raise ValueError(f'{name}(seed={seed}) returned {image.dtype} {image.shape}, expected uint8 '
                      f'{(resolution, resolution, channels)}')
   missing = [a for a in attributes if a not in attrs]
   if missing:
-    raise ValueError(f'phantoms.{name} returned no value for attributes {missing}')
+    raise ValueError(f'{name} returned no value for attributes {missing}')
   buffer = io.BytesIO()
   Image.fromarray(image[..., 0] if channels == 1 else image).save(buffer, format='PNG', compress_level=3)
   return buffer.getvalue(), int(label), {a: float(attrs[a]) for a in attributes}
