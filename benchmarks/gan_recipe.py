@@ -38,9 +38,15 @@ from stylex_jax import writers  # noqa: E402
 # measured against (128 channels from 16², batch 16, path length on), so they reproduce the table in
 # benchmarks/README.md whatever configs/demo.py uses now (its current GAN is `small_b4`).
 _WIDE = [
-    '--config.gan.generator.channel_base=2048', '--config.gan.generator.channel_max=128',
-    '--config.gan.discriminator.channel_base=2048', '--config.gan.discriminator.channel_max=128',
-    '--config.gan.batch_size=16', '--config.gan.ema_kimg=5'
+    '--config.gan.generator.channel_base=2048',
+    '--config.gan.generator.channel_max=128',
+    '--config.gan.discriminator.channel_base=2048',
+    '--config.gan.discriminator.channel_max=128',
+    '--config.gan.batch_size=16',
+    '--config.gan.ema_kimg=5',
+    # every recipe below but 'demo' was measured with ADA on (the demo's setting until 2026-12-01)
+    '--config.gan.augment=bgc',
+    '--config.gan.ada_target=0.6'
 ]
 _BASELINE = _WIDE + ['--config.gan.pl_weight=2']
 _NO_PL = _WIDE + ['--config.gan.pl_weight=0']
@@ -85,6 +91,9 @@ RECIPES.update({
     'b4_r1x10': _B4 + ['--config.gan.r1_gamma=2.048'],
     'b4_map8': _B4 + ['--config.gan.generator.mapping_layers=8'],
     'b4_noramp': _B4 + ['--config.gan.ema_rampup=0'],
+    # the demo as it is now (ADA off, = b4_noada) with R1 every 4 / 64 iterations instead of 16
+    'demo_r1i4': ['--config.gan.r1_interval=4'],
+    'demo_r1i64': ['--config.gan.r1_interval=64'],
 })
 
 
