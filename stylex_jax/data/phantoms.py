@@ -149,12 +149,14 @@ def marker_probability(positive: bool, strength: float) -> float:
 # Validation
 # ----------------------------------------------------------------------------------------------------------
 def check_seed(seed) -> int:
+  """``seed`` as a non-negative int; ValueError naming it otherwise."""
   if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, numbers.Integral) or int(seed) < 0:
     raise ValueError(f'seed must be a non-negative integer, got {seed!r}; pass e.g. seed=0.')
   return int(seed)
 
 
 def check_resolution(resolution) -> int:
+  """``resolution`` as an int in [MIN_RESOLUTION, MAX_RESOLUTION]; ValueError naming the range otherwise."""
   if (isinstance(resolution, (bool, np.bool_)) or not isinstance(resolution, numbers.Integral) or
       not MIN_RESOLUTION <= int(resolution) <= MAX_RESOLUTION):
     raise ValueError(f'resolution must be an integer in [{MIN_RESOLUTION}, {MAX_RESOLUTION}] (square images), '
@@ -163,6 +165,7 @@ def check_resolution(resolution) -> int:
 
 
 def check_strength(strength, name: str = 'marker_strength') -> float:
+  """``strength`` as a float probability in [0, 1]; ValueError naming ``name`` otherwise."""
   try:
     value = float(strength)
   except (TypeError, ValueError):
@@ -173,6 +176,7 @@ def check_strength(strength, name: str = 'marker_strength') -> float:
 
 
 def check_class(value, n: int, name: str) -> int | None:
+  """``value`` as an int class in [0, n), or None (drawn from the seed); ValueError naming ``name`` otherwise."""
   if value is None:
     return None
   if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral) or not 0 <= int(value) < n:
