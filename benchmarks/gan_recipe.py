@@ -36,7 +36,9 @@ from stylex_jax import writers  # noqa: E402
 
 # Each recipe: configs/demo.py plus these overrides. All but `demo` start from the demo GAN the recipes were
 # measured against (128 channels from 16², batch 16, path length on), so they reproduce the table in
-# benchmarks/README.md whatever configs/demo.py uses now (its current GAN is `small_b4`).
+# benchmarks/README.md whatever configs/demo.py uses now (its current GAN is `b4_noada`).
+# Every recipe but `demo` was measured with ADA on (the demo's setting until 2026-12-01).
+_ADA_ON = [f'--config.gan.{k}={v}' for k, v in demo.ADA_ON.items()]
 _WIDE = [
     '--config.gan.generator.channel_base=2048',
     '--config.gan.generator.channel_max=128',
@@ -44,10 +46,7 @@ _WIDE = [
     '--config.gan.discriminator.channel_max=128',
     '--config.gan.batch_size=16',
     '--config.gan.ema_kimg=5',
-    # every recipe below but 'demo' was measured with ADA on (the demo's setting until 2026-12-01)
-    '--config.gan.augment=bgc',
-    '--config.gan.ada_target=0.6'
-]
+] + _ADA_ON
 _BASELINE = _WIDE + ['--config.gan.pl_weight=2']
 _NO_PL = _WIDE + ['--config.gan.pl_weight=0']
 _SMALL = [

@@ -36,6 +36,8 @@ import ml_collections
 
 from configs import base
 
+# ADA as configs/base.py sets it: what smoke, long and configs/medmnist.py train with (and were measured with)
+ADA_ON = {'augment': 'bgc', 'ada_target': 0.6}
 VARIANTS = ('', 'smoke', 'grades', 'marker', 'long', 'histology', 'shortcut', 'shortcut_smoke')
 
 
@@ -126,7 +128,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
     c.eval_every = c.checkpoint_every = 3
     g.num_steps = g.eval_every = 4
     g.pl_weight = 2.0  # the smoke run keeps every regularisation step and ADA on the path it checks
-    g.augment, g.ada_target = 'bgc', 0.6
+    g.update(ADA_ON)
     g.checkpoint_every = g.sample_every = g.log_every = 2
     g.eval_images = 32
     en.model = dict(width=8, channel_max=16, hidden=32)
@@ -150,7 +152,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
     g.generator.update(channel_base=2048, channel_max=128)
     g.discriminator.update(channel_base=2048, channel_max=128)
     g.batch_size, g.ema_kimg, g.pl_weight, g.log_every = 16, 16 * 10 / 32, 2.0, 50
-    g.augment, g.ada_target = 'bgc', 0.6  # as it was measured
+    g.update(ADA_ON)  # as it was measured
     g.num_steps = 6000  # 96 kimg
     g.sample_every = 500
     g.eval_every = 1000

@@ -41,7 +41,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   # configs/demo.py's models, steps, encoder, projector and explain settings (its smoke variant for *_smoke)
   config = demo.get_config('smoke' if smoke else '')
   # ADA on, as these configs were measured: BreastMNIST has 546 training images, the case ADA is for
-  config.gan.augment, config.gan.ada_target = 'bgc', 0.6
+  config.gan.update(demo.ADA_ON)
   d = config.data
   d.dataset = 'medmnist'
   d.manual_dir = ''  # REQUIRED: --config.data.manual_dir=<folder holding <name>_64.npz>

@@ -103,9 +103,9 @@ def test_without_ada_d_sees_the_images_unchanged_and_p_stays():
   reals = np.random.default_rng(3).uniform(-1, 1, (16, 16, 16, 1)).astype(np.float32)
   direct = models.discriminator.apply({'params': state.d_params}, reals).reshape(16)
   steps = gan.StepFunctions(config, models, mesh)
-  for _ in range(2):
+  for i in range(2):
     state, m = steps.d_main(state, reals, jax.random.key(4))
-    if _ == 0:
+    if i == 0:
       np.testing.assert_allclose(float(m['real_logits']), float(np.mean(direct)), rtol=1e-5, atol=1e-6)
       np.testing.assert_allclose(float(m['rt']), float(np.mean(np.sign(direct))))
   assert float(state.ada_p) == 0.0

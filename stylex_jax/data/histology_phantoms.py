@@ -147,7 +147,7 @@ def histology_tile(seed: int, resolution: int = 64, label: int | None = None,
     Returns:
       image: uint8 [R, R, 3] RGB in [0, 255].
       label: int 0 or 1.
-      attrs: dict with exactly ``HISTOLOGY_ATTRIBUTES`` keys, python floats (units in the module docstring).
+      attrs: dict with exactly ``HISTOLOGY_ATTRIBUTES`` keys, python floats (units in ``phantoms``' docstring).
     """
   seed = check_seed(seed)
   R = check_resolution(resolution)
