@@ -79,6 +79,19 @@ def test_inverting_a_generated_image_recovers_it_and_compiles_once(pieces):
   assert inv.trace_count == traces
 
 
+def test_warmup_on_a_mesh_compiles_what_the_calls_use(pieces):
+  """With a mesh the chunks are sharded over 'data': warmup must place its blank chunk the same way, or the first
+  real call compiles every function again."""
+  config, g, g_params, g_stats, model, variables = pieces
+  ic = ml_collections.ConfigDict({**config.invert.to_dict(), 'steps': 2, 'batch_size': 8})
+  inv = invert.Inverter(g, g_params, g_stats, model, variables, ic, mesh=sharding.make_mesh())
+  assert inv.mesh.devices.size == 8
+  inv.warmup()
+  assert inv.trace_count == 3
+  out = inv(np.zeros((3, 16, 16, 1), np.float32))
+  assert out['ws'].shape == (3, inv.num_ws, inv.w_dim) and inv.trace_count == 3
+
+
 def test_w_space_noise_and_nvidia_recipe_run(pieces):
   inv = _inverter(pieces)
   images, _ = _targets(inv, 2)
@@ -128,6 +141,67 @@ def test_encoder_layout_and_start(pieces):
   assert inv.start == 'w_avg'  # no encoder given
   with pytest.raises(ValueError, match='square'):
     enc.apply({'params': params}, jnp.zeros((1, 16, 8, 1)))
+
+
+def _normalized(n):
+  n = n - n.mean(axis=(1, 2, 3), keepdims=True)
+  return n / np.sqrt(np.mean(n**2, axis=(1, 2, 3), keepdims=True))
+
+
+def test_encoder_noise_maps_start_the_projector(pieces):
+  """An encoder with noise=True: its residuals land on the generator's maps block by block (numpy reference), an
+  untrained one leaves the constant maps, the projector starts from them (normalised per map) and, without
+  optimize_noise, holds them fixed while it moves w."""
+  config, g, *_ = pieces
+  enc = encoder_lib.Encoder(num_ws=g.num_ws, w_dim=g.w_dim, width=8, channel_max=16, hidden=32, noise=True)
+  x = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (3, 16, 16, 1)), jnp.float32)
+  params = enc.init(jax.random.key(0), x)['params']
+  inv0 = _inverter(pieces, steps=0)
+  template = inv0.noise_template()
+  _, residuals = enc.apply({'params': params}, x, return_noise=True)
+  assert sorted(residuals) == [4, 8, 16] and all(residuals[r].shape == (3, r, r, 2) for r in residuals)
+  untrained = encoder_lib.noise_inputs(template, residuals)
+  jax.tree.map(lambda a, t: np.testing.assert_array_equal(np.asarray(a), np.broadcast_to(t, a.shape)), untrained,
+               template)
+  params = jax.tree.map(lambda p: p + 0.05 * jax.random.normal(jax.random.key(1), p.shape), params)
+  _, residuals = enc.apply({'params': params}, x, return_noise=True)
+  maps = encoder_lib.noise_inputs(template, residuals)
+  for block, convs in template['synthesis_network'].items():
+    r = int(block[1:])
+    for conv, leaf in convs.items():
+      k = int(conv[-1])
+      want = np.asarray(leaf['noise']['noise']) + np.asarray(residuals[r])[..., k:k + 1]
+      np.testing.assert_allclose(np.asarray(maps['synthesis_network'][block][conv]['noise']['noise']), want, rtol=1e-6)
+  with pytest.raises(ValueError, match='16 px block'):
+    encoder_lib.noise_inputs(template, {4: residuals[4], 8: residuals[8]})
+  with pytest.raises(ValueError, match='noise=True'):
+    encoder_lib.Encoder(num_ws=g.num_ws, w_dim=g.w_dim, width=8, channel_max=16, hidden=32).apply({'params': params}, x,
+                                                                                                  return_noise=True)
+
+  _, g_, g_params, g_stats, model, variables = pieces
+  # an untrained G ignores its noise (strength 0): give the maps a say
+  g_params = jax.tree_util.tree_map_with_path(
+      lambda path, p: p + 0.5 if 'noise_strength' in jax.tree_util.keystr(path) else p, g_params)
+  images = np.asarray(x)
+  make = lambda **kw: invert.Inverter(g_, g_params, g_stats, model, variables,
+                                      ml_collections.ConfigDict({
+                                          **config.invert.to_dict(), 'start': 'encoder',
+                                          **kw
+                                      }), encoder=enc, encoder_params=params)
+  start = make(steps=0)(images)
+  offsets = np.asarray(enc.apply({'params': params}, x))
+  np.testing.assert_allclose(start['ws'], np.asarray(inv0.w_avg) + offsets, rtol=1e-6, atol=1e-6)
+  want_noise = jax.tree.map(lambda n: _normalized(np.asarray(n, np.float64)), maps)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), start['noise'], want_noise)
+  direct = make(steps=0).synthesize(jnp.asarray(start['ws']), jax.tree.map(jnp.asarray, start['noise']))
+  assert np.abs(np.asarray(direct) - np.asarray(make(steps=0).synthesize(jnp.asarray(start['ws'])))).max() > 1e-3
+  np.testing.assert_allclose(start['reconstructions'], np.asarray(direct), atol=1e-5)
+  held = make(steps=3, optimize_noise=False)(images)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), held['noise'], start['noise'])
+  assert np.abs(held['ws'] - start['ws']).max() > 1e-3  # w moved
+  moved = make(steps=3, optimize_noise=True)(images)
+  assert max(
+      np.abs(a - b).max() for a, b in zip(jax.tree.leaves(moved['noise']), jax.tree.leaves(start['noise']))) > 1e-3
 
 
 def test_loss_terms_against_numpy():

@@ -24,15 +24,15 @@ Bad input: images whose size or channel count differ from the generator's are re
 / converted (grey -> RGB by repetition, RGB -> grey by the channel mean) with a warning; NaN/Inf pixels or
 values far outside [-1, 1] raise ValueError naming the image.
 
-Noise: with `optimize_noise` the reconstruction is G(ws, noise) with the returned per-image `noise` maps;
-`synthesize(ws, noise)` reproduces it, `synthesize(ws)` uses the generator's constant noise instead.
+Noise: with `optimize_noise`, or from an encoder trained with noise=True (`models.encoder`: its predicted maps
+start the optimisation, and are held fixed without `optimize_noise`), the reconstruction is G(ws, noise) with
+the returned per-image `noise` maps; `synthesize(ws, noise)` reproduces it, `synthesize(ws)` uses the
+generator's constant noise instead.
 """
 from __future__ import annotations
 
-import functools
-import math
 import warnings
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -44,6 +44,8 @@ from stylex_jax import sharding
 from stylex_jax.data import images as images_lib
 from stylex_jax.evaluate import similarity
 from stylex_jax.explain import reconstruction
+from stylex_jax.models import encoder as encoder_lib
+from stylex_jax.models import stylegan2
 
 SPACES = ('w+', 'w')
 STARTS = ('encoder', 'w_avg')
@@ -183,10 +185,7 @@ class Inverter:
   def noise_template(self):
     """The synthesis network's constant noise maps as a pytree of [1, H, W, 1] (the optimisation's start)."""
     if self._noise_template is None:
-      ws = jnp.broadcast_to(self.w_avg, (1, self.num_ws, self.w_dim))
-      _, mutated = jax.jit(lambda w: self.generator.apply({'params': self.g_params}, w, method='synthesis', noise_mode=
-                                                          'const', mutable=['noise_inputs']))(ws)
-      self._noise_template = mutated['noise_inputs']
+      self._noise_template = stylegan2.constant_noise(self.generator, self.g_params)
     return self._noise_template
 
   def w_std(self, num_samples: int = 10000) -> float:
@@ -201,13 +200,28 @@ class Inverter:
     return self._w_std
 
   # ------------------------------------------------------------------ the optimisation
+  @property
+  def encoder_noise(self) -> bool:
+    """Whether the start's noise maps come from the encoder (an encoder trained with noise=True)."""
+    return self.start == 'encoder' and bool(getattr(self.encoder, 'noise', False))
+
   def initial_ws(self, images: jax.Array) -> jax.Array:
     """Start of the optimisation: w_avg + encoder(images), or w_avg. images [B, R, R, C] -> [B, num_ws, w_dim]."""
+    return self.initial_latents(images)[0]
+
+  def initial_latents(self, images: jax.Array):
+    """images [B, R, R, C] -> (ws [B, num_ws, w_dim], noise maps or None): w_avg (+ the encoder's offsets) and,
+    from an encoder with noise=True, its noise maps (normalised per map, as the projector keeps them); None means
+    the generator's constant maps."""
     b = images.shape[0]
     ws = jnp.broadcast_to(self.w_avg, (b, self.num_ws, self.w_dim))
-    if self.start == 'encoder':
-      ws = ws + self.encoder.apply({'params': self.encoder_params}, images)
-    return ws
+    if self.start != 'encoder':
+      return ws, None
+    if not self.encoder_noise:
+      return ws + self.encoder.apply({'params': self.encoder_params}, images), None
+    offsets, residuals = self.encoder.apply({'params': self.encoder_params}, images, return_noise=True)
+    noise = reconstruction.normalize_noise(encoder_lib.noise_inputs(self.noise_template(), residuals))
+    return ws + offsets, noise
 
   def _expand(self, w):
     return w if w.ndim == 3 else jnp.broadcast_to(w[:, None], (w.shape[0], self.num_ws, self.w_dim))
@@ -220,11 +234,17 @@ class Inverter:
     b = images.shape[0]
     needs_classifier = weights.get('kl', 0) or weights.get('perceptual', 0)
     x_logits, x_feats = self._classify_features(images) if needs_classifier else (None, None)
-    ws0 = self.initial_ws(images)
+    ws0, noise0 = self.initial_latents(images)
     params = {'w': ws0 if c.space == 'w+' else jnp.mean(ws0, axis=1)}
-    if c.optimize_noise:
-      params['noise'] = jax.tree.map(lambda n: jnp.broadcast_to(n, (b,) + n.shape[1:]), self.noise_template())
-    return params, self._adam().init(params), x_logits, x_feats
+    if noise0 is None and c.optimize_noise:
+      noise0 = jax.tree.map(lambda n: jnp.broadcast_to(n, (b,) + n.shape[1:]), self.noise_template())
+    if noise0 is not None:  # optimised with `optimize_noise`, else the encoder's maps held fixed
+      params['noise'] = noise0
+    return params, self._adam().init(self._optimised(params)), x_logits, x_feats
+
+  def _optimised(self, params):
+    """The part of the variables Adam moves: w, and the noise maps with `optimize_noise`."""
+    return params if self.config.optimize_noise else {'w': params['w']}
 
   def _adam(self):
     return optax.scale_by_adam(b1=0.9, b2=0.999, eps=1e-8)
@@ -236,12 +256,14 @@ class Inverter:
     weights = dict(c.loss)
     t = i.astype(jnp.float32) / max(int(c.steps), 1)
 
+    fixed_noise = None if c.optimize_noise else params.get('noise')
+
     def loss_fn(p):
       ws = self._expand(p['w'])
       if c.w_noise > 0:
         scale = w_std * c.w_noise * jnp.square(jnp.maximum(0.0, 1.0 - t / c.w_noise_ramp))
         ws = ws + scale * jax.random.normal(jax.random.fold_in(key, i), ws.shape)
-      noise = p['noise'] if c.optimize_noise else None
+      noise = p['noise'] if c.optimize_noise else fixed_noise
       recon = self._synthesize_raw(ws, noise)
       loss, _ = reconstruction.reconstruction_loss(images, recon, ws, self.w_avg, weights,
                                                    classify=self._classify_features, image_logits=x_logits,
@@ -250,15 +272,18 @@ class Inverter:
         loss = loss + c.noise_regularize * reconstruction.noise_regularization(noise)
       return jnp.sum(loss)
 
-    grads = jax.grad(loss_fn)(params)
-    updates, opt_state = self._adam().update(grads, opt_state, params)
+    moving = self._optimised(params)
+    grads = jax.grad(loss_fn)(moving)
+    updates, opt_state = self._adam().update(grads, opt_state, moving)
     lr = learning_rate(t, c.lr, c.lr_schedule, c.lr_rampup, c.lr_rampdown)
     scaled = dict(updates)
     if 'noise' in scaled:
       scaled['noise'] = jax.tree.map(lambda u: u * c.noise_lr_multiplier, scaled['noise'])
-    params = jax.tree.map(lambda v, u: v - lr * u, params, scaled)
+    params = dict(jax.tree.map(lambda v, u: v - lr * u, moving, scaled))
     if c.optimize_noise:
       params['noise'] = reconstruction.normalize_noise(params['noise'])
+    elif fixed_noise is not None:
+      params['noise'] = fixed_noise
     return params, opt_state
 
   def _finish(self, params, images):
@@ -284,13 +309,20 @@ class Inverter:
       params, opt_state = self._step_fn(params, opt_state, images, x_logits, x_feats, jnp.int32(i), key, w_std)
     return self._finish_fn(params, images)
 
+  def _place(self, chunk: np.ndarray) -> jax.Array:
+    """A chunk [batch_size, R, R, C] on device: sharded over the mesh's 'data' axis when the chunk divides over it."""
+    if self.mesh is not None and chunk.shape[0] % self.mesh.devices.size == 0:
+      return jax.device_put(chunk, sharding.data_sharding(self.mesh))
+    return jnp.asarray(chunk)
+
   def warmup(self) -> float:
     """Compiles the start, step and report functions for one chunk (one step on blank images, result
     discarded), so later calls run without compiling. Returns the seconds it took."""
     import time
     t0 = time.perf_counter()
     self.noise_template()
-    x = jnp.zeros((int(self.config.batch_size), self.resolution, self.resolution, self.channels), jnp.float32)
+    x = self._place(np.zeros((int(self.config.batch_size), self.resolution, self.resolution, self.channels),
+                             np.float32))  # placed as __call__ places chunks, or the first call compiles again
     params, opt_state, x_logits, x_feats = self._start_fn(x)
     w_std = jnp.float32(self.w_std() if self.config.w_noise > 0 else 0.0)
     params, opt_state = self._step_fn(params, opt_state, x, x_logits, x_feats, jnp.int32(0), jax.random.key(0), w_std)
@@ -309,17 +341,13 @@ class Inverter:
     self.noise_template()  # concrete before tracing
     n, bs = x.shape[0], int(self.config.batch_size)
     w_std = jnp.float32(self.w_std() if self.config.w_noise > 0 else 0.0)
-    shard = None
-    if self.mesh is not None and bs % self.mesh.devices.size == 0:
-      shard = sharding.data_sharding(self.mesh)
     outs = []
     for start in range(0, n, bs):
       chunk = x[start:start + bs]
       m = chunk.shape[0]
       if m < bs:
         chunk = np.concatenate([chunk, np.repeat(chunk[-1:], bs - m, axis=0)])
-      chunk = jax.device_put(chunk, shard) if shard is not None else jnp.asarray(chunk)
-      out = self.invert_chunk(chunk, jax.random.fold_in(jax.random.key(seed), start), w_std)
+      out = self.invert_chunk(self._place(chunk), jax.random.fold_in(jax.random.key(seed), start), w_std)
       outs.append(jax.tree.map(lambda a: np.asarray(a)[:m], out))
     result = jax.tree.map(lambda *a: np.concatenate(a), *outs)
     if ids is not None:

@@ -9,10 +9,19 @@ channel_max; the 4x4 features are flattened into a hidden dense layer. Like e4e,
 offset [w_dim] shared by every layer plus per-layer deltas [num_ws, w_dim]; both heads start at zero, so an
 untrained encoder returns w_avg, and the deltas are what the encoder stage's `delta` penalty keeps small
 (W+ close to W). `Encoder.apply(..., return_parts=True)` also returns (base, deltas).
+
+With `noise=True` the encoder also predicts the synthesis network's per-layer noise maps (the detail StyleGAN2
+puts in noise, which no W+ can carry): a zero-initialised 1x1 conv on the features at each resolution R of the
+pyramid gives residuals [B, R, R, 2] (channel k for the block's conv k; the 4x4 block uses channel 1), added to
+the generator's constant maps by `noise_inputs` and re-normalised like the projector's maps
+(`explain.reconstruction.normalize_noise`). Untrained, they leave the constant noise unchanged.
+`Encoder.apply(..., return_noise=True)` returns (offsets, {R: residuals}).
 """
 from __future__ import annotations
 
 import math
+
+from typing import Any, Mapping
 
 import flax.linen as nn
 import jax
@@ -47,28 +56,36 @@ class Encoder(nn.Module):
   """images [B, H, W, C] in [-1, 1] -> offsets [B, num_ws, w_dim] from w_avg (float32).
 
     Attributes: num_ws, w_dim (of the generator); width: channels of the stem; channel_max: cap on channels;
-    hidden: width of the dense layer after the 4x4 features.
+    hidden: width of the dense layer after the 4x4 features; noise: also predict noise-map residuals.
     """
   num_ws: int
   w_dim: int
   width: int = 32
   channel_max: int = 256
   hidden: int = 512
+  noise: bool = False
 
   @nn.compact
-  def __call__(self, images: jax.Array, return_parts: bool = False):
+  def __call__(self, images: jax.Array, return_parts: bool = False, return_noise: bool = False):
     if images.ndim != 4 or images.shape[-1] not in (1, 3) or images.shape[1] != images.shape[2]:
       raise ValueError(f'Encoder expects square images [B, H, W, C] with C = 1 or 3 in [-1, 1], got shape '
                        f'{tuple(images.shape)}')
     size = images.shape[1]
     if size < 8 or size & (size - 1):
       raise ValueError(f'Encoder expects a power-of-two image size >= 8, got {size}; resize the images')
+    if return_noise and not self.noise:
+      raise ValueError('return_noise=True needs an Encoder built with noise=True (config.encoder.model.noise)')
     x = nn.Conv(self.width, (3, 3), name='stem')(images.astype(jnp.float32))
     res, i = size, 0
+    noise = {}
     while res > 4:
+      if self.noise:
+        noise[res] = nn.Conv(2, (1, 1), kernel_init=nn.initializers.zeros, name=f'noise{res}')(x)
       x = ResidualDown(min(self.width * 2**(i + 1), self.channel_max), name=f'down{res}')(x)
       res, i = res // 2, i + 1
     x = nn.leaky_relu(nn.GroupNorm(_groups(x.shape[-1]), name='norm_out')(x), 0.2)
+    if self.noise:
+      noise[4] = nn.Conv(2, (1, 1), kernel_init=nn.initializers.zeros, name='noise4')(x)
     x = x.reshape(x.shape[0], -1)
     x = nn.leaky_relu(nn.Dense(self.hidden, name='fc')(x), 0.2)
     base = nn.Dense(self.w_dim, kernel_init=nn.initializers.zeros, name='base')(x)
@@ -77,4 +94,30 @@ class Encoder(nn.Module):
     offsets = base[:, None, :] + deltas
     if return_parts:
       return offsets, (base, deltas)
+    if return_noise:
+      return offsets, noise
     return offsets
+
+
+def noise_inputs(template: Mapping[str, Any], residuals: Mapping[int, jax.Array]) -> dict:
+  """The generator's `noise_inputs` collection with the encoder's residuals added (not yet normalised).
+
+  template: the synthesis network's constant maps, {'synthesis_network': {'b<R>': {'conv<k>': {'noise': {'noise':
+  [1, R, R, 1]}}}}} (`Inverter.noise_template()`); residuals: {R: [B, R, R, 2]} from `return_noise=True`.
+  Returns the same tree with leaves [B, R, R, 1] = template + residuals[R][..., k]. A resolution missing from
+  `residuals` raises ValueError (an encoder made for another generator).
+  """
+  out = {}
+  for block, convs in template['synthesis_network'].items():
+    r = int(block[1:])
+    if r not in residuals:
+      raise ValueError(f'the encoder predicts noise at {sorted(residuals)} px but the generator has a {r} px '
+                       f'block; use the encoder trained for this generator')
+    out[block] = {
+        conv: {
+            'noise': {
+                'noise': leaf['noise']['noise'] + residuals[r][..., int(conv[-1]):int(conv[-1]) + 1]
+            }
+        } for conv, leaf in convs.items()
+    }
+  return {'synthesis_network': out}

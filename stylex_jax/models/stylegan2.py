@@ -357,6 +357,17 @@ class Generator(nn.Module):
     return self.synthesis(ws, noise_mode=noise_mode)
 
 
+def constant_noise(generator: Generator, g_params: Any) -> dict:
+  """The synthesis network's constant noise maps as its `noise_inputs` collection: {'synthesis_network':
+  {'b<R>': {'conv<k>': {'noise': {'noise': [1, R, R, 1]}}}}} (N(0, 1) maps; the start of an inversion, and what
+  `apply({'params': ..., 'noise_inputs': maps}, ws, method='synthesis', noise_mode='const')` replaces)."""
+  ws = jnp.zeros((1, generator.num_ws, generator.w_dim), jnp.float32)
+  _, mutated = jax.jit(
+      lambda p, w: generator.apply({'params': p}, w, method='synthesis', noise_mode='const', mutable=['noise_inputs']))(
+          g_params, ws)
+  return mutated['noise_inputs']
+
+
 class DiscriminatorBlock(nn.Module):
   """Residual D block at resolution R: [FromRGB 1x1] -> conv0 3x3 -> conv1 3x3 down2 (gain 1/sqrt 2),
     plus skip 1x1 down2 no bias (gain 1/sqrt 2). x [B, R, R, C] -> [B, R/2, R/2, out_channels]."""

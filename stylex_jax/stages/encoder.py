@@ -38,8 +38,10 @@ LR_FIELDS = ('lr',)  # what config.encoder.on_nonfinite='restore' lowers
 def config_fingerprint(config: ml_collections.ConfigDict) -> dict:
   """The encoder fields and the generator latent shape that fix the checkpoint's arrays and their meaning."""
   enc = encoder_train.build_encoder(config, *encoder_train.generator_shape(config))
-  return dict(encoder={k: getattr(enc, k) for k in ('num_ws', 'w_dim', 'width', 'channel_max', 'hidden')},
-              image_size=config.data.image_size, channels=config.data.channels)
+  fields = {k: getattr(enc, k) for k in ('num_ws', 'w_dim', 'width', 'channel_max', 'hidden')}
+  if enc.noise:  # only when on, so checkpoints written before the field existed keep their fingerprint
+    fields['noise'] = True
+  return dict(encoder=fields, image_size=config.data.image_size, channels=config.data.channels)
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
@@ -64,7 +66,7 @@ def _frozen(config, workdir, mesh):
   frozen = encoder_train.Frozen(g_params=g_ema, w_avg=g_stats['mapping_network']['w_avg'], mapping_vars={
       'params': g_ema,
       'stats': g_stats
-  }, classifier_vars=variables)
+  }, classifier_vars=variables, noise_template=stylegan2.constant_noise(generator, g_ema))
   return generator, g_ema, g_stats, model, variables, frozen
 
 

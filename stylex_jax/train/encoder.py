@@ -5,6 +5,8 @@ the constant noise, latent loss mean((E(x) - (w - w_avg))^2), and (b) real train
 losses of G(w_avg + E(x)) against x (`explain.reconstruction`: pixel L1/L2, SSIM / MS-SSIM, a perceptual loss on
 the classifier's intermediate features, prediction consistency KL(f(x) || f(G(E(x)))) and the e4e-style
 `delta` penalty keeping W+ close to W). `config.encoder.synthetic_fraction` of each step's images are synthetic.
+An encoder with `noise=True` reconstructs the real images with its predicted noise maps (`models.encoder`), so
+the reconstruction losses train them; the synthetic pairs (made with the constant noise) train the latents.
 G (G_ema) and the classifier are frozen: `Frozen`, passed to the step as an argument.
 
 `train_step` is one undecorated pure function jitted at the call site (`stages/encoder.py`: images sharded over
@@ -41,6 +43,7 @@ class Frozen:
   w_avg: jax.Array
   mapping_vars: Any
   classifier_vars: Any
+  noise_template: Any = None  # the synthesis network's constant noise maps (stylegan2.constant_noise)
 
 
 @flax.struct.dataclass
@@ -96,7 +99,11 @@ def train_step(state: EncoderState, frozen: Frozen, images: jax.Array, key: jax.
   key = jax.random.fold_in(key, state.step)
   classify = lambda x: reconstruction.classifier_features(models.classifier, frozen.classifier_vars, x,
                                                           perceptual_layers)
-  synth = lambda ws: g.apply({'params': frozen.g_params}, ws, method='synthesis', noise_mode='const')
+
+  def synth(ws, noise=None):
+    variables = {'params': frozen.g_params} if noise is None else {'params': frozen.g_params, 'noise_inputs': noise}
+    return g.apply(variables, ws, method='synthesis', noise_mode='const')
+
   needs_classifier = weights.get('kl', 0) or weights.get('perceptual', 0)
   x_logits, x_feats = classify(images) if needs_classifier else (None, None)
   if num_syn:
@@ -105,9 +112,13 @@ def train_step(state: EncoderState, frozen: Frozen, images: jax.Array, key: jax.
     syn_images = jax.lax.stop_gradient(jnp.clip(synth(syn_ws), -1.0, 1.0))
 
   def loss_fn(params):
-    offsets = enc.apply({'params': params}, images)
+    if enc.noise:
+      offsets, residuals = enc.apply({'params': params}, images, return_noise=True)
+      noise = reconstruction.normalize_noise(encoder_lib.noise_inputs(frozen.noise_template, residuals))
+    else:
+      offsets, noise = enc.apply({'params': params}, images), None
     ws = frozen.w_avg + offsets
-    recon = synth(ws)
+    recon = synth(ws, noise)
     per_image, terms = reconstruction.reconstruction_loss(images, recon, ws, frozen.w_avg, weights, classify=classify,
                                                           image_logits=x_logits, image_features=x_feats)
     loss = jnp.mean(per_image)
