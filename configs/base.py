@@ -122,7 +122,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   # Image -> W+ encoder (stage `encoder`): models.encoder.Encoder(**model, num_ws=G.num_ws, w_dim=G.w_dim).
   config.encoder = ml_collections.ConfigDict(
       dict(
-          model=dict(width=32, channel_max=256, hidden=512),
+          model=dict(width=32, channel_max=256, hidden=512, noise=False),  # noise: also predict the noise maps
           batch_size=16,  # real images per step (global)
           synthetic_fraction=0.5,  # share of each step's images that are synthetic (w, G(w)) pairs
           num_steps=5000,
@@ -240,7 +240,7 @@ def make_smoke(config: ml_collections.ConfigDict, num_steps: int = 10, channel_b
   g.log_every = g.sample_every = max(1, num_steps // 2)
   g.eval_images = 4 * g.batch_size
   en = config.encoder
-  en.model = dict(width=8, channel_max=32, hidden=64)
+  en.model = dict(width=8, channel_max=32, hidden=64, noise=config.encoder.model.noise)
   en.batch_size = 8
   en.num_steps = en.checkpoint_every = num_steps
   en.log_every = max(1, num_steps // 2)
