@@ -1,11 +1,12 @@
-"""Load benchmark of `launch/explain.py --images DIR`: images/s and peak memory at N = 1,000 and 10,000 files.
+"""Load benchmark of `launch/explain.py --images DIR`: images/s and peak memory at N = 64, 1,000 and 10,000 files.
 
 The explain stage streams users' files (headers checked up front, pixels decoded batch by batch) and the export
 writer keeps no per-image heavy data, so the peak resident memory should not grow with N: the goal is peak RSS at
 the largest N within 10% of that at the smallest.
 
-What it does: trains the smoke-size classifier, GAN and encoder (`configs/demo.py:smoke`, the models of
-tests/conftest.py's smoke_stages) into --workdir unless they are there already; writes max(N) knee phantoms
+What it does: trains the classifier, GAN and encoder of `configs/demo.py:<--variant>` (default `smoke`, the
+models of tests/conftest.py's smoke_stages; `--variant ''` = the default demo, e.g. a finished demo workdir) into
+--workdir unless they are there already; writes max(N) knee phantoms
 (`stylex_jax/data/phantoms.py`, at the config's image size, PNG) into a temp folder (a folder per N, hard links
 of the first N files); then, per N, ONE fresh subprocess runs the real path (`stages.explain.run` with
 image_patterns=<folder>, as launch/explain.py --images does) so the peaks of different N never mix, and reports
@@ -14,6 +15,7 @@ the child's peak RSS (VmHWM of /proc/self/status, else ru_maxrss).
 Usage:
   nice -n 10 python benchmarks/explain_load.py --workdir /tmp/stylex_load/work --sizes 1000,10000
   python benchmarks/explain_load.py --workdir /tmp/stylex_load/work --sizes 1000,3000   # a shorter run
+  python benchmarks/explain_load.py --variant '' --workdir <demo workdir> --data-dir <its data_dir> --sizes 64,1000
 
 Output: one figure per line, `name value unit`; lines starting with '#' are notes.
   images_per_s_N   steady rate of the batch loop (the stage's last progress line: images / loop seconds)
@@ -44,8 +46,9 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument('--workdir', default='/tmp/stylex_load/work', help='smoke classifier/, gan/, encoder/ (trained '
                  'here if missing)')
   p.add_argument('--data-dir', default=None, help='TFDS folder of the smoke phantoms (default <workdir>/../tfds)')
+  p.add_argument('--variant', default='smoke', help="configs/demo.py variant of the models ('' = the default demo)")
   p.add_argument('--sizes', default='1000,10000', help='comma-separated numbers of image files')
-  p.add_argument('--batch', type=int, default=4, help='config.explain.batch_size (the smoke config: 4)')
+  p.add_argument('--batch', type=int, default=4, help='config.explain.batch_size (the smoke config: 4; the demo: 16)')
   p.add_argument('--files-dir', default=None, help='where the phantom PNGs are written (default: a temp folder, '
                  'removed at the end)')
   p.add_argument(
@@ -58,8 +61,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def smoke_config(args):
+  """configs/demo.py:<args.variant> with the data folder, the three training stages and the explain batch."""
   from configs import demo  # pylint: disable=g-import-not-at-top
-  config = demo.get_config('smoke')
+  config = demo.get_config(args.variant)
   config.data.data_dir = args.data_dir or os.path.join(os.path.dirname(os.path.abspath(args.workdir)), 'tfds')
   config.stages = 'classifier,gan,encoder'
   config.explain.batch_size = args.batch
@@ -118,7 +122,8 @@ def main(argv=None) -> None:
   sizes = sorted({int(s) for s in args.sizes.split(',') if s.strip()})
   config = smoke_config(args)
   if not all(os.path.isdir(os.path.join(args.workdir, s)) for s in ('classifier', 'gan', 'encoder')):
-    print(f'# training the smoke classifier, gan and encoder into {args.workdir}', flush=True)
+    print(f'# training the classifier, gan and encoder of configs/demo.py:{args.variant} into {args.workdir}',
+          flush=True)
     from stylex_jax import stages  # pylint: disable=g-import-not-at-top
     stages.run(config, args.workdir)
   root = args.files_dir or tempfile.mkdtemp(prefix='stylex_explain_load_')
@@ -140,7 +145,7 @@ def main(argv=None) -> None:
       cmd = [
           sys.executable,
           os.path.abspath(__file__), '--child', folder, '--output', out, '--workdir', args.workdir, '--batch',
-          str(args.batch), '--jax-cache', args.jax_cache
+          str(args.batch), '--jax-cache', args.jax_cache, '--variant', args.variant
       ] + (['--data-dir', args.data_dir] if args.data_dir else [])
       proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
       if proc.returncode != 0:

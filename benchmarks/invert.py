@@ -17,7 +17,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 import ml_collections  # noqa: E402
-import numpy as np  # noqa: E402
 
 from stylex_jax.explain import invert  # noqa: E402
 from stylex_jax.stages import encoder as encoder_stage  # noqa: E402
@@ -53,7 +52,7 @@ def main(_):
   print(f'uptime/load: {os.getloadavg()}; {len(images)} held-out images from {config.data.eval_split}')
   enc_only = ml_collections.ConfigDict(config.invert.to_dict())
   enc_only.steps = 0
-  r_enc, _ = _run('encoder only', config, FLAGS.workdir, enc_only, images)
+  r_enc, s_enc = _run('encoder only', config, FLAGS.workdir, enc_only, images)
   r_ref, s_ref = _run('encoder + refine', config, FLAGS.workdir, config.invert, images)
   recipe = invert.nvidia_recipe(config.invert, steps=FLAGS.recipe_steps)
   recipe.batch_size = FLAGS.recipe_batch
@@ -67,6 +66,15 @@ def main(_):
   print(f'speed-up of encoder + refine over the NVIDIA recipe: {r_ref / r_nv:.1f}x per image '
         f'(ssim {s_ref["ssim"]:.3f} vs {s_nv["ssim"]:.3f}; recipe measured on {FLAGS.recipe_images} images in '
         f'chunks of {FLAGS.recipe_batch}); load after: {os.getloadavg()}')
+  status = lambda ok: 'met' if ok else 'missed'
+  print(f'goal encoder alone ssim >= 0.7: {s_enc["ssim"]:.3f} {status(s_enc["ssim"] >= 0.7)}')
+  print(f'goal encoder alone agreement >= 0.95: {s_enc["agreement"]:.3f} {status(s_enc["agreement"] >= 0.95)}')
+  print(f'goal encoder + <= 20 steps ssim >= 0.85: {s_short["ssim"]:.3f} with {FLAGS.short_steps} steps '
+        f'{status(s_short["ssim"] >= 0.85 and FLAGS.short_steps <= 20)}')
+  fast = [(r / r_nv, s['ssim']) for r, s in ((r_short, s_short), (r_ref, s_ref)) if s['ssim'] >= s_nv['ssim']]
+  best = max(fast, default=(0.0, 0.0))
+  print(f'goal >= 20x the NVIDIA recipe at equal or better ssim: {best[0]:.1f}x (ssim {best[1]:.3f} vs '
+        f'{s_nv["ssim"]:.3f}) {status(best[0] >= 20)}')
 
 
 if __name__ == '__main__':

@@ -35,6 +35,7 @@ def test_stage_trains_resumes_and_reports(workdir):
   summary = encoder.train_and_evaluate(config, work)
   assert summary['step'] == config.encoder.num_steps
   assert summary['upstream'] == {'classifier': config.classifier.num_steps, 'gan': config.gan.num_steps}
+  assert 'encoder_latents_ssim' not in summary  # only for an encoder that predicts noise maps
   for prefix in ('encoder_', 'refine_'):
     for k in ('ssim', 'psnr', 'agreement', 'prob_delta', 'w_distance'):
       assert np.isfinite(summary[prefix + k]), prefix + k
@@ -60,3 +61,60 @@ def test_stage_trains_resumes_and_reports(workdir):
   offsets = model.apply({'params': p1}, images)
   out = inv(images)
   assert offsets.shape == out['ws'].shape == (2, inv.num_ws, inv.w_dim)
+
+
+def test_an_encoder_with_noise_maps_trains_reports_its_latents_alone_and_starts_the_projector(workdir):
+  config, root = workdir
+  config = config.copy_and_resolve_references()
+  config.encoder.model = dict(config.encoder.model, noise=True)
+  config.encoder.num_steps = 2
+  work = str(root / 'noise')
+  os.makedirs(work)
+  for stage in ('classifier', 'gan'):
+    os.symlink(os.path.join(str(root / 'work'), stage), os.path.join(work, stage))
+  summary = encoder.train_and_evaluate(config, work)
+  for prefix in ('encoder_', 'encoder_latents_', 'refine_'):
+    assert np.isfinite(summary[prefix + 'ssim']), prefix
+  inv = encoder.load_inverter(work, config)
+  assert inv.encoder_noise
+  out = inv(np.zeros((2, 32, 32, 1), np.float32))
+  assert jax.tree.leaves(out['noise'])[0].shape[0] == 2
+  plain = encoder.load_inverter(work, config)
+  plain.use_encoder_noise = False
+  assert not plain.encoder_noise
+
+
+def test_noise_split_gives_every_other_image_the_predicted_maps():
+  """train.encoder.noise_split against a numpy reference: images 1, 3, ... get the predicted maps (normalised per
+  map), images 0, 2, ... the constant maps; the latents pass unchanged."""
+  from stylex_jax.train import encoder as encoder_train
+  rng = np.random.default_rng(0)
+  b, num_ws, w_dim = 5, 3, 4
+  template = {
+      'synthesis_network': {
+          f'b{r}': {
+              c: {
+                  'noise': {
+                      'noise': rng.normal(size=(1, r, r, 1)).astype(np.float32)
+                  }
+              } for c in (['conv1'] if r == 4 else ['conv0', 'conv1'])
+          } for r in (4, 8)
+      }
+  }
+  residuals = {r: rng.normal(size=(b, r, r, 2)).astype(np.float32) for r in (4, 8)}
+  ws = rng.normal(size=(b, num_ws, w_dim)).astype(np.float32)
+  out_ws, noise, with_noise = encoder_train.noise_split(jax.numpy.asarray(ws), residuals, template)
+  np.testing.assert_array_equal(np.asarray(with_noise), [False, True, False, True, False])
+  np.testing.assert_array_equal(np.asarray(out_ws), ws)
+  for block, convs in template['synthesis_network'].items():
+    r = int(block[1:])
+    for conv, leaf in convs.items():
+      k = int(conv[-1])
+      got = np.asarray(noise['synthesis_network'][block][conv]['noise']['noise'])
+      for i in range(b):
+        if i % 2:
+          m = leaf['noise']['noise'][0] + residuals[r][i, ..., k:k + 1]
+          m = (m - m.mean()) / np.sqrt(np.mean((m - m.mean())**2))
+        else:
+          m = leaf['noise']['noise'][0]
+        np.testing.assert_allclose(got[i], m, rtol=1e-4, atol=1e-5)

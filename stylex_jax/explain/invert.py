@@ -136,11 +136,14 @@ class Inverter:
     invert_config: `config.invert`.
     encoder, encoder_params: models.encoder.Encoder and its params, or None (start from w_avg).
     mesh: optional jax Mesh; chunks are sharded over its 'data' axis.
+    use_encoder_noise: start from the encoder's noise maps when it predicts them (False: the constant maps,
+      e.g. to measure what its latents alone draw).
   Attributes: num_ws, w_dim, w_avg [w_dim], trace_count, synthesize(ws, noise=None), classify(images).
   """
 
   def __init__(self, generator, g_params, g_stats, classifier, classifier_vars,
-               invert_config: ml_collections.ConfigDict, *, encoder=None, encoder_params=None, mesh=None):
+               invert_config: ml_collections.ConfigDict, *, encoder=None, encoder_params=None, mesh=None,
+               use_encoder_noise: bool = True):
     check_invert_config(invert_config)
     self.config = invert_config
     self.generator, self.g_params, self.g_stats = generator, g_params, g_stats
@@ -151,6 +154,7 @@ class Inverter:
     self.resolution, self.channels = generator.resolution, generator.channels
     self.w_avg = jnp.asarray(g_stats['mapping_network']['w_avg'])
     self.start = invert_config.start
+    self.use_encoder_noise = use_encoder_noise
     if self.start == 'encoder' and encoder is None:
       print('[invert] no trained encoder: starting the optimisation from w_avg (train the `encoder` stage for '
             'faster, better inversions)')
@@ -203,7 +207,7 @@ class Inverter:
   @property
   def encoder_noise(self) -> bool:
     """Whether the start's noise maps come from the encoder (an encoder trained with noise=True)."""
-    return self.start == 'encoder' and bool(getattr(self.encoder, 'noise', False))
+    return self.start == 'encoder' and self.use_encoder_noise and bool(getattr(self.encoder, 'noise', False))
 
   def initial_ws(self, images: jax.Array) -> jax.Array:
     """Start of the optimisation: w_avg + encoder(images), or w_avg. images [B, R, R, C] -> [B, num_ws, w_dim]."""

@@ -2,8 +2,9 @@
 
 `train_and_evaluate` runs `train/encoder.py`'s pure step (jitted here: images sharded over the 'data' axis,
 state replicated, donated). At the end, held-out inversion metrics (SSIM, PSNR, prediction agreement, mean |Δp|,
-||w - w_avg||) of the encoder alone (`encoder_*`, `eval_images` validation images) and of the projector
-(`refine_*`, encoder + `config.invert` refinement on `eval_refine_images`) are written and printed.
+||w - w_avg||) of the encoder alone (`encoder_*`, `eval_images` validation images; for an encoder that predicts
+noise maps also `encoder_latents_*`, its latents with the constant maps) and of the projector (`refine_*`, encoder +
+`config.invert` refinement on `eval_refine_images`) are written and printed.
 
 Outputs in `<workdir>/encoder/`: `checkpoints/` (step, params, optimiser state; the data position is the step),
 `metrics.jsonl` (with `nonfinite_steps`: the running count of updates skipped for a NaN/Inf loss or gradient, see
@@ -85,14 +86,20 @@ def eval_images(config, num: int) -> np.ndarray:
 
 def evaluate_inversion(config, inverter_factory, num_encoder: int, num_refine: int) -> dict:
   """Held-out metrics: `encoder_*` (encoder only, steps=0) on `num_encoder` validation images and `refine_*`
-  (the projector of config.invert) on the first `num_refine` of them."""
+  (the projector of config.invert) on the first `num_refine` of them. An encoder that predicts noise maps also
+  gets `encoder_latents_*`: its latents alone with the generator's constant maps (what an explanation moves).
+  inverter_factory(invert_config, use_encoder_noise=True) -> Inverter."""
   out = {}
   images = eval_images(config, max(num_encoder, num_refine))
   if num_encoder:
     enc_only = ml_collections.ConfigDict(config.invert.to_dict())
     enc_only.steps, enc_only.start = 0, 'encoder'
-    s = invert.summarize(inverter_factory(enc_only)(images[:num_encoder]))
+    inverter = inverter_factory(enc_only)
+    s = invert.summarize(inverter(images[:num_encoder]))
     out.update({f'encoder_{k}': v for k, v in s.items()})
+    if inverter.encoder_noise:
+      s = invert.summarize(inverter_factory(enc_only, use_encoder_noise=False)(images[:num_encoder]))
+      out.update({f'encoder_latents_{k}': v for k, v in s.items()})
   if num_refine:
     s = invert.summarize(inverter_factory(config.invert)(images[:num_refine]))
     out.update({f'refine_{k}': v for k, v in s.items()})
@@ -175,8 +182,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, max_ste
     stage.raise_if_preempted(step, ec.num_steps)
     return dict(stage=STAGE, step=step, complete=False)
 
-  factory = lambda ic: invert.Inverter(generator, g_ema, g_stats, cls_model, cls_vars, ic, encoder=enc, encoder_params=
-                                       state.params, mesh=mesh)
+  factory = lambda ic, use_encoder_noise=True: invert.Inverter(generator, g_ema, g_stats, cls_model, cls_vars, ic,
+                                                               encoder=enc, encoder_params=state.params, mesh=mesh,
+                                                               use_encoder_noise=use_encoder_noise)
   t0 = time.perf_counter()
   results = evaluate_inversion(config, factory, ec.eval_images, ec.eval_refine_images)
   results['eval_seconds'] = time.perf_counter() - t0
@@ -188,8 +196,12 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, max_ste
   summary = dict(stage=STAGE, step=step, **results, upstream=upstream, checkpoints=ckpt.directory,
                  metrics=os.path.join(stage_dir, 'metrics.jsonl'), samples=os.path.join(stage_dir, 'samples'))
   summary = writers.write_json(summary_path, summary)
-  line = lambda p: ' '.join(f'{k[len(p):]}={results[k]:.3g}' for k in results if k.startswith(p))
-  print(f'[encoder] done at step {step}\n  held-out, encoder only: {line("encoder_")}\n'
+  line = lambda p: ' '.join(f'{k[len(p):]}={results[k]:.3g}' for k in results
+                            if k.startswith(p) and (p == 'encoder_latents_' or not k.startswith('encoder_latents_')))
+  w_only = ''
+  if 'encoder_latents_ssim' in results:
+    w_only = f'\n  held-out, its latents alone (constant noise maps): {line("encoder_latents_")}'
+  print(f'[encoder] done at step {step}\n  held-out, encoder only: {line("encoder_")}{w_only}\n'
         f'  held-out, encoder + {config.invert.steps} refinement steps: {line("refine_")}\n'
         f'  checkpoints: {ckpt.directory}\n  summary: {summary_path}')
   return summary
