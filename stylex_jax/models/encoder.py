@@ -14,13 +14,14 @@ With `noise=True` the encoder also predicts the synthesis network's per-layer no
 puts in noise, which no W+ can carry): a zero-initialised 1x1 conv on the features at each resolution R of the
 pyramid gives residuals [B, R, R, 2] (channel k for the block's conv k; the 4x4 block uses channel 1), added to
 the generator's constant maps by `noise_inputs` and re-normalised like the projector's maps
-(`explain.reconstruction.normalize_noise`). Untrained, they leave the constant noise unchanged.
-`Encoder.apply(..., return_noise=True)` returns (offsets, {R: residuals}).
+(`explain.reconstruction.normalize_noise`); untrained, the start is the constant maps (re-normalised).
+`Encoder.apply(..., return_noise=True)` returns (offsets, {R: residuals}). Trained on the maps alone, such an
+encoder paints the image through the finest map and its latents draw nothing; `train/encoder.py`'s
+`noise_split` keeps the latents drawing the image (measurements in benchmarks/README.md, "Inversion").
 """
 from __future__ import annotations
 
 import math
-
 from typing import Any, Mapping
 
 import flax.linen as nn

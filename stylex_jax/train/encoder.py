@@ -88,23 +88,23 @@ def num_synthetic(ec: ml_collections.ConfigDict) -> int:
   return int(round(f / (1.0 - f) * ec.batch_size))
 
 
-def noise_split(ws: jax.Array, residuals: dict, template: Any) -> tuple[jax.Array, Any, jax.Array]:
-  """What an encoder with noise=True reconstructs its real images from: (ws for G, noise maps, with_noise [B]).
+def noise_split(residuals: dict, template: Any) -> tuple[Any, jax.Array]:
+  """The noise maps an encoder with noise=True reconstructs its real images with: (maps, with_noise [B]).
 
   Every other image (1, 3, ...) is made from the encoder's latents and its noise maps (normalised per map); the
   others from the latents alone with the constant maps, so the latents must draw the image by themselves.
   Trained on the predicted maps only, the encoder learns to paint the whole image through the 64 px noise map and
   its W draws nothing (measured on the demo: SSIM 0.02 from its latents with constant noise, flip rate 0.875),
   which an explanation that moves W cannot change. Holding the latents fixed (stop_gradient) on the noise half
-  instead left the maps untrained (SSIM +0.001 from them). ws [B, num_ws, w_dim] (returned unchanged, for one G
-  call on the whole batch); residuals {R: [B, R, R, 2]}; template: the constant maps (`stylegan2.constant_noise`).
+  instead left the maps untrained (SSIM +0.001 from them). residuals {R: [B, R, R, 2]}; template: the constant
+  maps (`stylegan2.constant_noise`); the maps go to one G call on the whole batch.
   """
-  b = ws.shape[0]
+  b = next(iter(residuals.values())).shape[0]
   with_noise = jnp.arange(b) % 2 == 1
   predicted = reconstruction.normalize_noise(encoder_lib.noise_inputs(template, residuals))
   pick = lambda p, c: jnp.where(with_noise[:, None, None, None], p, jnp.broadcast_to(c, p.shape))
   noise = jax.tree.map(pick, predicted, template)
-  return ws, noise, with_noise
+  return noise, with_noise
 
 
 def train_step(state: EncoderState, frozen: Frozen, images: jax.Array, key: jax.Array, *, models: Models, num_syn: int,
@@ -135,8 +135,8 @@ def train_step(state: EncoderState, frozen: Frozen, images: jax.Array, key: jax.
     if enc.noise:
       offsets, residuals = enc.apply({'params': params}, images, return_noise=True)
       ws = frozen.w_avg + offsets
-      recon_ws, noise, with_noise = noise_split(ws, residuals, frozen.noise_template)
-      recon = synth(recon_ws, noise)
+      noise, with_noise = noise_split(residuals, frozen.noise_template)
+      recon = synth(ws, noise)
     else:
       ws = frozen.w_avg + enc.apply({'params': params}, images)
       recon = synth(ws)
