@@ -44,7 +44,6 @@ from stylex_jax import sharding
 from stylex_jax.data import images as images_lib
 from stylex_jax.evaluate import similarity
 from stylex_jax.explain import reconstruction
-from stylex_jax.models import encoder as encoder_lib
 from stylex_jax.models import stylegan2
 
 SPACES = ('w+', 'w')
@@ -209,14 +208,10 @@ class Inverter:
     """Whether the start's noise maps come from the encoder (an encoder trained with noise=True)."""
     return self.start == 'encoder' and self.use_encoder_noise and bool(getattr(self.encoder, 'noise', False))
 
-  def initial_ws(self, images: jax.Array) -> jax.Array:
-    """Start of the optimisation: w_avg + encoder(images), or w_avg. images [B, R, R, C] -> [B, num_ws, w_dim]."""
-    return self.initial_latents(images)[0]
-
   def initial_latents(self, images: jax.Array):
-    """images [B, R, R, C] -> (ws [B, num_ws, w_dim], noise maps or None): w_avg (+ the encoder's offsets) and,
-    from an encoder with noise=True, its noise maps (normalised per map, as the projector keeps them); None means
-    the generator's constant maps."""
+    """Start of the optimisation. images [B, R, R, C] -> (ws [B, num_ws, w_dim], noise maps or None): w_avg
+    (+ the encoder's offsets) and, from an encoder with noise=True, its noise maps (`reconstruction.encoder_noise`);
+    None means the generator's constant maps."""
     b = images.shape[0]
     ws = jnp.broadcast_to(self.w_avg, (b, self.num_ws, self.w_dim))
     if self.start != 'encoder':
@@ -224,8 +219,7 @@ class Inverter:
     if not self.encoder_noise:
       return ws + self.encoder.apply({'params': self.encoder_params}, images), None
     offsets, residuals = self.encoder.apply({'params': self.encoder_params}, images, return_noise=True)
-    noise = reconstruction.normalize_noise(encoder_lib.noise_inputs(self.noise_template(), residuals))
-    return ws + offsets, noise
+    return ws + offsets, reconstruction.encoder_noise(self.noise_template(), residuals)
 
   def _expand(self, w):
     return w if w.ndim == 3 else jnp.broadcast_to(w[:, None], (w.shape[0], self.num_ws, self.w_dim))

@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from stylex_jax.evaluate import similarity
+from stylex_jax.models import encoder as encoder_lib
 
 LOSS_TERMS = ('mse', 'l1', 'ssim', 'ms_ssim', 'perceptual', 'kl', 'delta', 'w_l2')
 
@@ -86,6 +87,13 @@ def normalize_noise(noise):
     return n * jax.lax.rsqrt(jnp.mean(jnp.square(n), axis=(1, 2, 3), keepdims=True) + 1e-12)
 
   return jax.tree.map(norm, noise)
+
+
+def encoder_noise(template: Mapping, residuals: Mapping) -> dict:
+  """The noise maps of an encoder with noise=True: its residuals {R: [B, R, R, 2]} on the constant maps
+  (`models.encoder.noise_inputs`), each map normalised per image like the projector keeps them. Returns the
+  generator's `noise_inputs` tree with leaves [B, R, R, 1]."""
+  return normalize_noise(encoder_lib.noise_inputs(template, residuals))
 
 
 def reconstruction_loss(images: jax.Array, recon: jax.Array, ws: jax.Array, w_avg: jax.Array, weights: Mapping[str,

@@ -64,10 +64,12 @@ def check_config(config: ml_collections.ConfigDict) -> None:
 def _frozen(config, workdir, mesh):
   generator, g_ema, g_stats = gan_stage.load_generator(workdir, config, mesh)
   model, variables = classifier_stage.load_classifier(workdir, config, mesh)
+  # the constant maps cost a synthesis compile (~4 s on the demo G): only for an encoder that predicts noise
+  template = stylegan2.constant_noise(generator, g_ema) if dict(config.encoder.model).get('noise') else None
   frozen = encoder_train.Frozen(g_params=g_ema, w_avg=g_stats['mapping_network']['w_avg'], mapping_vars={
       'params': g_ema,
       'stats': g_stats
-  }, classifier_vars=variables, noise_template=stylegan2.constant_noise(generator, g_ema))
+  }, classifier_vars=variables, noise_template=template)
   return generator, g_ema, g_stats, model, variables, frozen
 
 

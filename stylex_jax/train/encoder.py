@@ -101,7 +101,7 @@ def noise_split(residuals: dict, template: Any) -> tuple[Any, jax.Array]:
   """
   b = next(iter(residuals.values())).shape[0]
   with_noise = jnp.arange(b) % 2 == 1
-  predicted = reconstruction.normalize_noise(encoder_lib.noise_inputs(template, residuals))
+  predicted = reconstruction.encoder_noise(template, residuals)
   pick = lambda p, c: jnp.where(with_noise[:, None, None, None], p, jnp.broadcast_to(c, p.shape))
   noise = jax.tree.map(pick, predicted, template)
   return noise, with_noise
