@@ -245,3 +245,14 @@ def test_nvidia_learning_rate_schedule():
     ramp = min(1.0, (1 - t) / 0.25)
     ref = 0.1 * (0.5 - 0.5 * np.cos(ramp * np.pi)) * min(1.0, t / 0.05)
     np.testing.assert_allclose(float(invert.learning_rate(jnp.float32(t), 0.1, 'nvidia', 0.05, 0.25)), ref, rtol=1e-5)
+
+
+def test_projector_schedule_settings():
+  """benchmarks/projector_schedule.py parses steps:lr:schedule and refuses anything else with the fix."""
+  from benchmarks import projector_schedule as ps
+  assert ps.parse_setting('100:0.3:cosine') == (100, 0.3, 'cosine')
+  assert ps.parse_setting('20:0.1:constant') == (20, 0.1, 'constant')
+  for bad in ('100:0.3', '0:0.3:cosine', '10:-1:cosine', '10:0.1:linear', 'a:b:cosine', '1:0.1:cosine:x',
+              '10:nan:cosine'):
+    with pytest.raises(ValueError, match='--setting'):
+      ps.parse_setting(bad)
