@@ -21,6 +21,7 @@ Output: one figure per line, `name value unit`; lines starting with '#' are note
   images_per_s_N   steady rate of the batch loop (the stage's last progress line: images / loop seconds)
   wall_s_N         the whole run() call in the child (model load, direction fit, loop, report, swap)
   peak_rss_mib_N   the child's peak resident memory (VmHWM)
+  ssim_N           the export's mean reconstruction SSIM (explain/summary.json `ssim`; --invert-steps sets the steps)
   rss_ratio        peak RSS at the largest N / at the smallest (goal <= 1.10)
 """
 from __future__ import annotations
@@ -49,6 +50,7 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument('--variant', default='smoke', help="configs/demo.py variant of the models ('' = the default demo)")
   p.add_argument('--sizes', default='1000,10000', help='comma-separated numbers of image files')
   p.add_argument('--batch', type=int, default=4, help='config.explain.batch_size (the smoke config: 4; the demo: 16)')
+  p.add_argument('--invert-steps', type=int, default=0, help="projector steps (0 = the config's config.invert.steps)")
   p.add_argument('--files-dir', default=None, help='where the phantom PNGs are written (default: a temp folder, '
                  'removed at the end)')
   p.add_argument(
@@ -67,6 +69,10 @@ def smoke_config(args):
   config.data.data_dir = args.data_dir or os.path.join(os.path.dirname(os.path.abspath(args.workdir)), 'tfds')
   config.stages = 'classifier,gan,encoder'
   config.explain.batch_size = args.batch
+  if args.invert_steps < 0:
+    sys.exit(f'--invert-steps {args.invert_steps}: give a number of steps >= 1, or 0 for the config\'s')
+  if args.invert_steps:
+    config.invert.steps = args.invert_steps
   return config
 
 
@@ -97,7 +103,8 @@ def child(args) -> None:
       'RESULT ' + json.dumps({
           'images': summary['images'],
           'wall_s': time.perf_counter() - t0,
-          'peak_rss_mib': peak_rss_mib()
+          'peak_rss_mib': peak_rss_mib(),
+          'ssim': summary.get('ssim')
       }), flush=True)
 
 
@@ -145,7 +152,8 @@ def main(argv=None) -> None:
       cmd = [
           sys.executable,
           os.path.abspath(__file__), '--child', folder, '--output', out, '--workdir', args.workdir, '--batch',
-          str(args.batch), '--jax-cache', args.jax_cache, '--variant', args.variant
+          str(args.batch), '--jax-cache', args.jax_cache, '--variant', args.variant, '--invert-steps',
+          str(args.invert_steps)
       ] + (['--data-dir', args.data_dir] if args.data_dir else [])
       proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
       if proc.returncode != 0:
@@ -160,6 +168,8 @@ def main(argv=None) -> None:
       print(f'images_per_s_{n} {float(rates[-1]):.2f} img/s', flush=True)
       print(f'wall_s_{n} {result["wall_s"]:.1f} s', flush=True)
       print(f'peak_rss_mib_{n} {result["peak_rss_mib"]:.1f} MiB', flush=True)
+      print(f'ssim_{n} {result["ssim"]:.3f} (mean reconstruction SSIM, {config.invert.steps} projector steps)',
+            flush=True)
       peaks[n] = result['peak_rss_mib']
       shutil.rmtree(out, ignore_errors=True)
   finally:

@@ -28,6 +28,10 @@ flags.DEFINE_integer('recipe_images', 4, 'images for the NVIDIA recipe (1000 ste
 flags.DEFINE_integer('recipe_batch', 4, 'images per chunk for the NVIDIA recipe')
 flags.DEFINE_integer('recipe_steps', 1000, 'steps of the NVIDIA recipe')
 flags.DEFINE_integer('short_steps', 20, 'refinement steps of a short run, to compare with the recipe at its SSIM')
+# the short run's own schedule (the config's suits its own number of steps; 20 steps from a half-cosine at lr 0.3
+# reach SSIM 0.63 where a constant 0.1 reaches 0.80: benchmarks/README.md, "Projector schedule")
+flags.DEFINE_float('short_lr', 0.1, 'learning rate of the short run')
+flags.DEFINE_enum('short_schedule', 'constant', invert.SCHEDULES, 'learning-rate schedule of the short run')
 FLAGS = flags.FLAGS
 
 
@@ -39,7 +43,8 @@ def _run(name, config, workdir, ic, images):
   dt = time.perf_counter() - t0
   s = invert.summarize(out)
   print(
-      f'{name}: {len(images) / dt:.3f} images/s ({dt / len(images):.3f} s/image, {ic.steps} steps, chunks of '
+      f'{name}: {len(images) / dt:.3f} images/s ({dt / len(images):.3f} s/image, {ic.steps} steps at lr {ic.lr:g} '
+      f'{ic.lr_schedule}, chunks of '
       f'{ic.batch_size}, start {inv.start}, compile {compile_s:.1f} s) | ssim {s["ssim"]:.3f} psnr '
       f'{s["psnr"]:.2f} dB agreement {s["agreement"]:.3f} mean|dp| {s["prob_delta"]:.4f} ||w-w_avg|| '
       f'{s["w_distance"]:.2f} on {s["num_images"]} held-out images', flush=True)
@@ -59,7 +64,7 @@ def main(_):
   r_nv, s_nv = _run(f'NVIDIA recipe ({FLAGS.recipe_steps} steps from w_avg)', config, FLAGS.workdir, recipe,
                     images[:FLAGS.recipe_images])
   short = ml_collections.ConfigDict(config.invert.to_dict())
-  short.steps = FLAGS.short_steps
+  short.steps, short.lr, short.lr_schedule = FLAGS.short_steps, FLAGS.short_lr, FLAGS.short_schedule
   r_short, s_short = _run(f'encoder + refine ({FLAGS.short_steps} steps)', config, FLAGS.workdir, short, images)
   print(f'speed-up of encoder + {FLAGS.short_steps} steps over the NVIDIA recipe: {r_short / r_nv:.1f}x per image '
         f'(ssim {s_short["ssim"]:.3f} vs {s_nv["ssim"]:.3f})')

@@ -3,7 +3,7 @@
 Each setting is `config.invert` with the steps, learning rate and schedule of one `--setting steps:lr:schedule`
 (schedule 'constant' | 'cosine' | 'nvidia'); every setting starts from the same encoder output of the same
 held-out validation images, so the lines differ only by the optimisation. Prints one line per setting: SSIM mean
-and worst image, PSNR, agreement, mean |dp|, images/s (compilation excluded, its seconds printed).
+and worst image, PSNR, MSE, agreement, mean |dp|, images/s (compilation excluded, its seconds printed).
 
   python benchmarks/projector_schedule.py --config configs/demo.py --workdir /tmp/stylex_demo \\
       --setting 200:0.1:constant --setting 100:0.3:cosine --setting 50:0.3:cosine
@@ -61,7 +61,7 @@ def main(_):
     dt = time.perf_counter() - t0
     print(
         f'{steps} steps lr {lr:g} {schedule}: ssim {np.mean(out["ssim"]):.4f} (worst {np.min(out["ssim"]):.4f}) '
-        f'psnr {np.mean(out["psnr"]):.2f} dB agreement {np.mean(out["agree"]):.3f} mean|dp| '
+        f'psnr {np.mean(out["psnr"]):.2f} dB mse {np.mean(out["mse"]):.5f} agreement {np.mean(out["agree"]):.3f} mean|dp| '
         f'{np.mean(out["prob_delta"]):.4f} | {len(images) / dt:.3f} images/s (compile {compile_s:.1f} s)', flush=True)
 
 
