@@ -17,6 +17,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 import ml_collections  # noqa: E402
+import numpy as np  # noqa: E402
 
 from stylex_jax.explain import invert  # noqa: E402
 from stylex_jax.stages import encoder as encoder_stage  # noqa: E402
@@ -35,7 +36,9 @@ flags.DEFINE_enum('short_schedule', 'constant', invert.SCHEDULES, 'learning-rate
 FLAGS = flags.FLAGS
 
 
-def _run(name, config, workdir, ic, images):
+def time_inversion(name, config, workdir, ic, images):
+  """Inverts images with an Inverter of `workdir` set to `ic` (compiled first, not timed); prints one line and
+  returns (images/s, `invert.summarize` of the result)."""
   inv = encoder_stage.load_inverter(workdir, config, invert_config=ic)
   compile_s = inv.warmup()
   t0 = time.perf_counter()
@@ -44,10 +47,10 @@ def _run(name, config, workdir, ic, images):
   s = invert.summarize(out)
   print(
       f'{name}: {len(images) / dt:.3f} images/s ({dt / len(images):.3f} s/image, {ic.steps} steps at lr {ic.lr:g} '
-      f'{ic.lr_schedule}, chunks of '
-      f'{ic.batch_size}, start {inv.start}, compile {compile_s:.1f} s) | ssim {s["ssim"]:.3f} psnr '
-      f'{s["psnr"]:.2f} dB agreement {s["agreement"]:.3f} mean|dp| {s["prob_delta"]:.4f} ||w-w_avg|| '
-      f'{s["w_distance"]:.2f} on {s["num_images"]} held-out images', flush=True)
+      f'{ic.lr_schedule}, chunks of {ic.batch_size}, start {inv.start}, compile {compile_s:.1f} s) | ssim '
+      f'{s["ssim"]:.4f} (worst image {np.min(out["ssim"]):.4f}) psnr {s["psnr"]:.2f} dB mse {s["mse"]:.5f} '
+      f'agreement {s["agreement"]:.3f} mean|dp| {s["prob_delta"]:.4f} ||w-w_avg|| {s["w_distance"]:.2f} on '
+      f'{s["num_images"]} held-out images', flush=True)
   return len(images) / dt, s
 
 
@@ -57,15 +60,16 @@ def main(_):
   print(f'uptime/load: {os.getloadavg()}; {len(images)} held-out images from {config.data.eval_split}')
   enc_only = ml_collections.ConfigDict(config.invert.to_dict())
   enc_only.steps = 0
-  r_enc, s_enc = _run('encoder only', config, FLAGS.workdir, enc_only, images)
-  r_ref, s_ref = _run('encoder + refine', config, FLAGS.workdir, config.invert, images)
+  r_enc, s_enc = time_inversion('encoder only', config, FLAGS.workdir, enc_only, images)
+  r_ref, s_ref = time_inversion('encoder + refine', config, FLAGS.workdir, config.invert, images)
   recipe = invert.nvidia_recipe(config.invert, steps=FLAGS.recipe_steps)
   recipe.batch_size = FLAGS.recipe_batch
-  r_nv, s_nv = _run(f'NVIDIA recipe ({FLAGS.recipe_steps} steps from w_avg)', config, FLAGS.workdir, recipe,
-                    images[:FLAGS.recipe_images])
+  r_nv, s_nv = time_inversion(f'NVIDIA recipe ({FLAGS.recipe_steps} steps from w_avg)', config, FLAGS.workdir, recipe,
+                              images[:FLAGS.recipe_images])
   short = ml_collections.ConfigDict(config.invert.to_dict())
   short.steps, short.lr, short.lr_schedule = FLAGS.short_steps, FLAGS.short_lr, FLAGS.short_schedule
-  r_short, s_short = _run(f'encoder + refine ({FLAGS.short_steps} steps)', config, FLAGS.workdir, short, images)
+  r_short, s_short = time_inversion(f'encoder + refine ({FLAGS.short_steps} steps)', config, FLAGS.workdir, short,
+                                    images)
   print(f'speed-up of encoder + {FLAGS.short_steps} steps over the NVIDIA recipe: {r_short / r_nv:.1f}x per image '
         f'(ssim {s_short["ssim"]:.3f} vs {s_nv["ssim"]:.3f})')
   print(f'speed-up of encoder + refine over the NVIDIA recipe: {r_ref / r_nv:.1f}x per image '

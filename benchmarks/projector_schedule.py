@@ -2,8 +2,9 @@
 
 Each setting is `config.invert` with the steps, learning rate and schedule of one `--setting steps:lr:schedule`
 (schedule 'constant' | 'cosine' | 'nvidia'); every setting starts from the same encoder output of the same
-held-out validation images, so the lines differ only by the optimisation. Prints one line per setting: SSIM mean
-and worst image, PSNR, MSE, agreement, mean |dp|, images/s (compilation excluded, its seconds printed).
+held-out validation images (`--num_images`, default 16), so the lines differ only by the optimisation. Prints one
+line per setting (`benchmarks/invert.py`'s `time_inversion`): images/s (compilation excluded, its seconds printed),
+SSIM mean and worst image, PSNR, MSE, agreement, mean |dp|.
 
   python benchmarks/projector_schedule.py --config configs/demo.py --workdir /tmp/stylex_demo \\
       --setting 200:0.1:constant --setting 200:0.1:nvidia --setting 100:0.3:cosine
@@ -13,21 +14,17 @@ many steps reach a given reconstruction (benchmarks/README.md, "Projector schedu
 """
 import os
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app, flags  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
 import ml_collections  # noqa: E402
-import numpy as np  # noqa: E402
 
+from benchmarks import invert as invert_benchmark  # noqa: E402  (its --config, --workdir, --num_images, timing)
 from stylex_jax.explain import invert  # noqa: E402
 from stylex_jax.stages import encoder as encoder_stage  # noqa: E402
 
-config_flags.DEFINE_config_file('config', 'configs/demo.py', 'experiment config')
-flags.DEFINE_string('workdir', '/tmp/stylex_demo', 'workdir with classifier, gan and encoder checkpoints')
-flags.DEFINE_integer('num_images', 16, 'held-out validation images')
+flags.FLAGS.set_default('num_images', 16)
 flags.DEFINE_multi_string('setting', ['200:0.1:constant', '200:0.1:nvidia'], 'steps:lr:schedule, repeatable')
 FLAGS = flags.FLAGS
 
@@ -54,16 +51,7 @@ def main(_):
   for steps, lr, schedule in settings:
     ic = ml_collections.ConfigDict(config.invert.to_dict())
     ic.steps, ic.lr, ic.lr_schedule = steps, lr, schedule
-    inv = encoder_stage.load_inverter(FLAGS.workdir, config, invert_config=ic)
-    compile_s = inv.warmup()
-    t0 = time.perf_counter()
-    out = inv(images)
-    dt = time.perf_counter() - t0
-    print(
-        f'{steps} steps lr {lr:g} {schedule}: ssim {np.mean(out["ssim"]):.4f} (worst {np.min(out["ssim"]):.4f}) '
-        f'psnr {np.mean(out["psnr"]):.2f} dB mse {np.mean(out["mse"]):.5f} agreement {np.mean(out["agree"]):.3f} '
-        f'mean|dp| {np.mean(out["prob_delta"]):.4f} | {len(images) / dt:.3f} images/s (compile {compile_s:.1f} s)',
-        flush=True)
+    invert_benchmark.time_inversion(f'{steps}:{lr:g}:{schedule}', config, FLAGS.workdir, ic, images)
 
 
 if __name__ == '__main__':
