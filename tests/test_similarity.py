@@ -93,3 +93,17 @@ def test_bad_shapes_fail_clearly():
     similarity.ssim(np.zeros((1, 16, 16, 1)), np.zeros((1, 16, 16, 3)))
   with pytest.raises(ValueError, match='smaller than'):
     similarity.ssim(np.zeros((1, 8, 8, 1)), np.zeros((1, 8, 8, 1)))
+
+
+def test_ssim_benchmark_times_both_forms_and_they_agree(capsys):
+  from benchmarks import ssim as ssim_benchmark
+  a, b = _pair((2, 24, 20, 3), 0.3, seed=4)
+  np.testing.assert_allclose(np.asarray(ssim_benchmark.depthwise_ssim(jnp.asarray(a), jnp.asarray(b))), _ref_ssim(a, b),
+                             atol=1e-5)
+  ssim_benchmark.main(['--shapes', '2x16x16x1', '--repeats', '1'])
+  lines = [l for l in capsys.readouterr().out.splitlines() if not l.startswith('#')]
+  assert [l.split()[0] for l in lines
+         ] == ['ssim_value_and_grad_ms_banded_2x16x16x1', 'ssim_value_and_grad_ms_depthwise_2x16x16x1']
+  assert all(float(l.split()[1]) > 0 for l in lines)
+  with pytest.raises(ValueError, match='BxHxWxC'):
+    ssim_benchmark.parse_shape('16x8x8x1')

@@ -19,6 +19,7 @@ PSNR = 10 log10(L^2 / MSE) with L = 2, capped at 100 dB for identical images.
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -48,27 +49,35 @@ def _check(a, b, min_size: int, who: str):
                      f'resize them to at least {min_size} px')
 
 
-def _filter(x: jax.Array, window: jax.Array) -> jax.Array:
-  """Separable 'valid' Gaussian filtering of every channel: [B, H, W, C] -> [B, H-k+1, W-k+1, C]."""
-  c = x.shape[-1]
-  k = window.shape[0]
-  kh = jnp.tile(window.reshape(k, 1, 1, 1), (1, 1, 1, c))
-  kw = jnp.tile(window.reshape(1, k, 1, 1), (1, 1, 1, c))
-  dn = ('NHWC', 'HWIO', 'NHWC')
-  x = jax.lax.conv_general_dilated(x, kh, (1, 1), 'VALID', dimension_numbers=dn, feature_group_count=c,
-                                   precision=jax.lax.Precision.HIGHEST)
-  return jax.lax.conv_general_dilated(x, kw, (1, 1), 'VALID', dimension_numbers=dn, feature_group_count=c,
-                                      precision=jax.lax.Precision.HIGHEST)
+@functools.lru_cache(maxsize=None)
+def _band(n: int) -> np.ndarray:
+  """The 'valid' Gaussian filter along an axis of length n as a banded matrix [n - 10, n]: row i holds the window
+  at columns i..i+10."""
+  window = gaussian_window()
+  m = n - WINDOW_SIZE + 1
+  band = np.zeros((m, n), np.float32)
+  for i in range(m):
+    band[i, i:i + WINDOW_SIZE] = window
+  return band
+
+
+def _filter(x: jax.Array) -> jax.Array:
+  """Separable 'valid' Gaussian filtering of every channel: [..., H, W, C] -> [..., H-10, W-10, C].
+
+  Two matrix products with banded matrices rather than two depthwise convolutions: the same sums, but matmuls
+  are what every backend runs fastest: SSIM's value and gradient for 16 images of 64x64 take 3 ms instead of 53 ms
+  on a 2-core XLA:CPU, 169 ms instead of 689 ms at 256x256 (`benchmarks/ssim.py`)."""
+  x = jnp.einsum('ih,...hwc->...iwc', _band(x.shape[-3]), x, precision=jax.lax.Precision.HIGHEST)
+  return jnp.einsum('jw,...iwc->...ijc', _band(x.shape[-2]), x, precision=jax.lax.Precision.HIGHEST)
 
 
 def _ssim_terms(a: jax.Array, b: jax.Array) -> tuple[jax.Array, jax.Array]:
   """(mean SSIM [B], mean contrast-structure [B]) over the valid pixels and channels."""
-  window = jnp.asarray(gaussian_window())
   c1, c2 = (K1 * DATA_RANGE)**2, (K2 * DATA_RANGE)**2
-  mu_a, mu_b = _filter(a, window), _filter(b, window)
-  var_a = _filter(a * a, window) - mu_a**2
-  var_b = _filter(b * b, window) - mu_b**2
-  cov = _filter(a * b, window) - mu_a * mu_b
+  mu_a, mu_b, aa, bb, ab = _filter(jnp.stack([a, b, a * a, b * b, a * b]))  # the five local moments at once
+  var_a = aa - mu_a**2
+  var_b = bb - mu_b**2
+  cov = ab - mu_a * mu_b
   cs = (2 * cov + c2) / (var_a + var_b + c2)
   lum = (2 * mu_a * mu_b + c1) / (mu_a**2 + mu_b**2 + c1)
   return jnp.mean(lum * cs, axis=(1, 2, 3)), jnp.mean(cs, axis=(1, 2, 3))
