@@ -29,6 +29,9 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   config.stages = 'classifier'
   # Devices to use (0 = all visible devices, across all hosts).
   config.num_devices = 0
+  # Persistent XLA compilation cache (stylex_jax/stages/compile_cache.py): 'workdir' = <workdir>/xla_cache/ for a
+  # local workdir (stages and reruns reuse compiled programs), '' = off, or a folder only you can write.
+  config.compile_cache = 'workdir'
 
   config.data = ml_collections.ConfigDict(
       dict(

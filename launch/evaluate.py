@@ -32,8 +32,10 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
   from stylex_jax.stages import evaluate as stage  # pylint: disable=g-import-not-at-top
   from stylex_jax.stages import checks  # pylint: disable=g-import-not-at-top
+  from stylex_jax.stages import compile_cache  # pylint: disable=g-import-not-at-top
   with outcome.one_line():  # the evaluate stage also stops between chunks on SIGTERM
     checks.check_stages(_CONFIG.value, ['evaluate'])  # the config, before any checkpoint is read
+    compile_cache.enable(_CONFIG.value.get('compile_cache', 'workdir'), _WORKDIR.value)  # before any compile
     stage.run(_CONFIG.value, _WORKDIR.value, explanations=_EXPLANATIONS.value)
 
 

@@ -52,10 +52,12 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
   from stylex_jax.stages import explain as stage  # pylint: disable=g-import-not-at-top
   from stylex_jax.stages import checks  # pylint: disable=g-import-not-at-top
+  from stylex_jax.stages import compile_cache  # pylint: disable=g-import-not-at-top
   if _IMAGES.value and (_SPLIT.value or _NUM_IMAGES.value is not None):
     sys.exit('error: give either --images or --split/--num_images, not both')
   with outcome.one_line():
     checks.check_stages(_CONFIG.value, ['explain'])  # the config, before any checkpoint is read
+    compile_cache.enable(_CONFIG.value.get('compile_cache', 'workdir'), _WORKDIR.value)  # before any compile
     stage.run(_CONFIG.value, _WORKDIR.value, split=_SPLIT.value, num_images=_NUM_IMAGES.value,
               image_patterns=_IMAGES.value, output_dir=_OUTPUT.value)
 

@@ -71,6 +71,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, dict]:
   from stylex_jax.stages import checks  # every stage's config constraints, before the first stage runs
   checks.check_stages(config, names)
   check_workdir(workdir)
+  from stylex_jax.stages import compile_cache
+  compile_cache.enable(config.get('compile_cache', compile_cache.WORKDIR), workdir)  # before the first compile
   preemption.install_handler()
   results = {}
   for i, name in enumerate(names):
