@@ -100,6 +100,9 @@ RECIPES.update({
     'demo_lr5': ['--config.gan.g_lr=0.005', '--config.gan.d_lr=0.005'],
     'demo_lr15': ['--config.gan.g_lr=0.0015', '--config.gan.d_lr=0.0015'],
     'demo_mix0': ['--config.gan.style_mixing_prob=0'],
+    # a 10x stronger R1 widened the gap (b4_r1x10: 0.89 px): a weaker one, a quarter and half of the auto 0.2048
+    'demo_r1q': ['--config.gan.r1_gamma=0.0512'],
+    'demo_r1h': ['--config.gan.r1_gamma=0.1024'],
 })
 
 
