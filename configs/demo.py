@@ -3,7 +3,7 @@
 Launch — ONE command: generates the phantoms, trains the classifier to explain, a small StyleGAN2 and the
 image -> W+ encoder, then explains 16 test phantoms (a seeded class-balanced sample) and writes
 /tmp/stylex_demo/explain/report.html (with TFRecords, PNG strips and GIFs beside it), then scores the explanations
-(/tmp/stylex_demo/evaluate/scorecard.json, also at the top of the report); about 10-14 minutes on 2 CPU cores,
+(/tmp/stylex_demo/evaluate/scorecard.json, also at the top of the report); about 11-13 minutes on 2 CPU cores,
 see benchmarks/README.md for measured times:
   python launch/train.py --config configs/demo.py --workdir /tmp/stylex_demo
 
