@@ -37,6 +37,8 @@ def test_cache_dir_for_each_setting(tmp_path):
   folder, root = compile_cache.cache_dir('workdir', w)
   assert (folder, root) == (os.path.join(w, 'xla_cache', compile_cache.machine_id()), w)
   assert compile_cache.cache_dir('workdir', 'gs://bucket/run') is None
+  assert compile_cache.cache_dir('gs://bucket/xla/',
+                                 w) == (f'gs://bucket/xla/{compile_cache.machine_id()}', 'gs://bucket/xla/')
   assert compile_cache.cache_dir('', w) is None
   assert compile_cache.cache_dir(str(tmp_path / 'c'),
                                  w) == (str(tmp_path / 'c' / compile_cache.machine_id()), str(tmp_path / 'c'))

@@ -12,7 +12,7 @@ Where (`config.compile_cache`):
   'workdir'  (default) `<workdir>/xla_cache/<machine>/` when the workdir is an existing local folder; no cache for
              a remote workdir (gs://...: every read would be a network round trip; give a local path instead)
   ''         no cache
-  a path     `<path>/<machine>/`
+  a path     `<path>/<machine>/` (a remote one, gs://..., is handed to JAX as it is)
 `<machine>` names the host's CPU (architecture and a hash of its model and feature flags): XLA:CPU entries are
 native code for the CPU that compiled them, and XLA loads an entry built for another CPU with only a logged
 warning, so a workdir on a filesystem shared by different machines keeps one folder per kind of machine.
@@ -62,6 +62,8 @@ def cache_dir(setting: str, workdir: str) -> tuple[str, str] | None:
       return None
     root = storage.absolute(workdir)
     return os.path.join(root, FOLDER, machine_id()), root
+  if not storage.is_local(setting):  # e.g. gs://bucket/xla: JAX reads it through etils; chosen, so trusted
+    return f'{setting.rstrip("/")}/{machine_id()}', setting
   root = os.path.abspath(os.path.expanduser(setting))
   return os.path.join(root, machine_id()), root
 
@@ -102,6 +104,9 @@ def enable(setting: str, workdir: str) -> str | None:
   if chosen is None:
     return None
   folder, root = chosen
+  if not storage.is_local(folder):
+    jax.config.update('jax_compilation_cache_dir', folder)
+    return folder
   reason = untrusted_reason(folder, root)
   if reason:
     print(f'[compile cache] not used: {reason}; compiled programs are code this run would execute. Set '
