@@ -393,3 +393,5 @@ def test_realism_knn_ratio_orders_far_frames_and_is_defined_where_kid_ratio_is_n
     assert out['knn_distance_ratio'] == pytest.approx(out['frame_knn_distance'] / out['reconstruction_knn_distance'])
   assert out_near['knn_distance_ratio'] < 1.5 < 2 < out_far['knn_distance_ratio']
   assert np.isnan(fidelity.realism(near[:0], recon, real)['knn_distance_ratio'])  # no frames: undefined
+  with pytest.raises(ValueError, match='same extractor'):
+    fidelity.realism(near[:, :5], recon, real)

@@ -171,6 +171,9 @@ def realism(frames_near_flip_features, reconstruction_features, real_features, n
     if x.ndim != 2:
       raise ValueError(f'{name} must be features [N, F]; got shape {x.shape}')
   frames, recons, real = sets
+  if len({x.shape[1] for x in sets}) > 1:
+    raise ValueError('frames_near_flip_features, reconstruction_features and real_features must come from the same '
+                     f'extractor (same F); got {frames.shape}, {recons.shape} and {real.shape}')
   size = min([len(x) for x in sets if len(x) >= 2] + [1000])  # sets too small for a KID don't shrink the other
 
   def kid(fake):
@@ -181,8 +184,8 @@ def realism(frames_near_flip_features, reconstruction_features, real_features, n
   frame_kid, recon_kid = kid(frames), kid(recons)
   ok = math.isfinite(frame_kid) and math.isfinite(recon_kid) and recon_kid > 0
   out = dict(frame_kid=frame_kid, reconstruction_kid=recon_kid, kid_ratio=frame_kid / recon_kid if ok else float('nan'))
-  frame_d, recon_d = (float(np.median(d)) if d.size else float('nan')
-                      for d in (knn_distance(frames, real, k), knn_distance(recons, real, k)))
+  both = knn_distance(np.concatenate([frames, recons]), real, k)  # one k-d tree and radius of the real rows
+  frame_d, recon_d = (float(np.median(d)) if d.size else float('nan') for d in (both[:len(frames)], both[len(frames):]))
   ok = math.isfinite(frame_d) and math.isfinite(recon_d) and recon_d > 0
   out.update(frame_knn_distance=frame_d, reconstruction_knn_distance=recon_d,
              knn_distance_ratio=frame_d / recon_d if ok else float('nan'))
