@@ -198,8 +198,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, max_ste
   summary = dict(stage=STAGE, step=step, **results, upstream=upstream, checkpoints=ckpt.directory,
                  metrics=os.path.join(stage_dir, 'metrics.jsonl'), samples=os.path.join(stage_dir, 'samples'))
   summary = writers.write_json(summary_path, summary)
-  line = lambda p: ' '.join(f'{k[len(p):]}={results[k]:.3g}' for k in results
-                            if k.startswith(p) and (p == 'encoder_latents_' or not k.startswith('encoder_latents_')))
+  groups = ('encoder_latents_', 'encoder_', 'refine_')  # longest prefix first: each figure prints once
+  group = lambda k: next((p for p in groups if k.startswith(p)), None)
+  line = lambda p: ' '.join(f'{k[len(p):]}={results[k]:.3g}' for k in results if group(k) == p)
   w_only = ''
   if 'encoder_latents_ssim' in results:
     w_only = f'\n  held-out, its latents alone (constant noise maps): {line("encoder_latents_")}'
