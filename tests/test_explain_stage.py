@@ -244,3 +244,24 @@ def test_evaluate_bad_export_fails_with_one_line_naming_the_file(trained, tmp_pa
   with pytest.raises(ValueError, match=str(shard.name)):
     evaluate_stage.run(config, str(root / 'work'), explanations=str(broken))  # the smoke run's classifier
   assert (broken / 'report.html').read_bytes() == report_before  # nothing in the export modified
+
+
+def test_a_short_last_batch_runs_the_compiled_shapes_and_matches_a_full_one(smoke_stages, tmp_path):
+  """The last batch of a run (fewer images than batch_size) is padded: no new trace of the projector, and each
+  image's explanation equals the one it gets in a full batch (here: the same image twice)."""
+  config, work = smoke_stages(str(tmp_path / 'work'))
+  config.explain.batch_size = 2
+  explainer = stage.Explainer(config, work)
+  image = np.random.default_rng(3).uniform(-1, 1, (1, 32, 32, 1)).astype(np.float32)
+  full = explainer.explain_batch(np.concatenate([image, image]), ['x', 'x'], np.array([1, 1]))
+  traces = explainer.inverter.trace_count
+  short = explainer.explain_batch(image, ['x'], np.array([1]))
+  assert explainer.inverter.trace_count == traces
+  assert short.keys() == full.keys() and short['metrics'].keys() == full['metrics'].keys()
+  for key, value in short.items():
+    if key == 'metrics':
+      for name, v in value.items():
+        np.testing.assert_array_equal(v, full['metrics'][name][:1], err_msg=name)
+    else:
+      assert len(value) == 1, key
+      np.testing.assert_array_equal(value, full[key][:1], err_msg=key)

@@ -207,7 +207,20 @@ class Explainer:
     return probs.argmax(-1).astype(np.int32)
 
   def explain_batch(self, images: np.ndarray, ids: Sequence[str], labels: np.ndarray) -> dict[str, Any]:
-    """images [B, H, W, C] in [-1, 1] -> the exporter's batch dict (plus per-image metrics)."""
+    """images [B, H, W, C] in [-1, 1] -> the exporter's batch dict (plus per-image metrics).
+
+    A batch smaller than config.explain.batch_size (the last one) is padded with copies of its last image and the
+    padding dropped from the result: every image is explained on its own, so the figures are the same, and the
+    batch runs the programs every earlier batch compiled instead of compiling new shapes at the end of the run."""
+    labels, n, pad = np.asarray(labels), len(images), self.ec.batch_size - len(images)
+    if pad <= 0:
+      return self._explain_batch(images, ids, labels)
+    padded = self._explain_batch(np.concatenate([images, np.repeat(images[-1:], pad, axis=0)]),
+                                 list(ids) + [ids[-1]] * pad, np.concatenate([labels,
+                                                                              np.repeat(labels[-1:], pad)]))
+    return {k: ({m: v[:n] for m, v in value.items()} if k == 'metrics' else value[:n]) for k, value in padded.items()}
+
+  def _explain_batch(self, images: np.ndarray, ids: Sequence[str], labels: np.ndarray) -> dict[str, Any]:
     ec = self.ec
     if self.directions is None and ec.scope == 'global':
       self.fit_global_directions()
