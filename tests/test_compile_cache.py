@@ -84,7 +84,7 @@ def test_a_second_process_reuses_the_first_ones_compilation(tmp_path):
   assert oct(os.stat(folder).st_mode & 0o777) == oct(0o700)
   second, _ = _run(tmp_path)
   assert int(second['HITS']) >= 1 and second['VALUE'] == first['VALUE']  # the jitted sum (and the small ops)
-  # a cache folder JAX already has wins (JAX_COMPILATION_CACHE_DIR), and '' would turn it off
+  # a cache folder JAX already has (JAX_COMPILATION_CACHE_DIR) wins
   other = tmp_path / 'mine'
   third, _ = _run(tmp_path, {'JAX_COMPILATION_CACHE_DIR': str(other)})
   assert third['FOLDER'] == str(other) and third['HITS'] == '0'
