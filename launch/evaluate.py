@@ -35,7 +35,8 @@ def main(argv):
   from stylex_jax.stages import compile_cache  # pylint: disable=g-import-not-at-top
   with outcome.one_line():  # the evaluate stage also stops between chunks on SIGTERM
     checks.check_stages(_CONFIG.value, ['evaluate'])  # the config, before any checkpoint is read
-    compile_cache.enable(_CONFIG.value.get('compile_cache', 'workdir'), _WORKDIR.value)  # before any compile
+    compile_cache.enable(_CONFIG.value.get('compile_cache', compile_cache.WORKDIR),
+                         _WORKDIR.value)  # before any compile
     stage.run(_CONFIG.value, _WORKDIR.value, explanations=_EXPLANATIONS.value)
 
 

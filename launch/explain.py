@@ -57,7 +57,8 @@ def main(argv):
     sys.exit('error: give either --images or --split/--num_images, not both')
   with outcome.one_line():
     checks.check_stages(_CONFIG.value, ['explain'])  # the config, before any checkpoint is read
-    compile_cache.enable(_CONFIG.value.get('compile_cache', 'workdir'), _WORKDIR.value)  # before any compile
+    compile_cache.enable(_CONFIG.value.get('compile_cache', compile_cache.WORKDIR),
+                         _WORKDIR.value)  # before any compile
     stage.run(_CONFIG.value, _WORKDIR.value, split=_SPLIT.value, num_images=_NUM_IMAGES.value,
               image_patterns=_IMAGES.value, output_dir=_OUTPUT.value)
 

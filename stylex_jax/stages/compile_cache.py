@@ -58,9 +58,11 @@ def cache_dir(setting: str, workdir: str) -> tuple[str, str] | None:
   if not setting:
     return None
   if setting == WORKDIR:
-    if not storage.is_local(workdir) or not os.path.isdir(storage.absolute(workdir)):
+    if not storage.is_local(workdir):
       return None
     root = storage.absolute(workdir)
+    if not os.path.isdir(root):
+      return None
     return os.path.join(root, FOLDER, machine_id()), root
   if not storage.is_local(setting):  # e.g. gs://bucket/xla: JAX reads it through etils; chosen, so trusted
     return f'{setting.rstrip("/")}/{machine_id()}', setting
