@@ -13,6 +13,8 @@ Usage (the comparison with the peer, same arguments):
   python benchmarks/gan_step.py ... --no-reg        # G main + D main only
   python benchmarks/gan_step.py ... --fused         # grouped-conv modulated convolution
   python benchmarks/gan_step.py ... --per-step      # also time g_main / g_reg / d_main / d_reg alone
+  python benchmarks/gan_step.py ... --peer <checkout of NVlabs/stylegan2-ada-pytorch> \
+      --peer-script <peer_stylegan2_step.py> --rounds 2   # the reference timed back to back, same arguments
 
 Output: one figure per line, `name value unit`; lines starting with '#' are notes.
   compile_s             lower + compile of the four jitted steps (AOT, then reused by the jit call path;
@@ -31,6 +33,13 @@ Output: one figure per line, `name value unit`; lines starting with '#' are note
   achieved_gflops_with_reg  gflop_per_img_with_reg x img_per_s
   matmul_peak_gflops    best of several jitted [n, n] @ [n, n] matmuls in --dtype on the first device
   fraction_of_peak      achieved_gflops / matmul_peak_gflops (and `_with_reg`)
+  With --peer: each of --rounds rounds times our iterations, then runs the peer script in a subprocess with the
+  same architecture and the same iterations (1..16 per period, so its lazy regularisation is amortised exactly
+  like ours); the architectures are compared first (G and D parameter counts: the run stops, naming the field,
+  when they differ).
+  img_per_s_round_<i>, peer_img_per_s_round_<i>   each round's rates
+  peer_img_per_s        median over the rounds of the reference's img/s
+  speedup_vs_peer       median of ours / median of the reference's (goal >= 1.5 on the 2-core CPU, never < 1)
 """
 from __future__ import annotations
 
@@ -38,7 +47,9 @@ import argparse
 import functools
 import math
 import os
+import re
 import resource
+import subprocess
 import sys
 import time
 
@@ -77,12 +88,30 @@ def parse_args(argv=None) -> argparse.Namespace:
                  help="ADA pipeline; the peer runs without augmentation ('none')")
   p.add_argument('--devices', type=int, default=None, help='devices in the data mesh (default: all)')
   p.add_argument('--per-step', action='store_true', help='also time each of the four steps alone (median of 3)')
+  p.add_argument(
+      '--peer', default=None, help='a checkout of NVlabs/stylegan2-ada-pytorch: also time the reference '
+      '(needs torch and --peer-script)')
+  p.add_argument('--peer-script', default=None, help='the peer timing script (peer_stylegan2_step.py)')
+  p.add_argument('--rounds', type=int, default=1, help='with --peer: rounds of (ours, reference) back to back')
   p.add_argument('--peak-size', type=int, default=None,
                  help='matmul size n for the peak measurement (default 2048 on CPU, 8192 on accelerators)')
   a = p.parse_args(argv)
-  for name in ('res', 'channels', 'channel_base', 'channel_max', 'batch', 'map', 'steps'):
+  for name in ('res', 'channels', 'channel_base', 'channel_max', 'batch', 'map', 'steps', 'rounds'):
     if getattr(a, name) < 1:
       p.error(f'--{name.replace("_", "-")}={getattr(a, name)} must be >= 1')
+  if a.peer is not None:
+    if not a.peer_script or not os.path.isfile(a.peer_script):
+      p.error(f'--peer needs --peer-script, the peer timing script (got {a.peer_script!r})')
+    if not os.path.isfile(os.path.join(a.peer, 'training', 'networks.py')):
+      p.error(f'--peer {a.peer!r} is not a checkout of NVlabs/stylegan2-ada-pytorch (no training/networks.py)')
+    differs = [(f, v, r) for f, v, r in (('--dtype', a.dtype, 'float32'), ('--fused', a.fused, False),
+                                         ('--augment', a.augment, 'none')) if v != r]
+    if differs:
+      p.error('refusing to compare with the reference: ' +
+              '; '.join(f'{f} is {v!r} here but {r!r} in the reference' for f, v, r in differs) +
+              ' (drop these to compare)')
+  elif a.rounds != 1:
+    p.error('--rounds needs --peer')
   if a.peak_size is not None and a.peak_size < 64:
     p.error(f'--peak-size={a.peak_size} is too small to measure a peak; use >= 64 (e.g. 2048)')
   return a
@@ -161,6 +190,38 @@ def matmul_peak_gflops(n: int, dtype, device, reps: int) -> float:
   return 2.0 * n**3 / best / 1e9
 
 
+def run_peer(a: argparse.Namespace, n_iter: int, params: tuple[int, int]) -> float:
+  """Times NVIDIA's reference (the peer script, a subprocess) on the same architecture; returns its img/s.
+
+    Stops the benchmark, naming the field, when the reference's G or D parameter count differs from ours
+    (params: (G, D) counts here), since the two would not be the same network.
+    """
+  cmd = [
+      sys.executable, a.peer_script, '--res',
+      str(a.res), '--channels',
+      str(a.channels), '--channel-base',
+      str(a.channel_base), '--channel-max',
+      str(a.channel_max), '--map',
+      str(a.map), '--batch',
+      str(a.batch), '--steps',
+      str(n_iter)
+  ] + (['--no-reg'] if a.no_reg else [])
+  proc = subprocess.run(cmd, capture_output=True, text=True, check=False, env={**os.environ, 'PEER': a.peer})
+  if proc.returncode != 0:
+    sys.exit(f'the reference failed (exit {proc.returncode}): {" ".join(cmd)}\n{proc.stderr[-2000:]}')
+  sizes = re.search(r'G=([0-9.]+)M D=([0-9.]+)M', proc.stdout)
+  rate = re.search(r'^img/s ([0-9.]+)$', proc.stdout, re.M)
+  if not sizes or not rate:
+    sys.exit(f'cannot read the reference\'s output (expected "G=..M D=..M" and "img/s ..."):\n{proc.stdout[-2000:]}')
+  for field, theirs, ours in (('G parameters', float(sizes[1]), params[0]), ('D parameters', float(sizes[2]),
+                                                                             params[1])):
+    if abs(theirs - round(ours / 1e6, 2)) > 0.005:
+      sys.exit(f'refusing to compare: the architectures differ: {field} {ours / 1e6:.2f}M here, {theirs:.2f}M in '
+               'the reference (same --res/--channels/--channel-base/--channel-max/--map on both sides?)')
+  print(f'# reference: {proc.stdout.strip().splitlines()[-2]}', flush=True)
+  return float(rate[1])
+
+
 def emit(name: str, value: float, unit: str) -> None:
   if isinstance(value, float) and (math.isnan(value) or math.isinf(value)):
     text = 'nan'
@@ -219,16 +280,31 @@ def main(argv=None) -> dict:
   emit('first_iter_s', time.perf_counter() - t, 's')
 
   n_iter = a.steps if a.no_reg else period * -(-a.steps // period)
-  t = time.perf_counter()
-  for step in range(1, n_iter + 1):
-    state, _ = steps.iteration(state, reals, key, step)
-  jax.block_until_ready(state)
-  dt = time.perf_counter() - t
-  img_per_s = n_iter * a.batch / dt
+  ours, theirs = [], []
+  for rnd in range(a.rounds):
+    t = time.perf_counter()
+    for step in range(1, n_iter + 1):
+      state, _ = steps.iteration(state, reals, key, step)
+    jax.block_until_ready(state)
+    ours.append(n_iter * a.batch / (time.perf_counter() - t))
+    if a.peer is not None:
+      theirs.append(run_peer(a, n_iter, (n_g, n_d)))
+      if a.rounds > 1:
+        emit(f'img_per_s_round_{rnd + 1}', ours[-1], 'img/s')
+        emit(f'peer_img_per_s_round_{rnd + 1}', theirs[-1], 'img/s')
+  img_per_s = float(np.median(ours))
   emit('timed_iterations', n_iter, 'it')
-  emit('s_per_iter', dt / n_iter, 's')
+  emit('s_per_iter', a.batch / img_per_s, 's')
   emit('img_per_s', img_per_s, 'img/s')
   emit('s_per_kimg', 1000.0 / img_per_s, 's/kimg')
+  if theirs:
+    peer = float(np.median(theirs))
+    emit('peer_img_per_s', peer, 'img/s')
+    speedup = img_per_s / peer
+    emit('speedup_vs_peer', speedup, 'x')
+    print(
+        f'# speedup_vs_peer goal >= 1.5 on the 2-core CPU (never < 1): '
+        f'{"met" if speedup >= 1.5 else "missed"}; medians over {a.rounds} round(s), back to back', flush=True)
 
   mem, source = peak_memory(devices)
   emit('peak_mem_mib', mem, 'MiB')
