@@ -115,6 +115,29 @@ def test_transposed_conv2d_vs_numpy_scatter(k, up, groups):
   np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize('groups', [1, 2])
+def test_transposed_conv2d_gradients_vs_numpy(groups):
+  """Both derivatives of the dot + overlap-add form (groups=1) and the polyphase form (groups=2) against numpy:
+  y[b, i*up + a, j*up + c, o] += x[b, i, j, :] . w[a, c, :, o], so dL/dx[b, i, j] = sum_{a,c,o} u[...] w[a, c, :, o]
+  and dL/dw[a, c] = sum_{b,i,j} x[b, i, j] (outer) u[b, i*up + a, j*up + c] for L = sum(y * u)."""
+  up, k, ig, og = 2, 3, 4 // groups, 2
+  x, w = rnd(94, 2, 3, 3, 4), rnd(95, k, k, ig, og * groups)
+  u = rnd(96, 2, 2 * up + k, 2 * up + k, og * groups)
+  gx, gw = jax.grad(lambda a, b: jnp.sum(L.transposed_conv2d(a, b, up, groups=groups) * u),
+                    argnums=(0, 1))(jnp.asarray(x), jnp.asarray(w))
+  rx, rw = np.zeros_like(x), np.zeros_like(w)
+  for b in range(2):
+    for i in range(3):
+      for j in range(3):
+        for g in range(groups):
+          ci, co = slice(g * ig, (g + 1) * ig), slice(g * og, (g + 1) * og)
+          win = u[b, i * up:i * up + k, j * up:j * up + k, co]  # [k, k, og]
+          rx[b, i, j, ci] = np.einsum('hwo,hwco->c', win, w[:, :, :, co])
+          rw[:, :, :, co] += np.einsum('c,hwo->hwco', x[b, i, j, ci], win)
+  np.testing.assert_allclose(np.asarray(gx), rx, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(np.asarray(gw), rw, rtol=1e-5, atol=1e-5)
+
+
 def test_upfirdn2d_traced_filter_and_bf16():
   x = rnd(92, 1, 6, 6, 2)
   f = np.abs(rnd(93, 3, 3)) + 0.1

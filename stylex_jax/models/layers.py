@@ -11,7 +11,8 @@ What is here:
   so a constant image keeps its value away from the borders.
 * `conv2d_resample`: 2-D convolution with optional FIR up/down-sampling (up: transposed conv then FIR,
   down: FIR then strided conv, 1x1 down: FIR-subsample then 1x1 conv), with grouped-conv support;
-  `transposed_conv2d` computes the stride-2 transposed conv in polyphase form with one ordinary convolution.
+  `transposed_conv2d` computes the stride-2 transposed conv as one dot + overlap-add (grouped: polyphase, one
+  ordinary grouped convolution).
   Every convolution goes through `conv2d`: XLA's native convolution, or, inside `im2col_convolutions()`, the
   same correlation as slices + one dot (faster second-order derivatives on XLA:CPU; see `conv2d`).
 * `bias_act`: bias + linear/lrelu(0.2) activation with the reference's default gains (1, sqrt 2), optional clamp.
@@ -303,16 +304,57 @@ def _conv2d_im2col(x: jax.Array, w: jax.Array, stride: int, padding) -> jax.Arra
 def transposed_conv2d(x: jax.Array, w: jax.Array, up: int, groups: int = 1) -> jax.Array:
   """Full stride-`up` transposed convolution: y[n] = sum_i x[i] w[n - up*i] (zero insertion + true convolution).
 
-    Computed in polyphase form: the kernel is split into up*up sub-kernels of size ceil(k/up), applied by ONE
-    ordinary stride-1 convolution (phases stacked on the output channels) whose output is interleaved
-    (depth-to-space). Same FLOPs as a transposed conv, but only plain convolutions, which are fast on every XLA
-    backend, forward and backward (input-dilated convolutions are very slow on XLA:CPU).
+    Ungrouped (groups == 1): ONE dot computes every tap's contribution of every input pixel,
+    [B*H*W, Cin] @ [Cin, kh*kw*Cout], and the kh*kw contributions are overlap-added into the upsampled output
+    (shifted pads and adds per output phase, then depth-to-space): exactly the FLOPs of a transposed conv, and
+    its derivatives are dots, slices and adds. Grouped (the fused modulated conv): polyphase form, the kernel
+    split into up*up sub-kernels of ceil(k/up)^2 taps applied by one ordinary stride-1 grouped convolution
+    whose output is interleaved — (ceil(k/up)*up/k)^2 times the FLOPs (16/9 for k=3, up=2), zero taps included.
+    Both avoid input-dilated convolutions, which are very slow on XLA:CPU; on XLA:CPU the dot form is 3-6x
+    faster than the polyphase form forward+backward for the generator's up-convolutions (see
+    benchmarks/README.md, GAN training step).
 
     Args:
       x: [B, H, W, Cin]; w: [kh, kw, Cin // groups, Cout]; up >= 1; groups: feature_group_count.
     Returns:
       [B, (H - 1) * up + kh, (W - 1) * up + kw, Cout].
     """
+  b, h, wd, _ = x.shape
+  kh, kw, ig, cout = w.shape
+  th, tw = -(-kh // up), -(-kw // up)  # taps per phase
+  hp, wq = h + th - 1, wd + tw - 1
+  if groups == 1:
+    y = _transposed_overlap_add(x, w, up)
+  else:
+    y = _transposed_polyphase(x, w, up, groups)
+  y = y.reshape(b, hp, up, wq, up, cout).reshape(b, hp * up, wq * up, cout)
+  return y[:, :(h - 1) * up + kh, :(wd - 1) * up + kw, :]
+
+
+def _transposed_overlap_add(x: jax.Array, w: jax.Array, up: int) -> jax.Array:
+  """[B, H, W, Cin] x [kh, kw, Cin, Cout] -> [B, H + th - 1, up, W + tw - 1, up, Cout] (phase-major output)."""
+  b, h, wd, cin = x.shape
+  kh, kw, _, cout = w.shape
+  th, tw = -(-kh // up), -(-kw // up)
+  cols = jnp.dot(x.reshape(b * h * wd, cin), jnp.transpose(w, (2, 0, 1, 3)).reshape(cin, kh * kw * cout))
+  cols = cols.reshape(b, h, wd, kh, kw, cout)
+  rows = []
+  for p in range(up):  # output rows up*m + p receive the taps a = up*t + p of input row m - t
+    phase_row = []
+    for q in range(up):
+      acc = jnp.zeros((b, h + th - 1, wd + tw - 1, cout), cols.dtype)
+      for t in range(th):
+        for s in range(tw):
+          a, c = up * t + p, up * s + q
+          if a < kh and c < kw:
+            acc = acc + jnp.pad(cols[:, :, :, a, c, :], ((0, 0), (t, th - 1 - t), (s, tw - 1 - s), (0, 0)))
+      phase_row.append(acc)
+    rows.append(jnp.stack(phase_row, axis=3))  # [B, Hp, Wp, up (q), Cout]
+  return jnp.stack(rows, axis=2)  # [B, Hp, up (p), Wp, up (q), Cout]
+
+
+def _transposed_polyphase(x: jax.Array, w: jax.Array, up: int, groups: int) -> jax.Array:
+  """Grouped transposed conv as one stride-1 grouped conv -> [B, H + th - 1, up, W + tw - 1, up, Cout]."""
   b, h, wd, _ = x.shape
   kh, kw, ig, cout = w.shape
   og = cout // groups
@@ -326,8 +368,7 @@ def transposed_conv2d(x: jax.Array, w: jax.Array, up: int, groups: int = 1) -> j
   y = conv2d(x, wp, groups=groups)
   hp, wq = h + th - 1, wd + tw - 1
   y = y.reshape(b, hp, wq, groups, up, up, og)
-  y = jnp.transpose(y, (0, 1, 4, 2, 5, 3, 6)).reshape(b, hp * up, wq * up, cout)
-  return y[:, :(h - 1) * up + kh, :(wd - 1) * up + kw, :]
+  return jnp.transpose(y, (0, 1, 4, 2, 5, 3, 6)).reshape(b, hp, up, wq, up, cout)
 
 
 def conv2d_resample(x: jax.Array, w: jax.Array, f: Any = None, up: int = 1, down: int = 1, padding: Padding = 0,
