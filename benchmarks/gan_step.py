@@ -84,6 +84,8 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument('--no-reg', action='store_true', help='main steps only (no path length, no R1)')
   p.add_argument('--dtype', default='float32', choices=tuple(gan.DTYPES), help='compute dtype (params stay f32)')
   p.add_argument('--fused', action='store_true', help='fused (grouped-conv) modulated convolution')
+  p.add_argument('--main-convolutions', default=None, choices=('auto', 'native', 'im2col'),
+                 help="config.gan.main_convolutions (default: the config's)")
   p.add_argument('--augment', default='none', choices=('none', 'bgc'),
                  help="ADA pipeline; the peer runs without augmentation ('none')")
   p.add_argument('--devices', type=int, default=None, help='devices in the data mesh (default: all)')
@@ -137,6 +139,8 @@ def make_config(a: argparse.Namespace):
   g.pl_interval = PL_INTERVAL
   g.pl_batch_shrink = 2
   g.augment = a.augment
+  if a.main_convolutions:
+    g.main_convolutions = a.main_convolutions
   g.augment_p = 0.0
   return config
 
@@ -245,6 +249,7 @@ def main(argv=None) -> dict:
   print(
       f'# res={a.res} channels={a.channels} channel_base={a.channel_base} channel_max={a.channel_max} '
       f'batch={a.batch} map={a.map} dtype={a.dtype} fused_modconv={a.fused} augment={a.augment} '
+      f'main_convolutions={config.gan.main_convolutions} reg_convolutions={config.gan.reg_convolutions} '
       f'reg={"off" if a.no_reg else f"pl/{PL_INTERVAL} r1/{R1_INTERVAL} gamma={gan.r1_gamma(config):.4g}"}', flush=True)
 
   models = gan.build_models(config, mesh)

@@ -227,28 +227,32 @@ def test_load_generator_without_checkpoint_names_the_stage(tmp_path):
     gan_stage.load_generator(str(tmp_path), _tiny_config())
 
 
-def test_regularisation_steps_agree_with_native_and_im2col_convolutions(one_device):
-  """config.gan.reg_convolutions changes how R1 and path length are computed, never what: the two regularisation
-  steps give the same penalties and updates with XLA's convolution and with im2col."""
+def test_all_four_steps_agree_with_native_and_im2col_convolutions(one_device):
+  """config.gan.reg_convolutions / main_convolutions change how the steps are computed, never what: G main,
+  path length, D main and R1 give the same losses, penalties and updates with XLA's convolution and with im2col."""
   mesh, _, state = one_device
   reals = sharding.shard_batch({'image': np.random.default_rng(2).uniform(-1, 1, (16, 16, 16, 1)).astype(np.float32)},
                                mesh)['image']
   results = {}
   for mode in ('native', 'im2col'):
-    config = _tiny_config(reg_convolutions=mode)
-    assert gan.reg_uses_im2col(config) == (mode == 'im2col')
+    config = _tiny_config(reg_convolutions=mode, main_convolutions=mode)
+    assert gan.reg_uses_im2col(config) == gan.reg_uses_im2col(config, 'main_convolutions') == (mode == 'im2col')
     steps = gan.StepFunctions(config, gan.build_models(config, mesh), mesh)
-    s, m_pl = steps.g_reg(jax.tree.map(jnp.copy, state), jax.random.key(3))
+    s, m_g = steps.g_main(jax.tree.map(jnp.copy, state), jax.random.key(3))
+    s, m_pl = steps.g_reg(s, jax.random.key(3))
+    s, m_d = steps.d_main(s, reals, jax.random.key(3))
     s, m_r1 = steps.d_reg(s, reals, jax.random.key(3))
-    results[mode] = jax.device_get((s, {**m_pl, **m_r1}))
+    results[mode] = jax.device_get((s, {**m_g, **m_pl, **m_d, **m_r1}))
   (s_n, m_n), (s_i, m_i) = results['native'], results['im2col']
-  assert {'pl_penalty', 'r1_penalty'} <= set(m_n)
+  assert {'pl_penalty', 'r1_penalty', 'g_loss', 'd_loss'} <= set(m_n)
   for k in m_n:
     np.testing.assert_allclose(m_i[k], m_n[k], rtol=1e-4, atol=1e-6, err_msg=k)
   for name in ('g_params', 'd_params'):
     # Adam's first update is lr * g / (|g| + eps): where |g| ~ eps, float rounding moves it by up to ~1e-5
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=2e-5), getattr(s_i, name),
                  getattr(s_n, name))
+  with pytest.raises(ValueError, match='main_convolutions'):
+    gan.check_config(_tiny_config(main_convolutions='fast'), mesh)
 
 
 def _assert_trees_equal(a, b):

@@ -73,8 +73,9 @@ def check_config(config: ml_collections.ConfigDict, mesh) -> None:
     sharding.check_global_batch(pl_batch, mesh)
   if gc.compute_dtype not in DTYPES:
     raise ValueError(f'config.gan.compute_dtype={gc.compute_dtype!r}; use one of {tuple(DTYPES)}')
-  if gc.reg_convolutions not in REG_CONVOLUTIONS:
-    raise ValueError(f'config.gan.reg_convolutions={gc.reg_convolutions!r}; use one of {REG_CONVOLUTIONS}')
+  for name in ('reg_convolutions', 'main_convolutions'):
+    if gc.get(name, 'native') not in REG_CONVOLUTIONS:
+      raise ValueError(f'config.gan.{name}={gc.get(name)!r}; use one of {REG_CONVOLUTIONS}')
 
 
 def r1_gamma(config: ml_collections.ConfigDict) -> float:
@@ -264,10 +265,11 @@ def generate(models: Models, g_ema, g_stats, z: jax.Array, truncation_psi: float
 REG_CONVOLUTIONS = ('auto', 'native', 'im2col')
 
 
-def reg_uses_im2col(config: ml_collections.ConfigDict) -> bool:
-  """Whether the R1 / path-length steps trace their convolutions as im2col (config.gan.reg_convolutions:
-  'auto' = on XLA:CPU, where the native convolution's second-order derivatives are 2-4x slower)."""
-  mode = config.gan.reg_convolutions
+def reg_uses_im2col(config: ml_collections.ConfigDict, key: str = 'reg_convolutions') -> bool:
+  """Whether the R1 / path-length steps (key='reg_convolutions') or the G / D main steps
+  (key='main_convolutions') trace their convolutions as im2col: config.gan.<key> 'im2col', or 'auto' on XLA:CPU
+  (where the native convolution's second-order derivatives are 2-4x slower)."""
+  mode = config.gan.get(key, 'native')
   return mode == 'im2col' or (mode == 'auto' and jax.default_backend() == 'cpu')
 
 
@@ -288,11 +290,12 @@ class StepFunctions:
   def __init__(self, config: ml_collections.ConfigDict, models: Models, mesh):
     gc = config.gan
     rep, data = sharding.replicated(mesh), sharding.data_sharding(mesh)
-    im2col = reg_uses_im2col(config)
+    im2col, main_im2col = reg_uses_im2col(config), reg_uses_im2col(config, 'main_convolutions')
     jit = lambda fn, in_sh: jax.jit(fn, in_shardings=in_sh, out_shardings=(rep, rep), donate_argnums=0)
     self.g_main = jit(
-        functools.partial(g_main_step, models=models, batch_size=gc.batch_size, mixing_prob=gc.style_mixing_prob,
-                          ema_kimg=gc.ema_kimg, ema_rampup=gc.ema_rampup or None), (rep, rep))
+        _traced_with_im2col(
+            functools.partial(g_main_step, models=models, batch_size=gc.batch_size, mixing_prob=gc.style_mixing_prob,
+                              ema_kimg=gc.ema_kimg, ema_rampup=gc.ema_rampup or None), main_im2col), (rep, rep))
     self.g_reg = None
     if gc.pl_weight > 0 and gc.pl_interval:
       self.g_reg = jit(
@@ -301,8 +304,10 @@ class StepFunctions:
                                 mixing_prob=gc.style_mixing_prob, pl_weight=gc.pl_weight, pl_interval=gc.pl_interval,
                                 pl_decay=gc.pl_decay), im2col), (rep, rep))
     self.d_main = jit(
-        functools.partial(d_main_step, models=models, mixing_prob=gc.style_mixing_prob, ada_interval=gc.ada_interval,
-                          ada_target=gc.ada_target, ada_kimg=gc.ada_kimg), (rep, data, rep))
+        _traced_with_im2col(
+            functools.partial(d_main_step, models=models, mixing_prob=gc.style_mixing_prob,
+                              ada_interval=gc.ada_interval, ada_target=gc.ada_target, ada_kimg=gc.ada_kimg),
+            main_im2col), (rep, data, rep))
     gamma = r1_gamma(config)
     self.d_reg = None
     if gamma > 0 and gc.r1_interval:
