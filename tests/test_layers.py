@@ -99,10 +99,12 @@ def test_setup_filter_and_bad_input():
     L.upfirdn2d(jnp.zeros((1, 4, 4, 1)), F4, up=0)
 
 
+@pytest.mark.parametrize('dot', [False, True])
 @pytest.mark.parametrize('k,up,groups', [(3, 2, 1), (4, 3, 2), (1, 2, 1)])
-def test_transposed_conv2d_vs_numpy_scatter(k, up, groups):
+def test_transposed_conv2d_vs_numpy_scatter(k, up, groups, dot):
   x, w = rnd(90, 2, 3, 4, 4), rnd(91, k, k, 4 // groups, 3 * groups)
-  got = np.asarray(L.transposed_conv2d(jnp.asarray(x), jnp.asarray(w), up, groups=groups))
+  with L.dot_transposed_convolutions(dot):
+    got = np.asarray(L.transposed_conv2d(jnp.asarray(x), jnp.asarray(w), up, groups=groups))
   ig, og = 4 // groups, 3
   ref = np.zeros((2, 2 * up + k, 3 * up + k, 3 * groups))
   for b in range(2):
@@ -115,16 +117,17 @@ def test_transposed_conv2d_vs_numpy_scatter(k, up, groups):
   np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize('groups', [1, 2])
-def test_transposed_conv2d_gradients_vs_numpy(groups):
-  """Both derivatives of the dot + overlap-add form (groups=1) and the polyphase form (groups=2) against numpy:
+@pytest.mark.parametrize('groups, dot', [(1, True), (1, False), (2, False)])
+def test_transposed_conv2d_gradients_vs_numpy(groups, dot):
+  """Both derivatives of the dot + overlap-add form and the polyphase form (ungrouped and grouped) against numpy:
   y[b, i*up + a, j*up + c, o] += x[b, i, j, :] . w[a, c, :, o], so dL/dx[b, i, j] = sum_{a,c,o} u[...] w[a, c, :, o]
   and dL/dw[a, c] = sum_{b,i,j} x[b, i, j] (outer) u[b, i*up + a, j*up + c] for L = sum(y * u)."""
   up, k, ig, og = 2, 3, 4 // groups, 2
   x, w = rnd(94, 2, 3, 3, 4), rnd(95, k, k, ig, og * groups)
   u = rnd(96, 2, 2 * up + k, 2 * up + k, og * groups)
-  gx, gw = jax.grad(lambda a, b: jnp.sum(L.transposed_conv2d(a, b, up, groups=groups) * u),
-                    argnums=(0, 1))(jnp.asarray(x), jnp.asarray(w))
+  with L.dot_transposed_convolutions(dot):
+    gx, gw = jax.grad(lambda a, b: jnp.sum(L.transposed_conv2d(a, b, up, groups=groups) * u),
+                      argnums=(0, 1))(jnp.asarray(x), jnp.asarray(w))
   rx, rw = np.zeros_like(x), np.zeros_like(w)
   for b in range(2):
     for i in range(3):

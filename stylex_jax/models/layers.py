@@ -11,8 +11,8 @@ What is here:
   so a constant image keeps its value away from the borders.
 * `conv2d_resample`: 2-D convolution with optional FIR up/down-sampling (up: transposed conv then FIR,
   down: FIR then strided conv, 1x1 down: FIR-subsample then 1x1 conv), with grouped-conv support;
-  `transposed_conv2d` computes the stride-2 transposed conv as one dot + overlap-add (grouped: polyphase, one
-  ordinary grouped convolution).
+  `transposed_conv2d` computes the stride-2 transposed conv in polyphase form with one ordinary convolution, or,
+  inside `dot_transposed_convolutions()`, as one dot + overlap-add.
   Every convolution goes through `conv2d`: XLA's native convolution, or, inside `im2col_convolutions()`, the
   same correlation as slices + one dot (faster second-order derivatives on XLA:CPU; see `conv2d`).
 * `bias_act`: bias + linear/lrelu(0.2) activation with the reference's default gains (1, sqrt 2), optional clamp.
@@ -270,6 +270,20 @@ def im2col_convolutions(enabled: bool = True):
     _IM2COL.reset(token)
 
 
+_TRANSPOSED_DOT = contextvars.ContextVar('stylex_jax_dot_transposed_convolutions', default=False)
+
+
+@contextlib.contextmanager
+def dot_transposed_convolutions(enabled: bool = True):
+  """Trace-time switch: ungrouped transposed convolutions traced inside this context are one dot + overlap-add
+    (`transposed_conv2d`) instead of the polyphase convolution; how they are computed, never what."""
+  token = _TRANSPOSED_DOT.set(bool(enabled))
+  try:
+    yield
+  finally:
+    _TRANSPOSED_DOT.reset(token)
+
+
 def conv2d(x: jax.Array, w: jax.Array, stride: int = 1, padding=((0, 0), (0, 0)), groups: int = 1) -> jax.Array:
   """Correlation of x [B, H, W, Cin] with w [kh, kw, Cin // groups, Cout] (NHWC / HWIO), zero padding
     ((y0, y1), (x0, x1)) and stride `stride` -> [B, (H + y0 + y1 - kh) // stride + 1, ..., Cout], x's dtype.
@@ -304,15 +318,16 @@ def _conv2d_im2col(x: jax.Array, w: jax.Array, stride: int, padding) -> jax.Arra
 def transposed_conv2d(x: jax.Array, w: jax.Array, up: int, groups: int = 1) -> jax.Array:
   """Full stride-`up` transposed convolution: y[n] = sum_i x[i] w[n - up*i] (zero insertion + true convolution).
 
-    Ungrouped (groups == 1): ONE dot computes every tap's contribution of every input pixel,
-    [B*H*W, Cin] @ [Cin, kh*kw*Cout], and the kh*kw contributions are overlap-added into the upsampled output
-    (shifted pads and adds per output phase, then depth-to-space): exactly the FLOPs of a transposed conv, and
-    its derivatives are dots, slices and adds. Grouped (the fused modulated conv): polyphase form, the kernel
-    split into up*up sub-kernels of ceil(k/up)^2 taps applied by one ordinary stride-1 grouped convolution
-    whose output is interleaved — (ceil(k/up)*up/k)^2 times the FLOPs (16/9 for k=3, up=2), zero taps included.
-    Both avoid input-dilated convolutions, which are very slow on XLA:CPU; on XLA:CPU the dot form is 3-6x
-    faster than the polyphase form forward+backward for the generator's up-convolutions (see
-    benchmarks/README.md, GAN training step).
+    Two forms, the same function (they differ in float rounding only):
+    * polyphase (default): the kernel split into up*up sub-kernels of ceil(k/up)^2 taps, applied by ONE ordinary
+      stride-1 convolution (phases stacked on the output channels) whose output is interleaved (depth-to-space):
+      (ceil(k/up)*up/k)^2 times the FLOPs (16/9 for k=3, up=2), zero taps included.
+    * dot + overlap-add (ungrouped convolutions traced inside `dot_transposed_convolutions()`): ONE dot computes
+      every tap's contribution of every input pixel, [B*H*W, Cin] @ [Cin, kh*kw*Cout], and the kh*kw
+      contributions are added into the upsampled output by shifted pads per output phase: exactly a transposed
+      convolution's FLOPs; its derivatives are dots, slices and adds. On XLA:CPU 3-6x faster forward+backward for
+      a wide generator's up-convolutions (benchmarks/README.md, GAN training step).
+    Neither uses input-dilated convolutions, which are very slow on XLA:CPU.
 
     Args:
       x: [B, H, W, Cin]; w: [kh, kw, Cin // groups, Cout]; up >= 1; groups: feature_group_count.
@@ -323,7 +338,7 @@ def transposed_conv2d(x: jax.Array, w: jax.Array, up: int, groups: int = 1) -> j
   kh, kw, ig, cout = w.shape
   th, tw = -(-kh // up), -(-kw // up)  # taps per phase
   hp, wq = h + th - 1, wd + tw - 1
-  if groups == 1:
+  if groups == 1 and _TRANSPOSED_DOT.get():
     y = _transposed_overlap_add(x, w, up)
   else:
     y = _transposed_polyphase(x, w, up, groups)

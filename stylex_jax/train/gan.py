@@ -267,18 +267,19 @@ REG_CONVOLUTIONS = ('auto', 'native', 'im2col')
 
 def reg_uses_im2col(config: ml_collections.ConfigDict, key: str = 'reg_convolutions') -> bool:
   """Whether the R1 / path-length steps (key='reg_convolutions') or the G / D main steps
-  (key='main_convolutions') trace their convolutions as im2col: config.gan.<key> 'im2col', or 'auto' on XLA:CPU
-  (where the native convolution's second-order derivatives are 2-4x slower)."""
+  (key='main_convolutions'; their up-convolutions then as one dot + overlap-add) trace their convolutions as im2col:
+  config.gan.<key> 'im2col', or 'auto' on XLA:CPU (where the native convolution's second-order derivatives are 2-4x
+  slower)."""
   mode = config.gan.get(key, 'native')
   return mode == 'im2col' or (mode == 'auto' and jax.default_backend() == 'cpu')
 
 
-def _traced_with_im2col(step_fn, enabled: bool):
-  """`step_fn` whose tracing happens inside layers.im2col_convolutions(enabled): how the convolutions are
-  computed, never what they compute."""
+def _traced_with_im2col(step_fn, enabled: bool, transposed_dot: bool = False):
+  """`step_fn` whose tracing happens inside layers.im2col_convolutions(enabled) (and, with transposed_dot,
+  layers.dot_transposed_convolutions()): how the convolutions are computed, never what they compute."""
 
   def traced(*args):
-    with layers.im2col_convolutions(enabled):
+    with layers.im2col_convolutions(enabled), layers.dot_transposed_convolutions(transposed_dot):
       return step_fn(*args)
 
   return traced
@@ -295,7 +296,8 @@ class StepFunctions:
     self.g_main = jit(
         _traced_with_im2col(
             functools.partial(g_main_step, models=models, batch_size=gc.batch_size, mixing_prob=gc.style_mixing_prob,
-                              ema_kimg=gc.ema_kimg, ema_rampup=gc.ema_rampup or None), main_im2col), (rep, rep))
+                              ema_kimg=gc.ema_kimg, ema_rampup=gc.ema_rampup or None), main_im2col, main_im2col),
+        (rep, rep))
     self.g_reg = None
     if gc.pl_weight > 0 and gc.pl_interval:
       self.g_reg = jit(
@@ -307,7 +309,7 @@ class StepFunctions:
         _traced_with_im2col(
             functools.partial(d_main_step, models=models, mixing_prob=gc.style_mixing_prob,
                               ada_interval=gc.ada_interval, ada_target=gc.ada_target, ada_kimg=gc.ada_kimg),
-            main_im2col), (rep, data, rep))
+            main_im2col, main_im2col), (rep, data, rep))
     gamma = r1_gamma(config)
     self.d_reg = None
     if gamma > 0 and gc.r1_interval:
