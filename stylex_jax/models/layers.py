@@ -369,7 +369,7 @@ def _transposed_overlap_add(x: jax.Array, w: jax.Array, up: int) -> jax.Array:
 
 
 def _transposed_polyphase(x: jax.Array, w: jax.Array, up: int, groups: int) -> jax.Array:
-  """Grouped transposed conv as one stride-1 grouped conv -> [B, H + th - 1, up, W + tw - 1, up, Cout]."""
+  """Transposed conv as one stride-1 (grouped) conv -> [B, H + th - 1, up, W + tw - 1, up, Cout]."""
   b, h, wd, _ = x.shape
   kh, kw, ig, cout = w.shape
   og = cout // groups
