@@ -334,15 +334,13 @@ def transposed_conv2d(x: jax.Array, w: jax.Array, up: int, groups: int = 1) -> j
     Returns:
       [B, (H - 1) * up + kh, (W - 1) * up + kw, Cout].
     """
-  b, h, wd, _ = x.shape
-  kh, kw, ig, cout = w.shape
-  th, tw = -(-kh // up), -(-kw // up)  # taps per phase
-  hp, wq = h + th - 1, wd + tw - 1
+  h, wd, kh, kw = x.shape[1], x.shape[2], w.shape[0], w.shape[1]
   if groups == 1 and _TRANSPOSED_DOT.get():
     y = _transposed_overlap_add(x, w, up)
   else:
     y = _transposed_polyphase(x, w, up, groups)
-  y = y.reshape(b, hp, up, wq, up, cout).reshape(b, hp * up, wq * up, cout)
+  b, hp, _, wq, _, cout = y.shape  # phase-major: interleave the phases (depth-to-space), then crop
+  y = y.reshape(b, hp * up, wq * up, cout)
   return y[:, :(h - 1) * up + kh, :(wd - 1) * up + kw, :]
 
 
