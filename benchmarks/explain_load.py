@@ -10,7 +10,9 @@ models of tests/conftest.py's smoke_stages; `--variant ''` = the default demo, e
 (`stylex_jax/data/phantoms.py`, at the config's image size, PNG) into a temp folder (a folder per N, hard links
 of the first N files); then, per N, ONE fresh subprocess runs the real path (`stages.explain.run` with
 image_patterns=<folder>, as launch/explain.py --images does) so the peaks of different N never mix, and reports
-the child's peak RSS (VmHWM of /proc/self/status, else ru_maxrss).
+the child's peak RSS (VmHWM of /proc/self/status, else ru_maxrss). Like launch/explain.py it caps glibc's malloc
+arenas at 2 first (launch/malloc_arenas.py; `MALLOC_ARENA_MAX=16 python benchmarks/explain_load.py ...` measures
+with more).
 
 Usage:
   nice -n 10 python benchmarks/explain_load.py --workdir /tmp/stylex_load/work --sizes 1000,10000
@@ -40,6 +42,10 @@ import time
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _ROOT not in sys.path:
   sys.path.insert(0, _ROOT)
+
+from launch import malloc_arenas  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+_ARENAS = malloc_arenas.limit()  # as launch/explain.py does, before any thread; the children inherit it
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -138,6 +144,7 @@ def main(argv=None) -> None:
   t0 = time.perf_counter()
   write_phantoms(all_files, sizes[-1], config.data.image_size)
   print(f'# {sizes[-1]} phantom PNGs in {all_files} ({time.perf_counter() - t0:.0f} s)', flush=True)
+  print(f'# malloc arenas (launch/malloc_arenas.py): {_ARENAS}', flush=True)
   peaks = {}
   try:
     for n in [args.batch] + sizes:  # the first: a warm-up child that fills the compilation cache (not a figure)
