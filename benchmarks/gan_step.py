@@ -249,7 +249,9 @@ def main(argv=None) -> dict:
   print(
       f'# res={a.res} channels={a.channels} channel_base={a.channel_base} channel_max={a.channel_max} '
       f'batch={a.batch} map={a.map} dtype={a.dtype} fused_modconv={a.fused} augment={a.augment} '
-      f'main_convolutions={config.gan.main_convolutions} reg_convolutions={config.gan.reg_convolutions} '
+      f'main_convolutions={config.gan.main_convolutions}'
+      f'({"im2col" if gan.uses_im2col(config, "main_convolutions") else "native"}) '
+      f'reg_convolutions={config.gan.reg_convolutions}({"im2col" if gan.uses_im2col(config) else "native"}) '
       f'reg={"off" if a.no_reg else f"pl/{PL_INTERVAL} r1/{R1_INTERVAL} gamma={gan.r1_gamma(config):.4g}"}', flush=True)
 
   models = gan.build_models(config, mesh)

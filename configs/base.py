@@ -85,9 +85,9 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
           compute_dtype='float32',  # 'bfloat16' on GPU/TPU: bf16 compute, float32 params and optimiser state
           reg_convolutions='auto',  # R1 / path-length steps: 'im2col' (slices + dots; 2-4x faster second-order
           #   derivatives on XLA:CPU, ~2x the step memory), 'native', 'auto' = im2col on CPU
-          main_convolutions='native',  # G main / D main steps: the same choice ('im2col' also makes up-convolutions
+          main_convolutions='auto',  # G main / D main steps: the same choice ('im2col' also makes up-convolutions
           #   one dot + overlap-add); pays for wide models at batch 16 on CPU (channel_max 256: 1.9x), not for the
-          #   demo's (64, batch 4: 0.7x)
+          #   demo's (64, batch 4: 0.7x), so 'auto' = im2col on CPU for >= 256 channels at batch >= 16 only
           batch_size=32,  # global batch
           num_steps=10000,  # iterations (kimg = num_steps * batch_size / 1000)
           g_lr=0.0025,

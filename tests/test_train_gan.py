@@ -236,7 +236,7 @@ def test_all_four_steps_agree_with_native_and_im2col_convolutions(one_device):
   results = {}
   for mode in ('native', 'im2col'):
     config = _tiny_config(reg_convolutions=mode, main_convolutions=mode)
-    assert gan.reg_uses_im2col(config) == gan.reg_uses_im2col(config, 'main_convolutions') == (mode == 'im2col')
+    assert gan.uses_im2col(config) == gan.uses_im2col(config, 'main_convolutions') == (mode == 'im2col')
     steps = gan.StepFunctions(config, gan.build_models(config, mesh), mesh)
     s, m_g = steps.g_main(jax.tree.map(jnp.copy, state), jax.random.key(3))
     s, m_pl = steps.g_reg(s, jax.random.key(3))
@@ -253,6 +253,31 @@ def test_all_four_steps_agree_with_native_and_im2col_convolutions(one_device):
                  getattr(s_n, name))
   with pytest.raises(ValueError, match='main_convolutions'):
     gan.check_config(_tiny_config(main_convolutions='fast'), mesh)
+
+
+def test_auto_main_convolutions_use_im2col_only_for_wide_models_at_batch_16_on_cpu():
+  """'auto' picks im2col for the main steps where it was measured to pay (256 channels, batch 16), and keeps the
+  native convolution for the demo (64 channels, batch 4: im2col is slower there, and the demo's GAN stays the
+  same computation); the regularisers' 'auto' is im2col on CPU whatever the width."""
+  assert jax.default_backend() == 'cpu'
+  config = demo.get_config('')
+  assert config.gan.main_convolutions == 'auto'
+  assert not gan.uses_im2col(config, 'main_convolutions') and gan.uses_im2col(config)
+  wide = _tiny_config(main_convolutions='auto', batch_size=16)
+  for net in (wide.gan.generator, wide.gan.discriminator):
+    net.channel_base, net.channel_max = 4096, 256  # the benchmark's architecture: widest layer 256
+  assert gan.uses_im2col(wide, 'main_convolutions')
+  wide.gan.batch_size = 8
+  assert not gan.uses_im2col(wide, 'main_convolutions')
+  wide.gan.batch_size = 16
+  wide.gan.discriminator.channel_max = 128  # both networks must be wide
+  assert not gan.uses_im2col(wide, 'main_convolutions')
+  wide.gan.discriminator.channel_max = 256
+  wide.gan.generator.channel_base = 512  # 512 / 4 = 128 channels at 4x4
+  assert not gan.uses_im2col(wide, 'main_convolutions')
+  wide.gan.main_convolutions = 'native'
+  wide.gan.generator.channel_base = 4096
+  assert not gan.uses_im2col(wide, 'main_convolutions')
 
 
 def _assert_trees_equal(a, b):

@@ -264,14 +264,29 @@ def generate(models: Models, g_ema, g_stats, z: jax.Array, truncation_psi: float
 
 REG_CONVOLUTIONS = ('auto', 'native', 'im2col')
 
+# 'auto' for the main steps: im2col only where it was measured to pay on XLA:CPU (benchmarks/README.md, "GAN
+# training step"): widest layer 256 channels at batch 16, 1.9x the native main steps; the demo's 64 channels at
+# batch 4 run 0.7x as fast with it, so narrower or smaller-batch models keep the native convolution.
+AUTO_MAIN_IM2COL_MIN_CHANNELS = 256
+AUTO_MAIN_IM2COL_MIN_BATCH = 16
 
-def reg_uses_im2col(config: ml_collections.ConfigDict, key: str = 'reg_convolutions') -> bool:
-  """Whether the R1 / path-length steps (key='reg_convolutions') or the G / D main steps
-  (key='main_convolutions'; their up-convolutions then as one dot + overlap-add) trace their convolutions as im2col:
-  config.gan.<key> 'im2col', or 'auto' on XLA:CPU (where the native convolution's second-order derivatives are 2-4x
-  slower)."""
-  mode = config.gan.get(key, 'native')
-  return mode == 'im2col' or (mode == 'auto' and jax.default_backend() == 'cpu')
+
+def uses_im2col(config: ml_collections.ConfigDict, key: str = 'reg_convolutions') -> bool:
+  """Whether the R1 / path-length steps (key='reg_convolutions') or the G / D main steps (key='main_convolutions';
+  their up-convolutions then as one dot + overlap-add) trace their convolutions as im2col: config.gan.<key>
+  'im2col', or 'auto' on XLA:CPU (where the native convolution's second-order derivatives are 2-4x slower); for the
+  main steps 'auto' also needs the widest layer (min(channel_base / 4, channel_max) of G and D) to have >= 256
+  channels and the global batch to be >= 16."""
+  gc = config.gan
+  mode = gc.get(key, 'native')
+  if mode == 'im2col':
+    return True
+  if mode != 'auto' or jax.default_backend() != 'cpu':
+    return False
+  if key != 'main_convolutions':
+    return True
+  widest = min(min(net.channel_base // 4, net.channel_max) for net in (gc.generator, gc.discriminator))
+  return widest >= AUTO_MAIN_IM2COL_MIN_CHANNELS and gc.batch_size >= AUTO_MAIN_IM2COL_MIN_BATCH
 
 
 def _traced_with_im2col(step_fn, enabled: bool, transposed_dot: bool = False):
@@ -291,7 +306,7 @@ class StepFunctions:
   def __init__(self, config: ml_collections.ConfigDict, models: Models, mesh):
     gc = config.gan
     rep, data = sharding.replicated(mesh), sharding.data_sharding(mesh)
-    im2col, main_im2col = reg_uses_im2col(config), reg_uses_im2col(config, 'main_convolutions')
+    im2col, main_im2col = uses_im2col(config), uses_im2col(config, 'main_convolutions')
     jit = lambda fn, in_sh: jax.jit(fn, in_shardings=in_sh, out_shardings=(rep, rep), donate_argnums=0)
     self.g_main = jit(
         _traced_with_im2col(
