@@ -25,6 +25,7 @@ Output: one figure per line, `name value unit`; lines starting with '#' are note
   peak_rss_mib_N   the child's peak resident memory (VmHWM)
   ssim_N           the export's mean reconstruction SSIM (explain/summary.json `ssim`; --invert-steps sets the steps)
   rss_ratio        peak RSS at the largest N / at the smallest (goal <= 1.10)
+A '# goal' line per N says whether it ran at >= 1.5 images/s with a mean SSIM >= 0.85 (issue 14's explain goal).
 """
 from __future__ import annotations
 
@@ -177,6 +178,8 @@ def main(argv=None) -> None:
       print(f'peak_rss_mib_{n} {result["peak_rss_mib"]:.1f} MiB', flush=True)
       print(f'ssim_{n} {result["ssim"]:.3f} (mean reconstruction SSIM, {config.invert.steps} projector steps)',
             flush=True)
+      met = float(rates[-1]) >= 1.5 and result['ssim'] >= 0.85
+      print(f'# goal >= 1.5 img/s at ssim >= 0.85 (N={n}): {"met" if met else "missed"}', flush=True)
       peaks[n] = result['peak_rss_mib']
       shutil.rmtree(out, ignore_errors=True)
   finally:
