@@ -254,34 +254,32 @@ def downsample2d(x: jax.Array, f: Any = None, down: int = 2, padding: Padding = 
 # Convolution with resampling, bias + activation.
 
 _IM2COL = contextvars.ContextVar('stylex_jax_im2col_convolutions', default=False)
+_TRANSPOSED_DOT = contextvars.ContextVar('stylex_jax_dot_transposed_convolutions', default=False)
 
 
 @contextlib.contextmanager
+def _switched(switch: contextvars.ContextVar, enabled: bool):
+  """Sets a trace-time switch for the block, restoring the outer value after it (contexts nest)."""
+  token = switch.set(bool(enabled))
+  try:
+    yield
+  finally:
+    switch.reset(token)
+
+
 def im2col_convolutions(enabled: bool = True):
   """Trace-time switch: ungrouped convolutions traced inside this context are computed as im2col (`conv2d`).
 
     Wrap the tracing of a step with it (the GAN stage does for its R1 and path-length steps on XLA:CPU, see
     config.gan.reg_convolutions); it changes how a convolution is computed, never what it computes.
     """
-  token = _IM2COL.set(bool(enabled))
-  try:
-    yield
-  finally:
-    _IM2COL.reset(token)
+  return _switched(_IM2COL, enabled)
 
 
-_TRANSPOSED_DOT = contextvars.ContextVar('stylex_jax_dot_transposed_convolutions', default=False)
-
-
-@contextlib.contextmanager
 def dot_transposed_convolutions(enabled: bool = True):
   """Trace-time switch: ungrouped transposed convolutions traced inside this context are one dot + overlap-add
     (`transposed_conv2d`) instead of the polyphase convolution; how they are computed, never what."""
-  token = _TRANSPOSED_DOT.set(bool(enabled))
-  try:
-    yield
-  finally:
-    _TRANSPOSED_DOT.reset(token)
+  return _switched(_TRANSPOSED_DOT, enabled)
 
 
 def conv2d(x: jax.Array, w: jax.Array, stride: int = 1, padding=((0, 0), (0, 0)), groups: int = 1) -> jax.Array:
